@@ -1,0 +1,102 @@
+"""Durable workflows: the public API.
+
+Write a workflow as ``async def wf(ctx: WorkflowContext, input) -> result``
+and activities as plain or ``async`` functions; run them on
+:class:`DefaultExecutor` (embedded, SQLite by default) or any registered
+provider. Every step is recorded; after a crash or restart the workflow is
+replayed from its history and nothing that was done is done again.
+"""
+
+from . import activity
+from ._core import SignalChannel, WorkflowContext
+from ._embedded import DefaultExecutor, ExecutorStoppedError
+from ._errors import (
+    ActivityError,
+    ApplicationError,
+    InvalidArgumentError,
+    NonDeterminismError,
+    NonRetryableError,
+    PayloadError,
+    QueryNotFoundError,
+    WorkflowAlreadyRunningError,
+    WorkflowCanceledError,
+    WorkflowError,
+    WorkflowFailedError,
+    WorkflowNotFoundError,
+    WorkflowTimeoutError,
+)
+from ._executor import DurableExecutor, WorkflowFunc, WorkflowHandle
+from ._helpers import HumanManager, InteractionRequest, human_activity, llm_activity, tool_activity
+from ._hooks import Hooks, compose_hooks
+from ._middleware import Middleware, apply_middleware, with_hooks, with_tracing
+from ._names import named
+from ._registry import Config, ProviderRegistry, list_providers, new, register
+from ._store import AppendingStore, StoreConflictError, WorkflowStore
+from ._types import (
+    Duration,
+    EventType,
+    FailureInfo,
+    HistoryEvent,
+    RetryPolicy,
+    Signal,
+    WorkflowFilter,
+    WorkflowOptions,
+    WorkflowState,
+    WorkflowStatus,
+    default_retry_policy,
+)
+
+__all__ = [
+    "ActivityError",
+    "AppendingStore",
+    "ApplicationError",
+    "Config",
+    "DefaultExecutor",
+    "Duration",
+    "DurableExecutor",
+    "EventType",
+    "ExecutorStoppedError",
+    "FailureInfo",
+    "HistoryEvent",
+    "Hooks",
+    "HumanManager",
+    "InteractionRequest",
+    "InvalidArgumentError",
+    "Middleware",
+    "NonDeterminismError",
+    "NonRetryableError",
+    "PayloadError",
+    "ProviderRegistry",
+    "QueryNotFoundError",
+    "RetryPolicy",
+    "Signal",
+    "SignalChannel",
+    "StoreConflictError",
+    "WorkflowAlreadyRunningError",
+    "WorkflowCanceledError",
+    "WorkflowContext",
+    "WorkflowError",
+    "WorkflowFailedError",
+    "WorkflowFilter",
+    "WorkflowFunc",
+    "WorkflowHandle",
+    "WorkflowNotFoundError",
+    "WorkflowOptions",
+    "WorkflowState",
+    "WorkflowStatus",
+    "WorkflowStore",
+    "WorkflowTimeoutError",
+    "activity",
+    "apply_middleware",
+    "compose_hooks",
+    "default_retry_policy",
+    "human_activity",
+    "list_providers",
+    "llm_activity",
+    "named",
+    "new",
+    "register",
+    "tool_activity",
+    "with_hooks",
+    "with_tracing",
+]

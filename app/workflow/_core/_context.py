@@ -1,0 +1,196 @@
+"""The API workflow code calls: activities, signals, timers, queries, replay-safe values."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from .._converter import from_payload, signature_of, to_payload
+from .._errors import InvalidArgumentError, _InstanceClosed
+from .._types import Duration, RetryPolicy, default_retry_policy, to_seconds
+
+if TYPE_CHECKING:
+    from ._instance import WorkflowInstance
+
+_DEFAULT_RETRY = default_retry_policy()
+
+
+class SignalChannel:
+    """Signals of one name, in the order they were recorded.
+
+    ``await ch.receive(timeout=None)`` returns the next payload (raising
+    ``TimeoutError`` when the durable timeout passes first); ``async for``
+    iterates forever. Signals that arrive before anyone waits are buffered.
+    """
+
+    def __init__(self, instance: WorkflowInstance, name: str) -> None:
+        self._instance = instance
+        self.name = name
+        self._buffer: deque[Any] = deque()
+        self._waiters: deque[asyncio.Future[Any]] = deque()
+        self._type: Any = None
+
+    def deliver(self, payload: Any) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(payload)
+                return
+        self._buffer.append(payload)
+
+    def _decode(self, payload: Any) -> Any:
+        return from_payload(payload, self._type, f"payload of signal {self.name!r}")
+
+    def pending(self) -> int:
+        """How many signals are buffered, not yet received."""
+        return len(self._buffer)
+
+    async def receive(self, timeout: Duration | None = None) -> Any:
+        """Wait for the next signal; ``TimeoutError`` if ``timeout`` passes first."""
+        seconds = None if timeout is None else to_seconds(timeout, "receive timeout")
+        if self._buffer:
+            return self._decode(self._buffer.popleft())
+        loop = self._instance.loop
+        _require_loop(loop)
+        waiter: asyncio.Future[Any] = loop.create_future()
+        self._waiters.append(waiter)
+        timer: asyncio.TimerHandle | None = None
+        if seconds is not None:
+
+            def expire() -> None:
+                if not waiter.done():
+                    waiter.set_exception(
+                        TimeoutError(f"no signal {self.name!r} within {seconds:g}s")
+                    )
+
+            timer = loop.call_later(seconds, expire)
+        try:
+            return self._decode(await waiter)
+        finally:
+            if timer is not None:
+                timer.cancel()
+            if not waiter.done():
+                waiter.cancel()
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Any]:
+        while True:
+            yield await self.receive()
+
+
+def _require_loop(loop: asyncio.AbstractEventLoop) -> None:
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if running is not loop:
+        raise RuntimeError(
+            "workflow context calls must be awaited inside the workflow's own code, "
+            "not from another task or thread"
+        )
+
+
+class WorkflowContext:
+    """Passed to every workflow function; its calls are durable and replay-safe."""
+
+    def __init__(self, instance: WorkflowInstance) -> None:
+        self._instance = instance
+
+    @property
+    def workflow_id(self) -> str:
+        return self._instance.workflow_id
+
+    @property
+    def run_id(self) -> str:
+        return self._instance.run_id
+
+    @property
+    def workflow_type(self) -> str:
+        return self._instance.workflow_type
+
+    def is_replaying(self) -> bool:
+        """True while the code re-runs recorded history (e.g. to skip logging)."""
+        return self._instance.replaying
+
+    async def execute_activity(
+        self,
+        fn: Callable[..., Any],
+        input: Any = None,
+        *,
+        retry: RetryPolicy | None = None,
+        timeout: Duration | None = None,
+        name: str | None = None,
+    ) -> Any:
+        """Run ``fn(input)`` as an activity and return its result.
+
+        The result is recorded before the workflow sees it; on replay it is
+        returned from history without running ``fn`` again. A failure after
+        the last attempt of ``retry`` (default: :func:`default_retry_policy`)
+        raises :class:`ActivityError` whose ``__cause__`` is the last error.
+        ``timeout`` bounds each attempt.
+        """
+        if not callable(fn):
+            raise InvalidArgumentError(f"activity must be a callable, got {type(fn).__name__}")
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise InvalidArgumentError(
+                f"retry must be a RetryPolicy or None, got {type(retry).__name__}"
+            )
+        seconds = None if timeout is None else to_seconds(timeout, "activity timeout")
+        act_name = name or self._instance.activity_name(fn)
+        sig = signature_of(fn)
+        if sig.params == 0 and input is not None:
+            raise InvalidArgumentError(
+                f"activity {act_name!r} takes no parameter, but an input was given"
+            )
+        payload = to_payload(input, f"input of activity {act_name!r}")
+        instance = self._instance
+        _require_loop(instance.loop)
+        future = instance.schedule_activity(fn, act_name, payload, retry or _DEFAULT_RETRY, seconds)
+        return await future
+
+    def receive_signal(self, name: str, payload_type: Any = None) -> SignalChannel:
+        """The channel of signals called ``name``; payloads decode to ``payload_type``."""
+        if not isinstance(name, str) or not name:
+            raise InvalidArgumentError(f"signal name must be a non-empty string, got {name!r}")
+        channel: SignalChannel = self._instance._signal_channel(name)
+        if payload_type is not None:
+            channel._type = payload_type
+        return channel
+
+    async def sleep(self, duration: Duration) -> None:
+        """Sleep on a durable timer: a restart does not shorten or restart it."""
+        seconds = to_seconds(duration, "sleep duration", allow_zero=True)
+        _require_loop(self._instance.loop)
+        await asyncio.sleep(seconds)
+
+    def set_query_handler(self, name: str, fn: Callable[[], Any]) -> None:
+        """Answer ``executor.query(workflow_id, name)`` with ``fn()`` (read-only, sync)."""
+        if not isinstance(name, str) or not name:
+            raise InvalidArgumentError(f"query name must be a non-empty string, got {name!r}")
+        if name in ("status", "result"):
+            raise InvalidArgumentError(f"query {name!r} is built in and cannot be replaced")
+        if not callable(fn):
+            raise InvalidArgumentError(f"query handler for {name!r} must be callable")
+        self._instance.add_query_handler(name, fn)
+
+    def now(self) -> datetime:
+        """Workflow time: the timestamp of the event being processed (UTC)."""
+        return datetime.fromtimestamp(self._instance.now, UTC)
+
+    def random(self) -> random.Random:
+        """A random generator seeded by the run: the same numbers on every replay."""
+        if self._instance.outcome is not None:
+            raise _InstanceClosed()
+        return self._instance.random
+
+    def uuid4(self) -> uuid.UUID:
+        """A version-4 UUID drawn from :meth:`random`: stable across replays."""
+        return uuid.UUID(int=self.random().getrandbits(128), version=4)
+

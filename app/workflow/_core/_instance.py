@@ -1,0 +1,512 @@
+"""The deterministic core: one workflow run as a state machine over its history.
+
+A runtime feeds :class:`WorkflowInstance` the events of a run, one at a time,
+in history order (``apply``), and reads back what the code wants done
+(``pending_activities``, ``pending_timers``, ``outcome``). It then records
+the events that carry that work out and applies them too. Replay and live
+execution are the same calls: a restarted runtime applies the stored history,
+then starts whatever is still pending.
+
+Events are of two kinds:
+
+* inputs (workflow_started, activity_completed/failed, timer_fired,
+  signal_received, cancel_requested) advance workflow time to their timestamp
+  and run the code until it waits again (one activation per event);
+* echoes (activity_started, the terminal events) confirm a command the code
+  issued; they must match it, or replay has diverged.
+
+Every durable call of the code gets the next *step* number. Activity events
+carry the activity's step and attempt; timer_fired carries the step of the
+timer, or of the activity whose retry backoff or attempt timeout it is
+(step 0 is the workflow timeout). Nothing here does I/O or reads a clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from .._converter import decode_failure, encode_failure, from_payload, signature_of, to_payload
+from .._names import activity_name
+from .._errors import (
+    ActivityError,
+    NonDeterminismError,
+    PayloadError,
+    WorkflowTimeoutError,
+    _ControlFlow,
+    _InstanceClosed,
+)
+from .._types import EventType, FailureInfo, HistoryEvent, RetryPolicy, WorkflowStatus
+from ._loop import WorkflowLoop
+
+log = logging.getLogger("app.workflow.core")
+
+WORKFLOW_TIMEOUT_STEP = 0
+
+
+class TimerKind(enum.Enum):
+    """What a pending timer is for."""
+
+    USER = "sleep"
+    RETRY = "retry backoff"
+    ACTIVITY_TIMEOUT = "activity timeout"
+    WORKFLOW_TIMEOUT = "workflow timeout"
+
+
+@dataclass(frozen=True)
+class PendingTimer:
+    """A durable timer the runtime must fire at ``due`` (epoch seconds)."""
+
+    step: int
+    due: float
+    kind: TimerKind
+    attempt: int | None = None
+    activity_name: str | None = None
+    duration: float = 0.0
+
+
+@dataclass
+class PendingActivity:
+    """An activity attempt the runtime must run (and record as started if not yet)."""
+
+    step: int
+    name: str
+    fn: Callable[..., Any]
+    input: Any
+    attempt: int
+    retry: RetryPolicy
+    timeout: float | None
+    recorded: bool = False
+    backing_off: bool = False
+    future: asyncio.Future[Any] | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How the run ended; ``error`` is the live exception when there is one."""
+
+    status: WorkflowStatus
+    result: Any = None
+    failure: FailureInfo | None = None
+    error: BaseException | None = None
+
+    @property
+    def event_type(self) -> EventType:
+        return {
+            WorkflowStatus.COMPLETED: EventType.WORKFLOW_COMPLETED,
+            WorkflowStatus.FAILED: EventType.WORKFLOW_FAILED,
+            WorkflowStatus.CANCELED: EventType.WORKFLOW_CANCELED,
+        }[self.status]
+
+
+def _epoch(ts: datetime) -> float:
+    return ts.timestamp()
+
+
+def _describe(event: HistoryEvent) -> str:
+    what = f"{event.type.value}"
+    if event.activity_name:
+        what += f" of activity {event.activity_name!r}"
+    if event.step is not None:
+        what += f" at step {event.step}"
+    if event.attempt is not None:
+        what += f" (attempt {event.attempt})"
+    return what
+
+
+class WorkflowInstance:
+    """One run of a workflow function, driven by its history events."""
+
+    def __init__(
+        self,
+        *,
+        workflow_id: str,
+        run_id: str,
+        workflow_type: str,
+        fn: Callable[..., Any],
+        timeout: float | None = None,
+        activity_namer: Callable[[Callable[..., Any]], str] = activity_name,
+    ) -> None:
+        from ._context import WorkflowContext  # circular: the context drives the instance
+
+        self.workflow_id = workflow_id
+        self.run_id = run_id
+        self.workflow_type = workflow_type
+        self.timeout = timeout
+        self.replaying = False
+        self.outcome: Outcome | None = None
+        self.outcome_recorded = False
+        self.stuck: NonDeterminismError | None = None
+        self.last_event_id = 0
+        self.cancel_requested = False
+        self._fn = fn
+        self.activity_name = activity_namer
+        self._loop = WorkflowLoop(self)
+        self._ctx = WorkflowContext(self)
+        self._main: asyncio.Task[Any] | None = None
+        self._step = 0
+        self._activities: dict[int, PendingActivity] = {}
+        self._timers: dict[int, PendingTimer] = {}
+        self._loop_timers: dict[int, asyncio.TimerHandle] = {}
+        self._handle_steps: dict[int, int] = {}  # id(TimerHandle) -> step
+        self._channels: dict[str, Any] = {}
+        self._query_handlers: dict[str, Callable[[], Any]] = {}
+        self._closed = False
+        self.random = random.Random(f"{workflow_id}:{run_id}")
+
+    # -- what the runtime reads -----------------------------------------------
+    @property
+    def loop(self) -> WorkflowLoop:
+        return self._loop
+
+    @property
+    def now(self) -> float:
+        return self._loop.time()
+
+    def pending_activities(self) -> list[PendingActivity]:
+        """Attempts that should be running now (not those waiting out a backoff)."""
+        return [a for a in self._activities.values() if not a.backing_off]
+
+    def pending_timers(self) -> dict[int, PendingTimer]:
+        """Timers that should be armed, by step."""
+        return dict(self._timers)
+
+    def is_current_attempt(self, step: int, attempt: int) -> bool:
+        act = self._activities.get(step)
+        return act is not None and act.attempt == attempt and not act.backing_off
+
+    def is_backing_off(self, step: int) -> bool:
+        act = self._activities.get(step)
+        return act is not None and act.backing_off
+
+    def is_current_timer(self, step: int, attempt: int | None) -> bool:
+        timer = self._timers.get(step)
+        return timer is not None and timer.attempt == attempt
+
+    @property
+    def query_names(self) -> list[str]:
+        return sorted(self._query_handlers)
+
+    def query(self, name: str) -> Any:
+        """Run a registered query handler; raises ``KeyError`` if there is none."""
+        handler = self._query_handlers[name]
+        return to_payload(handler(), f"result of query {name!r}")
+
+    # -- applying history -----------------------------------------------------
+    def apply(self, event: HistoryEvent) -> None:
+        """Apply the next event of the run; raises :class:`NonDeterminismError` on divergence."""
+        if self.stuck is not None:
+            raise self.stuck
+        if event.id != self.last_event_id + 1:
+            raise self._diverged(
+                event, f"event {self.last_event_id + 1} next", f"event {event.id} instead"
+            )
+        self.last_event_id = event.id
+        try:
+            self._dispatch(event)
+        except NonDeterminismError as err:
+            self.stuck = err
+            self.close()
+            raise
+
+    def _dispatch(self, event: HistoryEvent) -> None:
+        kind = event.type
+        if kind is EventType.ACTIVITY_STARTED:
+            self._on_activity_started(event)
+            return
+        if kind in (
+            EventType.WORKFLOW_COMPLETED,
+            EventType.WORKFLOW_FAILED,
+            EventType.WORKFLOW_CANCELED,
+        ):
+            self._on_terminal(event)
+            return
+        if self.outcome is not None:
+            raise self._diverged(event, "nothing more (the run has ended)", _describe(event))
+        self._loop.set_time(_epoch(event.timestamp))
+        if kind is EventType.WORKFLOW_STARTED:
+            self._on_started(event)
+        elif kind is EventType.ACTIVITY_COMPLETED:
+            self._on_activity_completed(event)
+        elif kind is EventType.ACTIVITY_FAILED:
+            act = self._current_activity(event)
+            self._attempt_failed(act, event.failure or FailureInfo(type="Error", message=""))
+        elif kind is EventType.TIMER_FIRED:
+            self._on_timer_fired(event)
+        elif kind is EventType.SIGNAL_RECEIVED:
+            self._signal_channel(event.signal_name or "").deliver(event.signal_payload)
+        elif kind is EventType.CANCEL_REQUESTED:
+            self.cancel_requested = True
+            if self._main is not None and not self._main.done():
+                self._main.cancel()
+        self._run()
+
+    def _on_started(self, event: HistoryEvent) -> None:
+        if self._main is not None:
+            raise self._diverged(event, "one workflow_started", "a second workflow_started")
+        self._main = self._loop.create_task(
+            self._run_code(event.input), name=f"workflow:{self.workflow_id}"
+        )
+        if self.timeout is not None:
+            self._timers[WORKFLOW_TIMEOUT_STEP] = PendingTimer(
+                WORKFLOW_TIMEOUT_STEP,
+                self.now + self.timeout,
+                TimerKind.WORKFLOW_TIMEOUT,
+                duration=self.timeout,
+            )
+
+    async def _run_code(self, payload: Any) -> Any:
+        sig = signature_of(self._fn, 1)
+        if sig.params == 0:
+            return await self._fn(self._ctx)
+        return await self._fn(self._ctx, from_payload(payload, sig.input_hint, "workflow input"))
+
+    def _on_activity_started(self, event: HistoryEvent) -> None:
+        act = self._activities.get(event.step if event.step is not None else -1)
+        expected = self._expectation(event.step)
+        if (
+            act is None
+            or act.name != event.activity_name
+            or act.attempt != event.attempt
+            or act.recorded
+            or act.backing_off
+        ):
+            raise self._diverged(event, expected, _describe(event))
+        act.recorded = True
+
+    def _current_activity(self, event: HistoryEvent) -> PendingActivity:
+        act = self._activities.get(event.step if event.step is not None else -1)
+        if act is None or act.attempt != event.attempt or not act.recorded or act.backing_off:
+            raise self._diverged(event, self._expectation(event.step), _describe(event))
+        return act
+
+    def _on_activity_completed(self, event: HistoryEvent) -> None:
+        act = self._current_activity(event)
+        self._finish_activity(act)
+        assert act.future is not None
+        if act.future.done():
+            return
+        try:
+            value = from_payload(
+                event.result,
+                signature_of(act.fn).return_hint,
+                f"result of activity {act.name!r}",
+            )
+        except PayloadError as exc:
+            act.future.set_exception(exc)
+        else:
+            act.future.set_result(value)
+
+    def _attempt_failed(self, act: PendingActivity, failure: FailureInfo) -> None:
+        self._timers.pop(act.step, None)  # the attempt's timeout, if armed
+        if not failure.non_retryable and act.attempt < act.retry.max_attempts:
+            unit = random.Random(f"{self.run_id}:{act.step}:{act.attempt}").uniform(-1.0, 1.0)
+            delay = act.retry.interval(act.attempt, unit)
+            act.backing_off = True
+            self._timers[act.step] = PendingTimer(
+                act.step,
+                self.now + delay,
+                TimerKind.RETRY,
+                attempt=act.attempt,
+                activity_name=act.name,
+                duration=delay,
+            )
+            return
+        self._finish_activity(act)
+        assert act.future is not None
+        if not act.future.done():
+            err = ActivityError(act.name, act.attempt, failure.message)
+            err.__cause__ = decode_failure(failure)
+            act.future.set_exception(err)
+
+    def _finish_activity(self, act: PendingActivity) -> None:
+        self._activities.pop(act.step, None)
+        self._timers.pop(act.step, None)
+
+    def _on_timer_fired(self, event: HistoryEvent) -> None:
+        step = event.step if event.step is not None else -1
+        timer = self._timers.get(step)
+        if timer is None or timer.attempt != event.attempt:
+            raise self._diverged(event, self._expectation(step), _describe(event))
+        del self._timers[step]
+        if timer.kind is TimerKind.USER:
+            self._handle_steps.pop(id(self._loop_timers[step]), None)
+            self._loop.fire_timer(self._loop_timers.pop(step))
+        elif timer.kind is TimerKind.RETRY:
+            act = self._activities[step]
+            act.attempt += 1
+            act.backing_off = False
+            act.recorded = False
+            self._arm_attempt_timeout(act)
+        elif timer.kind is TimerKind.ACTIVITY_TIMEOUT:
+            act = self._activities[step]
+            self._attempt_failed(
+                act,
+                FailureInfo(
+                    type="builtins.TimeoutError",
+                    message=(
+                        f"activity {act.name!r} attempt {act.attempt} did not finish "
+                        f"within its timeout of {act.timeout:g}s"
+                    ),
+                    timeout=act.timeout,
+                ),
+            )
+        else:
+            assert self.timeout is not None
+            err = WorkflowTimeoutError(self.workflow_id, self.timeout)
+            self._settle(
+                Outcome(WorkflowStatus.FAILED, failure=encode_failure(err), error=err)
+            )
+
+    def _on_terminal(self, event: HistoryEvent) -> None:
+        if self.outcome is None or self.outcome.event_type is not event.type or (
+            self.outcome_recorded
+        ):
+            expected = (
+                f"{self.outcome.event_type.value}"
+                if self.outcome is not None
+                else self._expectation(None)
+            )
+            raise self._diverged(event, expected, _describe(event))
+        self.outcome_recorded = True
+
+    # -- running the code -----------------------------------------------------
+    def _run(self) -> None:
+        self._loop.run_until_idle()
+        main = self._main
+        if self.outcome is not None or main is None or not main.done():
+            return
+        if main.cancelled():
+            self._settle(Outcome(WorkflowStatus.CANCELED))
+            return
+        exc = main.exception()
+        if exc is None:
+            try:
+                result = to_payload(main.result(), "workflow result")
+            except PayloadError as err:
+                exc = err
+            else:
+                self._settle(Outcome(WorkflowStatus.COMPLETED, result=result))
+                return
+        if isinstance(exc, _ControlFlow):
+            return
+        if isinstance(exc, asyncio.CancelledError):
+            self._settle(Outcome(WorkflowStatus.CANCELED))
+            return
+        self._settle(
+            Outcome(WorkflowStatus.FAILED, failure=encode_failure(exc, with_stack=True), error=exc)
+        )
+
+    def _settle(self, outcome: Outcome) -> None:
+        self.outcome = outcome
+        # work the code left behind is abandoned, as when a Temporal workflow returns
+        self._activities.clear()
+        self._timers.clear()
+        self.close()
+
+    def close(self) -> None:
+        """Stop the code: cancel its tasks, ignoring any durable call they still make."""
+        if self._closed:
+            return
+        self._closed = True
+        tasks = [t for t in asyncio.all_tasks(self._loop) if not t.done()]
+        for task in tasks:
+            task.cancel()
+        try:
+            self._loop.run_until_idle()
+        except BaseException:  # noqa: BLE001 - user cleanup code must not break eviction
+            log.debug("error while closing workflow %s", self.workflow_id, exc_info=True)
+        for task in tasks:
+            if task.done() and not task.cancelled():
+                task.exception()  # mark retrieved
+        self._loop.close()
+
+    # -- commands issued by the context ---------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise _InstanceClosed()
+
+    def next_step(self) -> int:
+        self._check_open()
+        self._step += 1
+        return self._step
+
+    def schedule_activity(
+        self,
+        fn: Callable[..., Any],
+        name: str,
+        payload: Any,
+        retry: RetryPolicy,
+        timeout: float | None,
+    ) -> asyncio.Future[Any]:
+        step = self.next_step()
+        future: asyncio.Future[Any] = self._loop.create_future()
+        act = PendingActivity(step, name, fn, payload, 1, retry, timeout, future=future)
+        self._activities[step] = act
+        self._arm_attempt_timeout(act)
+
+        def on_done(fut: asyncio.Future[Any]) -> None:
+            if fut.cancelled() and self._activities.get(step) is act:
+                self._finish_activity(act)
+
+        future.add_done_callback(on_done)
+        return future
+
+    def _arm_attempt_timeout(self, act: PendingActivity) -> None:
+        if act.timeout is not None:
+            self._timers[act.step] = PendingTimer(
+                act.step,
+                self.now + act.timeout,
+                TimerKind.ACTIVITY_TIMEOUT,
+                attempt=act.attempt,
+                activity_name=act.name,
+                duration=act.timeout,
+            )
+
+    def start_loop_timer(self, handle: asyncio.TimerHandle) -> None:
+        step = self.next_step()
+        when = handle.when()
+        self._loop_timers[step] = handle
+        self._handle_steps[id(handle)] = step
+        self._timers[step] = PendingTimer(step, when, TimerKind.USER, duration=when - self.now)
+
+    def cancel_loop_timer(self, handle: asyncio.TimerHandle) -> None:
+        step = self._handle_steps.pop(id(handle), None)
+        if step is not None:
+            self._loop_timers.pop(step, None)
+            self._timers.pop(step, None)
+
+    def add_query_handler(self, name: str, fn: Callable[[], Any]) -> None:
+        self._query_handlers[name] = fn
+
+    def _signal_channel(self, name: str) -> Any:
+        from ._context import SignalChannel
+
+        channel = self._channels.get(name)
+        if channel is None:
+            channel = self._channels[name] = SignalChannel(self, name)
+        return channel
+
+    # -- errors ---------------------------------------------------------------
+    def _expectation(self, step: int | None) -> str:
+        if step is None:
+            return "nothing at this point"
+        act = self._activities.get(step)
+        if act is not None:
+            state = "backing off" if act.backing_off else f"attempt {act.attempt}"
+            return f"activity {act.name!r} at step {step} ({state})"
+        timer = self._timers.get(step)
+        if timer is not None:
+            return f"a {timer.kind.value} timer at step {step}"
+        if step > self._step:
+            return f"no step {step} yet (the code has issued {self._step} steps)"
+        return f"nothing pending at step {step}"
+
+    def _diverged(self, event: HistoryEvent, expected: str, recorded: str) -> NonDeterminismError:
+        return NonDeterminismError(self.workflow_id, event.id, expected, recorded)

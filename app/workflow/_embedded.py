@@ -1,0 +1,795 @@
+"""The embedded runtime: :class:`DefaultExecutor`, one process, any store.
+
+Each running workflow is a ``_Run``: its stored state, its deterministic
+instance and the asyncio tasks and timers carrying out what the instance
+wants. Every input (activity result, timer, signal, cancel) is handled under
+the run's lock in the same order: record the event durably, call hooks, apply
+it to the instance, then reconcile: record the echoes of new commands
+(activity_started, the terminal event) and make the running tasks and armed
+timers match what the instance wants. A restart rebuilds the instance by
+applying the stored history (no hooks, no side effects) and reconciles the
+same way, so work whose result is recorded never runs again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any
+
+from . import activity as _activity
+from ._converter import (
+    decode_failure,
+    describe_failure,
+    encode_failure,
+    from_payload,
+    signature_of,
+    to_payload,
+)
+from ._core import Outcome, PendingActivity, PendingTimer, TimerKind, WorkflowInstance
+from ._errors import (
+    InvalidArgumentError,
+    NonDeterminismError,
+    QueryNotFoundError,
+    WorkflowAlreadyRunningError,
+    WorkflowCanceledError,
+    WorkflowError,
+    WorkflowFailedError,
+    WorkflowNotFoundError,
+    WorkflowTimeoutError,
+)
+from ._hooks import Hooks, call_hook
+from ._names import FunctionTable, Registrable
+from ._store import AppendingStore, WorkflowStore
+from ._types import (
+    TERMINAL_EVENTS,
+    EventType,
+    HistoryEvent,
+    Signal,
+    WorkflowFilter,
+    WorkflowOptions,
+    WorkflowState,
+    WorkflowStatus,
+)
+
+log = logging.getLogger("app.workflow.embedded")
+
+BUILTIN_QUERIES = ("result", "status")
+_TIMEOUT_TYPE = f"{WorkflowTimeoutError.__module__}.{WorkflowTimeoutError.__qualname__}"
+
+
+class ExecutorStoppedError(WorkflowError):
+    """The executor stopped before the workflow ended; it resumes at the next start."""
+
+
+class _Run:
+    """A running workflow in this executor."""
+
+    def __init__(self, state: WorkflowState, fn: Callable[..., Any] | None) -> None:
+        self.state = state
+        self.fn = fn
+        self.instance: WorkflowInstance | None = None
+        self.lock = asyncio.Lock()
+        self.activity_tasks: dict[int, tuple[int, asyncio.Task[None]]] = {}
+        self.timers: dict[int, tuple[PendingTimer, asyncio.TimerHandle]] = {}
+        self.done: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self.parked: WorkflowError | None = None
+        self.stuck: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    @property
+    def ended(self) -> bool:
+        return self.done.done()
+
+
+class DefaultExecutor:
+    """Runs workflows in this process, durably, on a :class:`WorkflowStore`.
+
+    ``store=None`` uses the SQLite default (``$WORKFLOWS_DB`` or
+    ``workflows.db``). ``workflows`` and ``activities`` (functions, or a
+    mapping of name to function) are looked up by name when a restarted
+    executor resumes the workflows its store says are running. Use it as
+    ``async with DefaultExecutor(...) as ex:``; leaving the block stops its
+    tasks but ends no workflow.
+    """
+
+    def __init__(
+        self,
+        store: WorkflowStore | None = None,
+        hooks: Hooks | None = None,
+        workflows: Registrable = (),
+        activities: Registrable = (),
+        *,
+        activity_threads: int = 32,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        if store is not None and not isinstance(store, WorkflowStore):
+            raise InvalidArgumentError(
+                f"store must implement WorkflowStore (save/load/list/delete), "
+                f"got {type(store).__name__}"
+            )
+        if hooks is not None and not isinstance(hooks, Hooks):
+            raise InvalidArgumentError(f"hooks must be a Hooks, got {type(hooks).__name__}")
+        if isinstance(activity_threads, bool) or not isinstance(activity_threads, int):
+            raise InvalidArgumentError("activity_threads must be an int")
+        if activity_threads < 1:
+            raise InvalidArgumentError(f"activity_threads must be >= 1, got {activity_threads}")
+        self._store_arg = store
+        self._store: WorkflowStore | None = store
+        self._appending = False
+        self._hooks = hooks or Hooks()
+        self._workflows = FunctionTable("workflow", workflows)
+        self._activities = FunctionTable("activity", activities)
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self._threads = activity_threads
+        self._pool: ThreadPoolExecutor | None = None
+        self._runs: dict[str, _Run] = {}
+        self._starting: set[str] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._start_task: asyncio.Future[None] | None = None
+        self._closed = False
+
+    # -- lifecycle ------------------------------------------------------------
+    async def __aenter__(self) -> DefaultExecutor:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    @property
+    def store(self) -> WorkflowStore:
+        """The store in use (created at start when none was given)."""
+        if self._store is None:
+            raise RuntimeError("the executor has not started; use `async with` or start()")
+        return self._store
+
+    async def start(self) -> None:
+        """Open the store and resume every workflow it says is running."""
+        if self._closed:
+            raise RuntimeError("this executor was closed; create a new one")
+        if self._start_task is None:
+            self._start_task = asyncio.ensure_future(self._start())
+        await asyncio.shield(self._start_task)
+
+    async def _start(self) -> None:
+        if self._store is None:
+            from providers.sqlite import SQLiteStore
+
+            self._store = SQLiteStore()
+        self._appending = isinstance(self._store, AppendingStore)
+        self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="activity")
+        running = await self._store.list(WorkflowFilter(status=WorkflowStatus.RUNNING))
+        for state in running:
+            await self._resume(state)
+
+    async def aclose(self) -> None:
+        """Stop every task and timer; running workflows stay running in the store."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._start_task is not None and not self._start_task.done():
+            self._start_task.cancel()
+        for run in list(self._runs.values()):
+            self._halt(run)
+            if not run.done.done():
+                run.done.set_exception(
+                    ExecutorStoppedError(
+                        f"the executor stopped before workflow {run.state.workflow_id!r} "
+                        "ended; it resumes when an executor on this store starts"
+                    )
+                )
+                run.done.exception()
+        self._runs.clear()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._store_arg is None and self._store is not None:
+            close = getattr(self._store, "close", None)
+            if close is not None:
+                await close()
+
+    def _halt(self, run: _Run) -> None:
+        for _, task in run.activity_tasks.values():
+            task.cancel()
+        run.activity_tasks.clear()
+        for _, handle in run.timers.values():
+            handle.cancel()
+        run.timers.clear()
+        if run.instance is not None:
+            run.instance.close()
+
+    def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("executor task failed", exc_info=task.exception())
+
+    # -- the DurableExecutor API ---------------------------------------------
+    async def execute(self, fn: Callable[..., Any], options: WorkflowOptions) -> _Handle:
+        """Start ``fn`` as a new workflow run and return its handle."""
+        if not isinstance(options, WorkflowOptions):
+            raise InvalidArgumentError(
+                f"options must be WorkflowOptions, got {type(options).__name__}"
+            )
+        if not inspect.iscoroutinefunction(fn):
+            raise InvalidArgumentError(
+                f"workflow {fn!r} must be an `async def` function taking (ctx, input)"
+            )
+        name = self._workflows.name_of(fn)
+        payload = to_payload(options.input, "workflow input")
+        await self.start()
+        wid = options.id
+        if wid in self._runs or wid in self._starting:
+            current = self._runs.get(wid)
+            raise WorkflowAlreadyRunningError(wid, current.state.run_id if current else "starting")
+        self._starting.add(wid)
+        try:
+            existing = await self.store.load(wid)
+            if existing is not None and existing.status is WorkflowStatus.RUNNING:
+                raise WorkflowAlreadyRunningError(wid, existing.run_id)
+            now = self._clock()
+            started = HistoryEvent(
+                id=1, type=EventType.WORKFLOW_STARTED, timestamp=now, input=payload
+            )
+            state = WorkflowState(
+                workflow_id=wid,
+                run_id=uuid.uuid4().hex,
+                workflow_type=name,
+                input=payload,
+                timeout=options.timeout_seconds,
+                history=[started],
+                created_at=now,
+                updated_at=now,
+            )
+            await self.store.save(state)
+            run = _Run(state, fn)
+            run.instance = self._new_instance(state, fn)
+            await run.lock.acquire()
+            self._runs[wid] = run
+        finally:
+            self._starting.discard(wid)
+        try:
+            await call_hook(self._hooks.on_workflow_start, wid, options.input)
+            self._apply(run, started)
+            await self._reconcile(run)
+        finally:
+            run.lock.release()
+        return _Handle(self, wid, state.run_id, fn)
+
+    def get_handle(self, workflow_id: str) -> _Handle:
+        """A handle on the latest run of ``workflow_id`` (e.g. after a restart)."""
+        run = self._runs.get(workflow_id)
+        return _Handle(
+            self, workflow_id, run.state.run_id if run else None, run.fn if run else None
+        )
+
+    async def signal(self, workflow_id: str, signal: Signal) -> None:
+        """Record ``signal`` for the running workflow; returns once it is durable."""
+        if not isinstance(signal, Signal):
+            raise InvalidArgumentError(f"signal must be a Signal, got {type(signal).__name__}")
+        payload = to_payload(signal.payload, f"payload of signal {signal.name!r}")
+        await self.start()
+        run = self._running(workflow_id, "signal")
+
+        def make(r: _Run) -> HistoryEvent:
+            return self._event(
+                r,
+                EventType.SIGNAL_RECEIVED,
+                signal_name=signal.name,
+                signal_payload=payload,
+                sender_id=signal.sender_id,
+            )
+
+        if not await self._input(run, make, raise_errors=True):
+            raise WorkflowNotFoundError(workflow_id, "it ended before the signal was recorded")
+        await call_hook(self._hooks.on_signal, workflow_id, signal)
+
+    async def cancel(self, workflow_id: str) -> None:
+        """Ask the workflow to stop: ``CancelledError`` is raised at its current await."""
+        await self.start()
+        run = self._running(workflow_id, "cancel")
+        if not await self._input(
+            run, lambda r: self._event(r, EventType.CANCEL_REQUESTED), raise_errors=True
+        ):
+            raise WorkflowNotFoundError(workflow_id, "it ended before the cancel was recorded")
+
+    async def query(self, workflow_id: str, query_type: str) -> Any:
+        """``"status"``, ``"result"``, or a handler the workflow registered."""
+        if not isinstance(query_type, str) or not query_type:
+            raise InvalidArgumentError(f"query_type must be a non-empty string, got {query_type!r}")
+        await self.start()
+        run = self._runs.get(workflow_id)
+        state = run.state if run is not None else await self.store.load(workflow_id)
+        if state is None:
+            raise WorkflowNotFoundError(workflow_id)
+        if query_type == "status":
+            return state.status
+        if query_type == "result":
+            return state.result
+        instance = run.instance if run is not None else None
+        if instance is None:
+            instance = self._replay_for_query(state)
+        if query_type not in instance.query_names:
+            raise QueryNotFoundError(workflow_id, query_type, [*BUILTIN_QUERIES, *instance.query_names])
+        return instance.query(query_type)
+
+    def _replay_for_query(self, state: WorkflowState) -> WorkflowInstance:
+        fn = self._workflows.get(state.workflow_type)
+        if fn is None:
+            raise QueryNotFoundError(state.workflow_id, "?", BUILTIN_QUERIES) from WorkflowError(
+                f"workflow type {state.workflow_type!r} is not registered here"
+            )
+        instance = self._new_instance(state, fn)
+        instance.replaying = True
+        for event in state.history:
+            instance.apply(event)
+        return instance
+
+    def _running(self, workflow_id: str, action: str) -> _Run:
+        run = self._runs.get(workflow_id)
+        if run is None or run.ended:
+            raise WorkflowNotFoundError(workflow_id, f"cannot {action}: it is not running")
+        return run
+
+    # -- results --------------------------------------------------------------
+    async def _status(self, workflow_id: str, run_id: str | None) -> WorkflowStatus:
+        run = self._runs.get(workflow_id)
+        if run is not None and run_id in (None, run.state.run_id):
+            return run.state.status
+        return (await self._load_run(workflow_id, run_id)).status
+
+    async def _load_run(self, workflow_id: str, run_id: str | None) -> WorkflowState:
+        await self.start()
+        state = await self.store.load(workflow_id)
+        if state is None:
+            raise WorkflowNotFoundError(workflow_id)
+        if run_id is not None and state.run_id != run_id:
+            raise WorkflowNotFoundError(
+                workflow_id, f"run {run_id} was replaced by run {state.run_id}"
+            )
+        return state
+
+    async def _result(
+        self,
+        workflow_id: str,
+        run_id: str | None,
+        fn: Callable[..., Any] | None,
+        timeout: float | None,
+    ) -> Any:
+        await self.start()
+        run = self._runs.get(workflow_id)
+        if run is not None and run_id in (None, run.state.run_id):
+            await asyncio.wait_for(
+                asyncio.wait([run.done, run.stuck], return_when=asyncio.FIRST_COMPLETED),
+                timeout,
+            )
+            if not run.done.done() and run.parked is not None:
+                raise run.parked
+            outcome = run.done.result()
+            state = run.state
+        else:
+            state = await self._load_run(workflow_id, run_id)
+            if state.status is WorkflowStatus.RUNNING:
+                raise WorkflowError(
+                    f"workflow {workflow_id!r} is running but not in this executor "
+                    f"({state.error or 'no error recorded'}); start an executor that "
+                    "registers its workflow type to resume it"
+                )
+            outcome = None
+        fn = fn or self._workflows.get(state.workflow_type)
+        return _outcome_value(state, outcome, fn)
+
+    # -- the run loop ---------------------------------------------------------
+    def _new_instance(self, state: WorkflowState, fn: Callable[..., Any]) -> WorkflowInstance:
+        return WorkflowInstance(
+            workflow_id=state.workflow_id,
+            run_id=state.run_id,
+            workflow_type=state.workflow_type,
+            fn=fn,
+            timeout=state.timeout,
+            activity_namer=self._activities.name_of,
+        )
+
+    def _event(self, run: _Run, kind: EventType, **fields: Any) -> HistoryEvent:
+        return HistoryEvent(
+            id=len(run.state.history) + 1, type=kind, timestamp=self._clock(), **fields
+        )
+
+    async def _record(self, run: _Run, events: list[HistoryEvent]) -> None:
+        """Make ``events`` durable; the in-memory state changes only if the write succeeds."""
+        state = run.state
+        before = (len(state.history), state.status, state.result, state.error, state.updated_at)
+        state.history.extend(events)
+        last = events[-1]
+        state.updated_at = last.timestamp
+        if last.type in TERMINAL_EVENTS:
+            state.status = {
+                EventType.WORKFLOW_COMPLETED: WorkflowStatus.COMPLETED,
+                EventType.WORKFLOW_FAILED: WorkflowStatus.FAILED,
+                EventType.WORKFLOW_CANCELED: WorkflowStatus.CANCELED,
+            }[last.type]
+            state.result = last.result
+            state.error = last.error
+        elif run.parked is None:
+            state.error = None
+        try:
+            if self._appending:
+                await self.store.append(state, events)  # type: ignore[attr-defined]
+            else:
+                await self.store.save(state)
+        except BaseException:
+            del state.history[before[0] :]
+            state.status, state.result, state.error, state.updated_at = before[1:]
+            raise
+
+    async def _input(
+        self,
+        run: _Run,
+        make: Callable[[_Run], HistoryEvent | None],
+        *,
+        raise_errors: bool = False,
+    ) -> bool:
+        """Record and apply one input event built by ``make`` (None: nothing to do)."""
+        async with run.lock:
+            if run.ended or self._closed:
+                return False
+            event = make(run)
+            if event is None:
+                return True
+            try:
+                await self._record(run, [event])
+            except Exception as exc:
+                if raise_errors:
+                    raise
+                self._park(run, WorkflowError(f"could not record {event.type.value}: {exc}"))
+                return False
+            if run.parked is not None:
+                return True  # kept in history; applied when the code is fixed and resumed
+            await self._input_hooks(run, event)
+            self._apply(run, event)
+            await self._reconcile(run)
+            return True
+
+    def _apply(self, run: _Run, event: HistoryEvent) -> None:
+        assert run.instance is not None
+        try:
+            run.instance.apply(event)
+        except NonDeterminismError as err:
+            self._park(run, err)
+
+    def _park(self, run: _Run, err: WorkflowError) -> None:
+        """Leave the workflow running but stuck, with the reason visible."""
+        log.error("workflow %s is stuck: %s", run.state.workflow_id, err)
+        run.parked = err
+        if not run.stuck.done():
+            run.stuck.set_result(None)
+        run.state.error = f"{type(err).__name__}: {err}"
+        self._halt(run)
+        self._spawn(self._store_header(run))
+
+    async def _store_header(self, run: _Run) -> None:
+        async with run.lock:
+            if self._appending:
+                await self.store.append(run.state, [])  # type: ignore[attr-defined]
+            else:
+                await self.store.save(run.state)
+
+    async def _input_hooks(self, run: _Run, event: HistoryEvent) -> None:
+        wid = run.state.workflow_id
+        instance = run.instance
+        assert instance is not None
+        kind = event.type
+        if kind is EventType.ACTIVITY_COMPLETED:
+            await call_hook(self._hooks.on_activity_complete, wid, event.result)
+        elif kind is EventType.ACTIVITY_FAILED and event.failure is not None:
+            if event.step is not None and not event.failure.non_retryable:
+                act_attempts = self._retry_budget(run, event)
+                if act_attempts:
+                    await call_hook(self._hooks.on_retry, wid, decode_failure(event.failure))
+
+    def _retry_budget(self, run: _Run, event: HistoryEvent) -> bool:
+        for act in run.instance.pending_activities() if run.instance else ():
+            if act.step == event.step:
+                return act.attempt < act.retry.max_attempts
+        return False
+
+    async def _reconcile(self, run: _Run) -> None:
+        """Record echoes of new commands, then align tasks and timers with the instance."""
+        instance = run.instance
+        if instance is None or run.parked is not None:
+            return
+        wid = run.state.workflow_id
+        echoes: list[HistoryEvent] = []
+        next_id = len(run.state.history) + 1
+        now = self._clock()
+        for act in instance.pending_activities():
+            if not act.recorded:
+                echoes.append(
+                    HistoryEvent(
+                        id=next_id + len(echoes),
+                        type=EventType.ACTIVITY_STARTED,
+                        timestamp=now,
+                        activity_name=act.name,
+                        input=act.input,
+                        step=act.step,
+                        attempt=act.attempt,
+                    )
+                )
+        outcome = instance.outcome
+        if outcome is not None and not instance.outcome_recorded:
+            echoes.append(
+                HistoryEvent(
+                    id=next_id + len(echoes),
+                    type=outcome.event_type,
+                    timestamp=now,
+                    result=outcome.result,
+                    error=describe_failure(outcome.failure) if outcome.failure else None,
+                    failure=outcome.failure,
+                )
+            )
+        if echoes:
+            await self._record(run, echoes)
+            for event in echoes:
+                if event.type is EventType.ACTIVITY_STARTED:
+                    await call_hook(self._hooks.on_activity_start, wid, event.input)
+                self._apply(run, event)
+                if run.parked is not None:
+                    return
+        if outcome is not None:
+            await self._finish(run, outcome)
+            return
+        self._sync_activities(run, instance)
+        self._sync_timers(run, instance)
+
+    def _sync_activities(self, run: _Run, instance: WorkflowInstance) -> None:
+        wanted = {a.step: a for a in instance.pending_activities()}
+        for step, (attempt, task) in list(run.activity_tasks.items()):
+            act = wanted.get(step)
+            if act is None or act.attempt != attempt:
+                task.cancel()
+                del run.activity_tasks[step]
+        for step, act in wanted.items():
+            if step not in run.activity_tasks:
+                task = self._spawn(self._run_activity(run, act))
+                run.activity_tasks[step] = (act.attempt, task)
+
+    def _sync_timers(self, run: _Run, instance: WorkflowInstance) -> None:
+        wanted = instance.pending_timers()
+        for step, (timer, handle) in list(run.timers.items()):
+            if wanted.get(step) != timer:
+                handle.cancel()
+                del run.timers[step]
+        for step, timer in wanted.items():
+            if step not in run.timers:
+                self._arm(run, timer)
+
+    def _arm(self, run: _Run, timer: PendingTimer) -> None:
+        delay = max(0.0, timer.due - self._clock().timestamp())
+        handle = asyncio.get_running_loop().call_later(
+            delay, lambda: self._spawn(self._fire(run, timer))
+        )
+        run.timers[timer.step] = (timer, handle)
+
+    async def _fire(self, run: _Run, timer: PendingTimer) -> None:
+        early = timer.due - self._clock().timestamp()
+        if early > 0:  # the loop's monotonic clock ran ahead of the wall clock
+            if run.timers.get(timer.step, (None,))[0] == timer:
+                self._arm(run, timer)
+            return
+
+        def make(r: _Run) -> HistoryEvent | None:
+            current = r.timers.get(timer.step)
+            if current is None or current[0] != timer or r.instance is None:
+                return None
+            if not r.instance.is_current_timer(timer.step, timer.attempt):
+                return None
+            del r.timers[timer.step]
+            return self._event(
+                r,
+                EventType.TIMER_FIRED,
+                step=timer.step,
+                attempt=timer.attempt,
+                activity_name=timer.activity_name,
+                duration=timer.duration,
+            )
+
+        await self._input(run, make)
+        if (
+            timer.kind is TimerKind.ACTIVITY_TIMEOUT
+            and run.instance is not None
+            and run.instance.is_backing_off(timer.step)
+        ):
+            await call_hook(
+                self._hooks.on_retry,
+                run.state.workflow_id,
+                TimeoutError(f"activity {timer.activity_name!r} timed out"),
+            )
+
+    async def _run_activity(self, run: _Run, act: PendingActivity) -> None:
+        fn = self._activities.get(act.name) or act.fn
+        state = run.state
+        info = _activity.ActivityInfo(
+            workflow_id=state.workflow_id,
+            run_id=state.run_id,
+            activity_id=f"{state.workflow_id}/{act.step}",
+            activity_name=act.name,
+            attempt=act.attempt,
+            step=act.step,
+        )
+        token = _activity._enter(info)
+        started = time.monotonic()
+        result: Any = None
+        failure = None
+        try:
+            sig = signature_of(fn)
+            args = ()
+            if sig.params:
+                args = (from_payload(act.input, sig.input_hint, f"input of activity {act.name!r}"),)
+            if sig.is_async:
+                value = await fn(*args)
+            else:
+                ctx = contextvars.copy_context()
+                value = await asyncio.get_running_loop().run_in_executor(
+                    self._pool, ctx.run, fn, *args
+                )
+            result = to_payload(value, f"result of activity {act.name!r}")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            failure = encode_failure(exc, with_stack=True)
+        finally:
+            _activity._leave(token)
+        duration = time.monotonic() - started
+        task = asyncio.current_task()
+
+        def make(r: _Run) -> HistoryEvent | None:
+            mine = r.activity_tasks.get(act.step)
+            if mine is None or mine[1] is not task or r.instance is None:
+                return None
+            del r.activity_tasks[act.step]
+            if not r.instance.is_current_attempt(act.step, act.attempt):
+                return None
+            if failure is None:
+                return self._event(
+                    r,
+                    EventType.ACTIVITY_COMPLETED,
+                    activity_name=act.name,
+                    result=result,
+                    step=act.step,
+                    attempt=act.attempt,
+                    duration=duration,
+                )
+            return self._event(
+                r,
+                EventType.ACTIVITY_FAILED,
+                activity_name=act.name,
+                error=describe_failure(failure),
+                failure=failure,
+                step=act.step,
+                attempt=act.attempt,
+                duration=duration,
+            )
+
+        await self._input(run, make)
+
+    async def _finish(self, run: _Run, outcome: Outcome) -> None:
+        self._halt(run)
+        wid = run.state.workflow_id
+        if self._runs.get(wid) is run:
+            del self._runs[wid]
+        if outcome.status is WorkflowStatus.COMPLETED:
+            await call_hook(self._hooks.on_workflow_complete, wid, outcome.result)
+        elif outcome.status is WorkflowStatus.FAILED:
+            await call_hook(self._hooks.on_workflow_fail, wid, _failure_error(run.state, outcome))
+        if not run.done.done():
+            run.done.set_result(outcome)
+
+    # -- recovery -------------------------------------------------------------
+    async def _resume(self, state: WorkflowState) -> None:
+        fn = self._workflows.get(state.workflow_type)
+        run = _Run(state, fn)
+        self._runs[state.workflow_id] = run
+        if fn is None:
+            known = ", ".join(self._workflows.names()) or "none"
+            self._park(
+                run,
+                WorkflowError(
+                    f"workflow type {state.workflow_type!r} of {state.workflow_id!r} is not "
+                    f"registered with this executor (registered: {known}); pass it in "
+                    "DefaultExecutor(workflows=[...]) to resume it"
+                ),
+            )
+            return
+        instance = self._new_instance(state, fn)
+        run.instance = instance
+        instance.replaying = True
+        try:
+            for event in state.history:
+                instance.apply(event)
+        except NonDeterminismError as err:
+            self._park(run, err)
+            return
+        finally:
+            instance.replaying = False
+        async with run.lock:
+            await self._reconcile(run)
+
+
+class _Handle:
+    """A run started by (or resumed in) a :class:`DefaultExecutor`."""
+
+    def __init__(
+        self,
+        executor: DefaultExecutor,
+        workflow_id: str,
+        run_id: str | None,
+        fn: Callable[..., Any] | None,
+    ) -> None:
+        self._executor = executor
+        self._id = workflow_id
+        self._run_id = run_id
+        self._fn = fn
+
+    @property
+    def id(self) -> str:
+        return self._id
+
+    @property
+    def run_id(self) -> str:
+        return self._run_id or ""
+
+    async def status(self) -> WorkflowStatus:
+        return await self._executor._status(self._id, self._run_id)
+
+    async def result(self, timeout: float | None = None) -> Any:
+        """Wait for the end of the run; see :class:`app.workflow.WorkflowHandle`."""
+        return await self._executor._result(self._id, self._run_id, self._fn, timeout)
+
+    def __repr__(self) -> str:
+        return f"WorkflowHandle(id={self._id!r}, run_id={self._run_id!r})"
+
+
+def _failure_error(state: WorkflowState, outcome: Outcome | None) -> BaseException:
+    """The exception a failed run raises from ``result()``, cause attached."""
+    failure = outcome.failure if outcome is not None else None
+    if failure is None:
+        terminal = state.history[-1] if state.history else None
+        failure = terminal.failure if terminal is not None else None
+    if failure is not None and failure.type == _TIMEOUT_TYPE:
+        return WorkflowTimeoutError(state.workflow_id, state.timeout or 0.0)
+    message = describe_failure(failure) if failure is not None else (state.error or "unknown")
+    err = WorkflowFailedError(state.workflow_id, message)
+    cause = outcome.error if outcome is not None and outcome.error is not None else None
+    if cause is None and failure is not None:
+        cause = decode_failure(failure)
+    err.__cause__ = cause
+    return err
+
+
+def _outcome_value(
+    state: WorkflowState, outcome: Outcome | None, fn: Callable[..., Any] | None
+) -> Any:
+    status = outcome.status if outcome is not None else state.status
+    if status is WorkflowStatus.COMPLETED:
+        hint = signature_of(fn, 1).return_hint if fn is not None else None
+        result = outcome.result if outcome is not None else state.result
+        return from_payload(result, hint, "workflow result")
+    if status is WorkflowStatus.CANCELED:
+        raise WorkflowCanceledError(state.workflow_id)
+    raise _failure_error(state, outcome)

@@ -1,0 +1,246 @@
+"""Value types of the public API: options, signals, retry policy, history and state."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ._errors import InvalidArgumentError
+
+Duration = float | int | timedelta
+"""A duration: seconds as a number, or a :class:`datetime.timedelta`."""
+
+
+def to_seconds(value: Duration, what: str, *, allow_zero: bool = False) -> float:
+    """Normalise a duration to float seconds, rejecting bad values with a named error."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, timedelta)):
+        raise InvalidArgumentError(
+            f"{what} must be seconds (a number) or a timedelta, got {type(value).__name__}"
+        )
+    seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
+    if math.isnan(seconds) or math.isinf(seconds):
+        raise InvalidArgumentError(f"{what} must be a finite duration, got {value!r}")
+    if seconds < 0 or (seconds == 0 and not allow_zero):
+        bound = "zero or more" if allow_zero else "more than zero"
+        raise InvalidArgumentError(f"{what} must be {bound} seconds, got {value!r}")
+    return seconds
+
+
+def _optional_seconds(value: Duration | None, what: str) -> float | None:
+    return None if value is None else to_seconds(value, what)
+
+
+class WorkflowStatus(StrEnum):
+    """Where a workflow run stands."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+
+class EventType(StrEnum):
+    """The kinds of :class:`HistoryEvent`.
+
+    The seed's nine kinds, plus ``cancel_requested``: a cancel must be in the
+    history so that replay delivers it at the same point of the code.
+    """
+
+    WORKFLOW_STARTED = "workflow_started"
+    WORKFLOW_COMPLETED = "workflow_completed"
+    WORKFLOW_FAILED = "workflow_failed"
+    WORKFLOW_CANCELED = "workflow_canceled"
+    ACTIVITY_STARTED = "activity_started"
+    ACTIVITY_COMPLETED = "activity_completed"
+    ACTIVITY_FAILED = "activity_failed"
+    SIGNAL_RECEIVED = "signal_received"
+    TIMER_FIRED = "timer_fired"
+    CANCEL_REQUESTED = "cancel_requested"
+
+
+TERMINAL_EVENTS = frozenset(
+    {EventType.WORKFLOW_COMPLETED, EventType.WORKFLOW_FAILED, EventType.WORKFLOW_CANCELED}
+)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How an activity is retried: exponential backoff with jitter, capped.
+
+    Attempt ``n`` (from 1) that fails is retried after
+    ``min(max_interval, initial_interval * backoff_coefficient ** (n - 1))``
+    seconds, each interval moved by up to ``± jitter`` of itself.
+    ``max_attempts`` counts the first try; 1 disables retries.
+    """
+
+    max_attempts: int = 3
+    initial_interval: Duration = 0.1
+    backoff_coefficient: float = 2.0
+    max_interval: Duration = 10.0
+    jitter: float = 0.2
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int):
+            raise InvalidArgumentError(
+                f"RetryPolicy.max_attempts must be an int, got {self.max_attempts!r}"
+            )
+        if self.max_attempts < 1:
+            raise InvalidArgumentError(
+                f"RetryPolicy.max_attempts must be at least 1 (1 = no retry), "
+                f"got {self.max_attempts}"
+            )
+        initial = to_seconds(self.initial_interval, "RetryPolicy.initial_interval")
+        maximum = to_seconds(self.max_interval, "RetryPolicy.max_interval")
+        if maximum < initial:
+            raise InvalidArgumentError(
+                f"RetryPolicy.max_interval ({maximum:g}s) must not be below "
+                f"initial_interval ({initial:g}s)"
+            )
+        coeff = self.backoff_coefficient
+        if isinstance(coeff, bool) or not isinstance(coeff, (int, float)) or not coeff >= 1.0:
+            raise InvalidArgumentError(
+                f"RetryPolicy.backoff_coefficient must be a number >= 1.0, got {coeff!r}"
+            )
+        jit = self.jitter
+        if isinstance(jit, bool) or not isinstance(jit, (int, float)) or not 0.0 <= jit < 1.0:
+            raise InvalidArgumentError(
+                f"RetryPolicy.jitter must be a fraction in [0, 1), got {jit!r}"
+            )
+        object.__setattr__(self, "initial_interval", initial)
+        object.__setattr__(self, "max_interval", maximum)
+        object.__setattr__(self, "backoff_coefficient", float(coeff))
+        object.__setattr__(self, "jitter", float(jit))
+
+    def interval(self, attempt: int, unit: float) -> float:
+        """Seconds to wait after failed attempt ``attempt``; ``unit`` in [-1, 1] picks the jitter."""
+        base = float(self.initial_interval) * self.backoff_coefficient ** (attempt - 1)
+        base = min(base, float(self.max_interval))
+        return min(float(self.max_interval), max(0.0, base * (1.0 + self.jitter * unit)))
+
+
+def default_retry_policy() -> RetryPolicy:
+    """Three attempts, 100 ms first interval, doubling, capped at 10 s."""
+    return RetryPolicy(
+        max_attempts=3, initial_interval=0.1, backoff_coefficient=2.0, max_interval=10.0
+    )
+
+
+@dataclass(frozen=True)
+class WorkflowOptions:
+    """How to start a workflow: its id, its input and an optional overall timeout."""
+
+    id: str
+    input: Any = None
+    timeout: Duration | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.id, str) or not self.id.strip():
+            raise InvalidArgumentError(
+                f"WorkflowOptions.id must be a non-empty string, got {self.id!r}"
+            )
+        object.__setattr__(
+            self, "timeout", _optional_seconds(self.timeout, "WorkflowOptions.timeout")
+        )
+
+    @property
+    def timeout_seconds(self) -> float | None:
+        """The timeout in seconds, or None."""
+        return None if self.timeout is None else to_seconds(self.timeout, "timeout")
+
+
+@dataclass(frozen=True)
+class Signal:
+    """A message sent to a running workflow, received with ``ctx.receive_signal(name)``."""
+
+    name: str
+    payload: Any = None
+    sent_at: datetime | None = None
+    sender_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise InvalidArgumentError(f"Signal.name must be a non-empty string, got {self.name!r}")
+
+
+@dataclass(frozen=True)
+class WorkflowFilter:
+    """Selects workflows in :meth:`WorkflowStore.list`; ``limit=0`` means no limit."""
+
+    status: WorkflowStatus | None = None
+    limit: int = 0
+
+    def __post_init__(self) -> None:
+        if self.status is not None:
+            try:
+                object.__setattr__(self, "status", WorkflowStatus(self.status))
+            except ValueError:
+                known = ", ".join(s.value for s in WorkflowStatus)
+                raise InvalidArgumentError(
+                    f"WorkflowFilter.status must be one of {known}, got {self.status!r}"
+                ) from None
+        if isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit < 0:
+            raise InvalidArgumentError(
+                f"WorkflowFilter.limit must be an int >= 0, got {self.limit!r}"
+            )
+
+
+class FailureInfo(BaseModel):
+    """A serialized error: its type, message and, for an activity error, its cause."""
+
+    model_config = ConfigDict(frozen=True)
+
+    type: str
+    message: str
+    non_retryable: bool = False
+    activity_name: str | None = None
+    attempts: int | None = None
+    timeout: float | None = None
+    stack: str = ""
+    cause: FailureInfo | None = None
+
+
+class HistoryEvent(BaseModel):
+    """One recorded step of a workflow run; ``id`` counts from 1 per run.
+
+    ``step`` ties activity and timer events to the command that caused them
+    (the n-th durable call of the workflow code); ``attempt`` numbers the
+    tries of an activity.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    id: int
+    type: EventType
+    timestamp: datetime
+    activity_name: str | None = None
+    input: Any = None
+    result: Any = None
+    error: str | None = None
+    signal_name: str | None = None
+    signal_payload: Any = None
+    duration: float | None = None
+    step: int | None = None
+    attempt: int | None = None
+    failure: FailureInfo | None = None
+    sender_id: str | None = None
+
+
+class WorkflowState(BaseModel):
+    """The stored aggregate of one workflow: its latest run and that run's history."""
+
+    workflow_id: str
+    run_id: str
+    workflow_type: str = ""
+    status: WorkflowStatus = WorkflowStatus.RUNNING
+    input: Any = None
+    result: Any = None
+    error: str | None = None
+    timeout: float | None = None
+    history: list[HistoryEvent] = Field(default_factory=list)
+    created_at: datetime
+    updated_at: datetime
