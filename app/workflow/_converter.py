@@ -72,12 +72,10 @@ class Signature(typing.NamedTuple):
 @lru_cache(maxsize=1024)
 def signature_of(fn: Callable[..., Any], skip: int = 0) -> Signature:
     """Inspect ``fn``; ``skip`` leading parameters (the workflow context) are not the input."""
-    target = fn if inspect.isroutine(fn) else getattr(fn, "__call__", fn)
+    target = fn if inspect.isroutine(fn) else type(fn).__call__
     sig = inspect.signature(fn)
     positional = [
-        p
-        for p in sig.parameters.values()
-        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        p for p in sig.parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
     ]
     try:
         hints = typing.get_type_hints(target)

@@ -296,9 +296,14 @@ class DefaultExecutor:
                 sender_id=signal.sender_id,
             )
 
-        if not await self._input(run, make, raise_errors=True):
+        recorded = await self._input(
+            run,
+            make,
+            raise_errors=True,
+            on_recorded=lambda: call_hook(self._hooks.on_signal, workflow_id, signal),
+        )
+        if not recorded:
             raise WorkflowNotFoundError(workflow_id, "it ended before the signal was recorded")
-        await call_hook(self._hooks.on_signal, workflow_id, signal)
 
     async def cancel(self, workflow_id: str) -> None:
         """Ask the workflow to stop: ``CancelledError`` is raised at its current await."""
@@ -326,7 +331,9 @@ class DefaultExecutor:
         if instance is None:
             instance = self._replay_for_query(state)
         if query_type not in instance.query_names:
-            raise QueryNotFoundError(workflow_id, query_type, [*BUILTIN_QUERIES, *instance.query_names])
+            raise QueryNotFoundError(
+                workflow_id, query_type, [*BUILTIN_QUERIES, *instance.query_names]
+            )
         return instance.query(query_type)
 
     def _replay_for_query(self, state: WorkflowState) -> WorkflowInstance:
@@ -375,8 +382,9 @@ class DefaultExecutor:
         await self.start()
         run = self._runs.get(workflow_id)
         if run is not None and run_id in (None, run.state.run_id):
+            waits: list[asyncio.Future[Any]] = [run.done, run.stuck]
             await asyncio.wait_for(
-                asyncio.wait([run.done, run.stuck], return_when=asyncio.FIRST_COMPLETED),
+                asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED),
                 timeout,
             )
             if not run.done.done() and run.parked is not None:
@@ -444,6 +452,7 @@ class DefaultExecutor:
         make: Callable[[_Run], HistoryEvent | None],
         *,
         raise_errors: bool = False,
+        on_recorded: Callable[[], Awaitable[None]] | None = None,
     ) -> bool:
         """Record and apply one input event built by ``make`` (None: nothing to do)."""
         async with run.lock:
@@ -459,6 +468,8 @@ class DefaultExecutor:
                     raise
                 self._park(run, WorkflowError(f"could not record {event.type.value}: {exc}"))
                 return False
+            if on_recorded is not None:
+                await on_recorded()
             if run.parked is not None:
                 return True  # kept in history; applied when the code is fixed and resumed
             await self._input_hooks(run, event)
@@ -497,14 +508,17 @@ class DefaultExecutor:
         kind = event.type
         if kind is EventType.ACTIVITY_COMPLETED:
             await call_hook(self._hooks.on_activity_complete, wid, event.result)
-        elif kind is EventType.ACTIVITY_FAILED and event.failure is not None:
-            if event.step is not None and not event.failure.non_retryable:
-                act_attempts = self._retry_budget(run, event)
-                if act_attempts:
-                    await call_hook(self._hooks.on_retry, wid, decode_failure(event.failure))
+        elif (
+            kind is EventType.ACTIVITY_FAILED
+            and event.failure is not None
+            and not event.failure.non_retryable
+            and self._will_retry(instance, event)
+        ):
+            await call_hook(self._hooks.on_retry, wid, decode_failure(event.failure))
 
-    def _retry_budget(self, run: _Run, event: HistoryEvent) -> bool:
-        for act in run.instance.pending_activities() if run.instance else ():
+    @staticmethod
+    def _will_retry(instance: WorkflowInstance, event: HistoryEvent) -> bool:
+        for act in instance.pending_activities():
             if act.step == event.step:
                 return act.attempt < act.retry.max_attempts
         return False
@@ -638,7 +652,7 @@ class DefaultExecutor:
         failure = None
         try:
             sig = signature_of(fn)
-            args = ()
+            args: tuple[Any, ...] = ()
             if sig.params:
                 args = (from_payload(act.input, sig.input_hint, f"input of activity {act.name!r}"),)
             if sig.is_async:

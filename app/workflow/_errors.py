@@ -145,7 +145,7 @@ class ApplicationError(WorkflowError):
         super().__init__(f"{type}: {message}" if type else message)
 
 
-class _ControlFlow(BaseException):  # noqa: N818 - not an error; never escapes the engine
+class _ControlFlow(BaseException):
     """Base of internal signals that user code must not catch."""
 
 

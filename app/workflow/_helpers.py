@@ -67,9 +67,7 @@ def tool_activity(
         if args is None:
             args = {}
         if not isinstance(args, Mapping):
-            raise NonRetryableError(
-                f"{name}: 'args' must be a mapping, got {type(args).__name__}"
-            )
+            raise NonRetryableError(f"{name}: 'args' must be a mapping, got {type(args).__name__}")
         return await _call(executor, tool, dict(args))
 
     return _named(run_tool, name)

@@ -71,8 +71,7 @@ class FunctionTable:
         existing = self._by_name.get(name)
         if existing is not None and existing is not fn:
             raise InvalidArgumentError(
-                f"two different {self.kind}s are registered as {name!r}; "
-                "give one an explicit name"
+                f"two different {self.kind}s are registered as {name!r}; give one an explicit name"
             )
         self._by_name[name] = fn
         self._names.setdefault(id(fn), name)

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -117,10 +117,11 @@ class RetryPolicy:
         object.__setattr__(self, "jitter", float(jit))
 
     def interval(self, attempt: int, unit: float) -> float:
-        """Seconds to wait after failed attempt ``attempt``; ``unit`` in [-1, 1] picks the jitter."""
-        base = float(self.initial_interval) * self.backoff_coefficient ** (attempt - 1)
-        base = min(base, float(self.max_interval))
-        return min(float(self.max_interval), max(0.0, base * (1.0 + self.jitter * unit)))
+        """Seconds to wait after failed attempt ``attempt``; ``unit`` in [-1, 1] sets the jitter."""
+        initial = cast(float, self.initial_interval)  # normalised in __post_init__
+        maximum = cast(float, self.max_interval)
+        base = min(initial * self.backoff_coefficient ** (attempt - 1), maximum)
+        return min(maximum, max(0.0, base * (1.0 + self.jitter * unit)))
 
 
 def default_retry_policy() -> RetryPolicy:

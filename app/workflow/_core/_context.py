@@ -193,4 +193,3 @@ class WorkflowContext:
     def uuid4(self) -> uuid.UUID:
         """A version-4 UUID drawn from :meth:`random`: stable across replays."""
         return uuid.UUID(int=self.random().getrandbits(128), version=4)
-

@@ -33,7 +33,6 @@ from datetime import datetime
 from typing import Any
 
 from .._converter import decode_failure, encode_failure, from_payload, signature_of, to_payload
-from .._names import activity_name
 from .._errors import (
     ActivityError,
     NonDeterminismError,
@@ -42,6 +41,7 @@ from .._errors import (
     _ControlFlow,
     _InstanceClosed,
 )
+from .._names import activity_name
 from .._types import EventType, FailureInfo, HistoryEvent, RetryPolicy, WorkflowStatus
 from ._loop import WorkflowLoop
 
@@ -147,7 +147,9 @@ class WorkflowInstance:
         self.cancel_requested = False
         self._fn = fn
         self.activity_name = activity_namer
-        self._loop = WorkflowLoop(self)
+        # asyncio.AbstractEventLoop is no ABC at run time; the socket, pipe and subprocess
+        # methods this loop leaves out raise NotImplementedError, as workflow code must not do I/O.
+        self._loop = WorkflowLoop(self)  # type: ignore[abstract]
         self._ctx = WorkflowContext(self)
         self._main: asyncio.Task[Any] | None = None
         self._step = 0
@@ -360,13 +362,13 @@ class WorkflowInstance:
         else:
             assert self.timeout is not None
             err = WorkflowTimeoutError(self.workflow_id, self.timeout)
-            self._settle(
-                Outcome(WorkflowStatus.FAILED, failure=encode_failure(err), error=err)
-            )
+            self._settle(Outcome(WorkflowStatus.FAILED, failure=encode_failure(err), error=err))
 
     def _on_terminal(self, event: HistoryEvent) -> None:
-        if self.outcome is None or self.outcome.event_type is not event.type or (
-            self.outcome_recorded
+        if (
+            self.outcome is None
+            or self.outcome.event_type is not event.type
+            or (self.outcome_recorded)
         ):
             expected = (
                 f"{self.outcome.event_type.value}"
@@ -420,7 +422,7 @@ class WorkflowInstance:
             task.cancel()
         try:
             self._loop.run_until_idle()
-        except BaseException:  # noqa: BLE001 - user cleanup code must not break eviction
+        except BaseException:
             log.debug("error while closing workflow %s", self.workflow_id, exc_info=True)
         for task in tasks:
             if task.done() and not task.cancelled():

@@ -1,0 +1,266 @@
+"""Workflows and activities of the conformance suite.
+
+One importable module, so that a runtime whose worker runs in another
+process can load the same code by name (``workflows`` and ``activities``).
+Activities keep no in-process counters: behaviour that depends on the try
+comes from ``activity.info().attempt``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel
+
+from app.workflow import (
+    ActivityError,
+    NonRetryableError,
+    RetryPolicy,
+    WorkflowContext,
+    activity,
+)
+
+FAST_RETRY = RetryPolicy(max_attempts=3, initial_interval=0.01, max_interval=0.05)
+
+
+@dataclass
+class Order:
+    order_id: str
+    amount: float
+    items: list[str]
+
+
+class Receipt(BaseModel):
+    order_id: str
+    total: float
+    lines: int
+
+
+# -- activities -----------------------------------------------------------------
+def double(x: int) -> int:
+    return x * 2
+
+
+async def async_double(x: int) -> int:
+    await asyncio.sleep(0)
+    return x * 2
+
+
+def succeed_on_third(x: int) -> dict[str, int]:
+    attempt = activity.info().attempt
+    if attempt < 3:
+        raise ConnectionError(f"transient failure on attempt {attempt}")
+    return {"value": x, "attempt": attempt}
+
+
+def always_fail(x: int) -> None:
+    raise ValueError(f"boom {x}")
+
+
+def fail_for_good(x: int) -> None:
+    raise NonRetryableError(f"card {x} declined")
+
+
+async def hang(seconds: float) -> str:
+    await asyncio.sleep(seconds)
+    return "finished"
+
+
+def cleanup(tag: str) -> str:
+    return f"cleaned {tag}"
+
+
+def ready(tag: str) -> str:
+    return tag
+
+
+def charge(order: Order) -> Receipt:
+    return Receipt(order_id=order.order_id, total=order.amount, lines=len(order.items))
+
+
+def describe() -> dict[str, Any]:
+    info = activity.info()
+    return {
+        "workflow_id": info.workflow_id,
+        "activity_id": info.activity_id,
+        "attempt": info.attempt,
+        "name": info.activity_name,
+    }
+
+
+def not_serializable(x: int) -> object:
+    return object()
+
+
+# -- workflows ------------------------------------------------------------------
+async def sequential(ctx: WorkflowContext, n: int) -> list[int]:
+    a = await ctx.execute_activity(double, n)
+    b = await ctx.execute_activity(async_double, a)
+    c = await ctx.execute_activity(double, b)
+    return [a, b, c]
+
+
+async def retry_until_success(ctx: WorkflowContext, x: int) -> dict[str, int]:
+    result: dict[str, int] = await ctx.execute_activity(succeed_on_third, x, retry=FAST_RETRY)
+    return result
+
+
+async def retry_exhausted(ctx: WorkflowContext, x: int) -> None:
+    await ctx.execute_activity(always_fail, x, retry=FAST_RETRY)
+
+
+async def non_retryable(ctx: WorkflowContext, x: int) -> None:
+    await ctx.execute_activity(fail_for_good, x, retry=FAST_RETRY)
+
+
+async def activity_timeout(ctx: WorkflowContext, seconds: float) -> str:
+    policy = RetryPolicy(max_attempts=2, initial_interval=0.01, max_interval=0.01)
+    result: str = await ctx.execute_activity(hang, 30.0, retry=policy, timeout=seconds)
+    return result
+
+
+async def fan_out(ctx: WorkflowContext, n: int) -> list[int]:
+    return list(await asyncio.gather(*(ctx.execute_activity(double, i) for i in range(n))))
+
+
+async def signals_in_order(ctx: WorkflowContext, count: int) -> list[Any]:
+    await ctx.receive_signal("go").receive()
+    items = ctx.receive_signal("item")
+    return [await items.receive() for _ in range(count)]
+
+
+async def wait_after_ready(ctx: WorkflowContext, tag: str) -> Any:
+    await ctx.execute_activity(ready, tag)
+    return await ctx.receive_signal("go").receive()
+
+
+async def receive_with_timeout(ctx: WorkflowContext, seconds: float) -> str:
+    try:
+        payload = await ctx.receive_signal("reply").receive(timeout=seconds)
+    except TimeoutError:
+        return "timed out"
+    return f"got {payload}"
+
+
+async def iterate_signals(ctx: WorkflowContext, count: int) -> list[Any]:
+    seen: list[Any] = []
+    async for payload in ctx.receive_signal("item"):
+        seen.append(payload)
+        if len(seen) == count:
+            break
+    return seen
+
+
+async def sleeper(ctx: WorkflowContext, seconds: float) -> str:
+    before = ctx.now()
+    await ctx.sleep(seconds)
+    return f"{(ctx.now() - before).total_seconds():.3f}"
+
+
+async def cancel_with_cleanup(ctx: WorkflowContext, tag: str) -> str:
+    try:
+        await ctx.execute_activity(hang, 30.0)
+        return "not canceled"
+    finally:
+        await ctx.execute_activity(cleanup, tag)
+
+
+async def with_query(ctx: WorkflowContext, steps: int) -> int:
+    progress = {"done": 0}
+    ctx.set_query_handler("progress", lambda: dict(progress))
+    for _ in range(steps):
+        await ctx.execute_activity(double, 1)
+        progress["done"] += 1
+    await ctx.receive_signal("finish").receive()
+    return progress["done"]
+
+
+async def long_chain(ctx: WorkflowContext, n: int) -> int:
+    total = 0
+    for i in range(n):
+        total += await ctx.execute_activity(double, i)
+    return total
+
+
+async def typed_order(ctx: WorkflowContext, order: Order) -> Receipt:
+    assert isinstance(order, Order)
+    receipt: Receipt = await ctx.execute_activity(charge, order)
+    assert isinstance(receipt, Receipt)
+    return receipt
+
+
+async def activity_info(ctx: WorkflowContext) -> dict[str, Any]:
+    info: dict[str, Any] = await ctx.execute_activity(describe)
+    return info
+
+
+async def replay_safe_values(ctx: WorkflowContext) -> dict[str, Any]:
+    await ctx.execute_activity(double, 1)
+    return {
+        "now": ctx.now().isoformat(),
+        "random": ctx.random().random(),
+        "uuid": str(ctx.uuid4()),
+        "workflow_id": ctx.workflow_id,
+        "run_id": ctx.run_id,
+    }
+
+
+async def failing_workflow(ctx: WorkflowContext, message: str) -> None:
+    raise RuntimeError(message)
+
+
+async def catches_activity_error(ctx: WorkflowContext, x: int) -> str:
+    try:
+        await ctx.execute_activity(fail_for_good, x)
+    except ActivityError as err:
+        return f"{err.activity_name}:{err.attempts}:{type(err.__cause__).__name__}"
+    return "no error"
+
+
+async def bad_activity_result(ctx: WorkflowContext) -> None:
+    await ctx.execute_activity(not_serializable, 1)
+
+
+async def sleep_forever(ctx: WorkflowContext) -> None:
+    await ctx.sleep(3600)
+
+
+workflows = [
+    sequential,
+    retry_until_success,
+    retry_exhausted,
+    non_retryable,
+    activity_timeout,
+    fan_out,
+    signals_in_order,
+    wait_after_ready,
+    receive_with_timeout,
+    iterate_signals,
+    sleeper,
+    cancel_with_cleanup,
+    with_query,
+    long_chain,
+    typed_order,
+    activity_info,
+    replay_safe_values,
+    failing_workflow,
+    catches_activity_error,
+    bad_activity_result,
+    sleep_forever,
+]
+
+activities = [
+    double,
+    async_double,
+    succeed_on_third,
+    always_fail,
+    fail_for_good,
+    hang,
+    cleanup,
+    ready,
+    charge,
+    describe,
+    not_serializable,
+]
