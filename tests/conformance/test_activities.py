@@ -32,7 +32,11 @@ async def test_sequential_activities_record_each_step(runtime: Runtime) -> None:
     assert [e.id for e in state.history] == list(range(1, len(kinds) + 1))
     names = [e.activity_name for e in state.history if e.type is EventType.ACTIVITY_COMPLETED]
     assert names == ["double", "async_double", "double"]
-    assert [e.result for e in state.history if e.type is EventType.ACTIVITY_COMPLETED] == [6, 12, 24]
+    assert [e.result for e in state.history if e.type is EventType.ACTIVITY_COMPLETED] == [
+        6,
+        12,
+        24,
+    ]
     assert state.result == [6, 12, 24]
     assert state.run_id == handle.run_id
 

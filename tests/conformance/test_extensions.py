@@ -165,7 +165,12 @@ async def test_with_tracing_records_spans_and_errors(runtime: Runtime) -> None:
         with pytest.raises(WorkflowNotFoundError):
             await traced.cancel("tr")
     spans = {s.name: s for s in exporter.get_finished_spans()}
-    assert set(spans) == {"workflow.execute", "workflow.signal", "workflow.query", "workflow.cancel"}
+    assert set(spans) == {
+        "workflow.execute",
+        "workflow.signal",
+        "workflow.query",
+        "workflow.cancel",
+    }
     assert all(s.attributes and s.attributes["workflow.id"] == "tr" for s in spans.values())
     failed = spans["workflow.cancel"]
     assert failed.status.status_code is StatusCode.ERROR
@@ -181,7 +186,7 @@ async def test_registry(runtime: Runtime) -> None:
         assert await handle.result(timeout=WAIT) == [4, 8, 16]
     with pytest.raises(InvalidArgumentError, match="default"):
         new("no-such-provider")
-    with pytest.raises(InvalidArgumentError, match="unknown Config.extra"):
+    with pytest.raises(InvalidArgumentError, match=r"unknown Config\.extra"):
         new("default", Config(extra={"bogus": 1}))
     registry = ProviderRegistry()
     built: list[Config] = []

@@ -163,9 +163,9 @@ async def test_invalid_arguments_fail_at_the_call(runtime: Runtime) -> None:
         assert isinstance(info.value, ValueError) and isinstance(info.value, WorkflowError)
         assert "RetryPolicy." in str(info.value)
     assert RetryPolicy(initial_interval=timedelta(milliseconds=250)).initial_interval == 0.25
-    with pytest.raises(InvalidArgumentError, match="WorkflowOptions.id"):
+    with pytest.raises(InvalidArgumentError, match=r"WorkflowOptions\.id"):
         WorkflowOptions(id="")
-    with pytest.raises(InvalidArgumentError, match="WorkflowOptions.timeout"):
+    with pytest.raises(InvalidArgumentError, match=r"WorkflowOptions\.timeout"):
         WorkflowOptions(id="x", timeout=-5)
     async with runtime.open() as ex:
         with pytest.raises(InvalidArgumentError, match="async def"):

@@ -105,7 +105,7 @@ async def test_unknown_workflow_type_is_an_error_on_that_workflow(restartable: R
         await ex.execute(resumable, WorkflowOptions(id="orphan", input="o"))
         await recorder.wait_for("activity_complete", "orphan", count=2)
     async with restartable.open(workflows=[wf.sequential], activities=[wf.double]) as ex:
-        with pytest.raises(WorkflowError, match="'resumable'.*not registered"):
+        with pytest.raises(WorkflowError, match=r"'resumable'.*not registered"):
             await ex.get_handle("orphan").result(timeout=WAIT)
         # the executor itself keeps working
         handle = await ex.execute(wf.sequential, WorkflowOptions(id="fine", input=1))
@@ -126,7 +126,9 @@ async def test_replay_safe_values_are_stable(restartable: Runtime) -> None:
     from app.workflow._core import WorkflowInstance
 
     instance = WorkflowInstance(
-        workflow_id="rs", run_id=state.run_id, workflow_type="replay_safe_values",
+        workflow_id="rs",
+        run_id=state.run_id,
+        workflow_type="replay_safe_values",
         fn=wf.replay_safe_values,
     )
     for event in state.history:

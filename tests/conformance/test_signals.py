@@ -65,7 +65,7 @@ async def test_async_for_over_a_channel(runtime: Runtime) -> None:
 
 
 async def test_signal_validation_fails_at_the_call(runtime: Runtime) -> None:
-    with pytest.raises(InvalidArgumentError, match="Signal.name"):
+    with pytest.raises(InvalidArgumentError, match=r"Signal\.name"):
         Signal(name="")
     async with runtime.open() as ex:
         with pytest.raises(InvalidArgumentError, match="must be a Signal"):

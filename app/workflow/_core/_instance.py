@@ -476,7 +476,10 @@ class WorkflowInstance:
         when = handle.when()
         self._loop_timers[step] = handle
         self._handle_steps[id(handle)] = step
-        self._timers[step] = PendingTimer(step, when, TimerKind.USER, duration=when - self.now)
+        # rounded: (now + d) - now is not exactly d in floating point
+        self._timers[step] = PendingTimer(
+            step, when, TimerKind.USER, duration=round(when - self.now, 6)
+        )
 
     def cancel_loop_timer(self, handle: asyncio.TimerHandle) -> None:
         step = self._handle_steps.pop(id(handle), None)

@@ -1,0 +1,174 @@
+"""SIGKILL a child process at 21 points of a workflow run; a new process must finish the job.
+
+Each case: a child runs four workflows on SQLite and is killed (SIGKILL, by
+itself, at a precise point: around a store write, inside an activity, during
+a durable sleep, while a signal arrives). A second child resumes from the
+same file and runs every workflow to its end. Then:
+
+* every workflow completed with the right result;
+* no activity attempt whose completion (or failure) was recorded before the
+  kill ran again (side-effect log: one line per execution);
+* each history is well-formed: ids consecutive, one start per attempt, one
+  result per step, one terminal event;
+* the sleep fired no earlier than its original due time.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.workflow import EventType, HistoryEvent
+from tests.crash.child import SLEEP, WORKFLOW_IDS
+
+pytestmark = pytest.mark.crash
+
+POINTS = [
+    "after:1",  # started, nothing else
+    "before:2",  # first activity scheduled but not recorded
+    "after:2",  # activity_started recorded, activity not yet run
+    "activity:target:a",  # inside a thread-pool activity, side effect done
+    "before:3",  # activity ran, its completion not recorded
+    "after:3",  # completion recorded, not yet seen by the workflow
+    "activity:target:b",  # inside an async activity
+    "after:6",  # three parallel activities recorded as started
+    "activity:target:c1",  # inside one of the parallel activities
+    "after:8",  # two of three parallel completions recorded
+    "after:11",  # an attempt failed, retry backoff pending
+    "after:12",  # backoff timer fired, retry not yet recorded
+    "activity:target:d",  # inside the retried activity (attempt 1 side effect)
+    "after:16",  # the step before the sleep completed
+    "sleep",  # the durable sleep is armed
+    "before:17",  # a signal arriving: not yet durable
+    "after:17",  # a signal arriving: durable, signal() not yet returned
+    "after:18",  # the sleep's timer fired
+    "activity:target:e",  # the last activity
+    "before:21",  # the result is computed but the completion not recorded
+    "after:21",  # completed
+]
+TIMEOUT = 60
+
+
+def _run_child(db: Path, log: Path, point: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tests.crash.child",
+            "--db",
+            str(db),
+            "--log",
+            str(log),
+            "--point",
+            point,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def _histories(db: Path) -> dict[str, list[HistoryEvent]]:
+    if not db.exists():
+        return {}
+    conn = sqlite3.connect(db)
+    try:
+        rows = conn.execute(
+            "SELECT workflow_id, data FROM events ORDER BY workflow_id, id"
+        ).fetchall()
+    except sqlite3.OperationalError:  # killed before the schema existed
+        return {}
+    finally:
+        conn.close()
+    out: dict[str, list[HistoryEvent]] = {}
+    for wid, data in rows:
+        out.setdefault(wid, []).append(HistoryEvent.model_validate_json(data))
+    return out
+
+
+def _finished_attempts(history: list[HistoryEvent]) -> set[tuple[str, int]]:
+    """(tag, attempt) of every attempt whose completion or failure is recorded."""
+    tags = {e.step: e.input for e in history if e.type is EventType.ACTIVITY_STARTED}
+    return {
+        (tags[e.step], e.attempt or 0)
+        for e in history
+        if e.type in (EventType.ACTIVITY_COMPLETED, EventType.ACTIVITY_FAILED)
+    }
+
+
+def _expected(wid: str) -> dict[str, Any]:
+    up = wid.upper()
+    return {
+        "a": f"{up}:A",
+        "b": f"{up}:B",
+        "c": [f"{up}:C{i}" for i in range(3)],
+        "d": f"{up}:D",
+        "go": f"go-{wid}",
+        "e": f"{up}:E",
+    }
+
+
+def _check_history(wid: str, history: list[HistoryEvent]) -> None:
+    assert [e.id for e in history] == list(range(1, len(history) + 1)), wid
+    starts = Counter((e.step, e.attempt) for e in history if e.type is EventType.ACTIVITY_STARTED)
+    assert max(starts.values()) == 1, f"{wid}: an attempt started twice: {starts}"
+    completions = Counter(e.step for e in history if e.type is EventType.ACTIVITY_COMPLETED)
+    assert set(completions.values()) == {1}, f"{wid}: a step completed twice"
+    assert len(completions) == 8  # a, b, c0-2, d, before-sleep, e
+    terminal = [e for e in history if e.type is EventType.WORKFLOW_COMPLETED]
+    assert len(terminal) == 1 and history[-1] is terminal[0]
+    assert [e.type for e in history].count(EventType.SIGNAL_RECEIVED) == 1
+    # the sleep fired no earlier than its due time (workflow time when it started + SLEEP)
+    before_sleep = next(
+        e
+        for e in history
+        if e.type is EventType.ACTIVITY_COMPLETED and e.result == f"{wid}:before-sleep".upper()
+    )
+    fired = [e for e in history if e.type is EventType.TIMER_FIRED and e.duration == SLEEP]
+    assert len(fired) == 1
+    assert (fired[0].timestamp - before_sleep.timestamp).total_seconds() >= SLEEP
+
+
+@pytest.mark.parametrize("point", POINTS)
+def test_sigkill_then_resume(point: str, tmp_path: Path) -> None:
+    db, log = tmp_path / "wf.db", tmp_path / "effects.log"
+    crashed = _run_child(db, log, point)
+    assert crashed.returncode == -signal.SIGKILL, (
+        f"child was not killed at {point}: rc={crashed.returncode}\n"
+        f"{crashed.stdout}\n{crashed.stderr}"
+    )
+    before = _histories(db)
+    recorded = {wid: _finished_attempts(h) for wid, h in before.items()}
+    crashed_pid_lines = log.read_text().splitlines() if log.exists() else []
+
+    resumed = _run_child(db, log, "none")
+    assert resumed.returncode == 0, (
+        f"resume failed after {point}:\n{resumed.stdout}\n{resumed.stderr}"
+    )
+    results = json.loads(resumed.stdout.strip().splitlines()[-1])
+    assert results == {wid: _expected(wid) for wid in WORKFLOW_IDS}
+
+    after = _histories(db)
+    for wid in WORKFLOW_IDS:
+        _check_history(wid, after[wid])
+    runs = Counter(tuple(line.split()[:2]) for line in log.read_text().splitlines())
+    for attempts in recorded.values():
+        for tag, attempt in attempts:
+            assert runs[(tag, str(attempt))] == 1, (
+                f"{tag} attempt {attempt} was recorded as finished before the kill at {point} "
+                f"but ran {runs[(tag, str(attempt))]} times"
+            )
+    # everything that finished in the end ran at least once
+    for wid in WORKFLOW_IDS:
+        for tag, attempt in _finished_attempts(after[wid]):
+            assert runs[(tag, str(attempt))] >= 1
+    assert len(crashed_pid_lines) <= len(log.read_text().splitlines())
