@@ -500,6 +500,8 @@ class WorkflowInstance:
 
     # -- errors ---------------------------------------------------------------
     def _expectation(self, step: int | None) -> str:
+        if self.outcome is not None:
+            return f"{self.outcome.event_type.value} (the code has ended)"
         if step is None:
             return "nothing at this point"
         act = self._activities.get(step)
@@ -510,7 +512,7 @@ class WorkflowInstance:
         if timer is not None:
             return f"a {timer.kind.value} timer at step {step}"
         if step > self._step:
-            return f"no step {step} yet (the code has issued {self._step} steps)"
+            return f"nothing at step {step} (the code has issued only {self._step} steps)"
         return f"nothing pending at step {step}"
 
     def _diverged(self, event: HistoryEvent, expected: str, recorded: str) -> NonDeterminismError:
