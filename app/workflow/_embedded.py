@@ -97,6 +97,11 @@ class DefaultExecutor:
     executor resumes the workflows its store says are running. Use it as
     ``async with DefaultExecutor(...) as ex:``; leaving the block stops its
     tasks but ends no workflow.
+
+    ``activity_threads`` sizes the pool that runs plain (non-async)
+    activities. ``always_replay=True`` rebuilds every workflow from its
+    history after each step and parks it with a :class:`NonDeterminismError`
+    if the rebuilt state differs: slow (quadratic), meant for tests.
     """
 
     def __init__(
@@ -107,6 +112,7 @@ class DefaultExecutor:
         activities: Registrable = (),
         *,
         activity_threads: int = 32,
+        always_replay: bool = False,
         clock: Callable[[], datetime] | None = None,
     ) -> None:
         if store is not None and not isinstance(store, WorkflowStore):
@@ -128,6 +134,7 @@ class DefaultExecutor:
         self._activities = FunctionTable("activity", activities)
         self._clock = clock or (lambda: datetime.now(UTC))
         self._threads = activity_threads
+        self._always_replay = always_replay
         self._pool: ThreadPoolExecutor | None = None
         self._runs: dict[str, _Run] = {}
         self._starting: set[str] = set()
@@ -267,6 +274,8 @@ class DefaultExecutor:
         try:
             await call_hook(self._hooks.on_workflow_start, wid, options.input)
             self._apply(run, started)
+            if self._always_replay:
+                self._check_replay(run)
             await self._reconcile(run)
         finally:
             run.lock.release()
@@ -474,8 +483,37 @@ class DefaultExecutor:
                 return True  # kept in history; applied when the code is fixed and resumed
             await self._input_hooks(run, event)
             self._apply(run, event)
+            if self._always_replay:
+                self._check_replay(run)
             await self._reconcile(run)
             return True
+
+    def _check_replay(self, run: _Run) -> None:
+        """Rebuild the run from its history and demand the same state (always-replay mode)."""
+        live = run.instance
+        if live is None or run.parked is not None or run.fn is None:
+            return
+        fresh = self._new_instance(run.state, run.fn)
+        fresh.replaying = True
+        try:
+            for event in run.state.history:
+                fresh.apply(event)
+            replayed, replayed_summary = fresh.snapshot(), fresh.summary()
+        except NonDeterminismError as err:
+            self._park(run, err)
+            return
+        finally:
+            fresh.close()
+        if replayed != live.snapshot():
+            self._park(
+                run,
+                NonDeterminismError(
+                    run.state.workflow_id,
+                    run.state.history[-1].id,
+                    f"{replayed_summary} when replayed",
+                    f"{live.summary()} when run live",
+                ),
+            )
 
     def _apply(self, run: _Run, event: HistoryEvent) -> None:
         assert run.instance is not None

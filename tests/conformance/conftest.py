@@ -81,12 +81,15 @@ class Runtime:
             self.stores.append(self.make_store())
         return self.stores[-1]
 
+    options: dict[str, Any] = field(default_factory=dict)
+
     @asynccontextmanager
     async def open(
         self, hooks: Hooks | None = None, **overrides: Any
     ) -> AsyncIterator[DefaultExecutor]:
         executor = DefaultExecutor(
             store=self.store(),
+            **self.options,
             hooks=hooks,
             workflows=overrides.pop("workflows", suite.workflows),
             activities=overrides.pop("activities", suite.activities),
@@ -112,7 +115,18 @@ def _sqlite(tmp_path: Path) -> Runtime:
     )
 
 
-RUNTIMES = {"embedded-memory": _memory, "embedded-sqlite": _sqlite}
+def _always_replay(tmp_path: Path) -> Runtime:
+    # rebuilds each workflow from history after every step: catches non-determinism early
+    return Runtime(
+        "embedded-always-replay", InMemoryStore, {"restart"}, options={"always_replay": True}
+    )
+
+
+RUNTIMES = {
+    "embedded-memory": _memory,
+    "embedded-sqlite": _sqlite,
+    "embedded-always-replay": _always_replay,
+}
 
 
 @pytest.fixture(params=sorted(RUNTIMES))
@@ -128,6 +142,13 @@ async def runtime(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
 def restartable(runtime: Runtime) -> Runtime:
     if "restart" not in runtime.capabilities:
         pytest.skip(f"{runtime.name} cannot restart its executor in a test")
+    return runtime
+
+
+@pytest.fixture
+def long_histories(runtime: Runtime) -> Runtime:
+    if runtime.options.get("always_replay"):
+        pytest.skip("always-replay mode is quadratic in history length")
     return runtime
 
 

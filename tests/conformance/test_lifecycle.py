@@ -174,8 +174,8 @@ async def test_invalid_arguments_fail_at_the_call(runtime: Runtime) -> None:
             await ex.execute(wf.sequential, {"id": "x"})  # type: ignore[arg-type]
 
 
-async def test_thousand_step_workflow(runtime: Runtime) -> None:
-    async with runtime.open() as ex:
+async def test_thousand_step_workflow(long_histories: Runtime) -> None:
+    async with long_histories.open() as ex:
         handle = await ex.execute(wf.long_chain, WorkflowOptions(id="long", input=1000))
         assert await handle.result(timeout=60) == sum(2 * i for i in range(1000))
         state = await ex.store.load("long")

@@ -388,6 +388,7 @@ ALLOWED_IMPORTS = {
     "random",
     "typing",
     "uuid",
+    "weakref",
 }
 CLOCK_READS = {"now", "utcnow", "today"}
 

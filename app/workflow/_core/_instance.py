@@ -179,6 +179,28 @@ class WorkflowInstance:
         """Timers that should be armed, by step."""
         return dict(self._timers)
 
+    def snapshot(self) -> tuple[Any, ...]:
+        """Everything a runtime acts on, for comparing two instances of one run."""
+        acts = sorted(
+            (a.step, a.name, a.attempt, repr(a.input), a.recorded, a.backing_off)
+            for a in self._activities.values()
+        )
+        outcome = None
+        if self.outcome is not None:
+            outcome = (self.outcome.status, repr(self.outcome.result), self.outcome_recorded)
+        return (self.last_event_id, acts, sorted(self._timers.items()), outcome, self._step)
+
+    def summary(self) -> str:
+        """The pending work in words, for error messages."""
+        parts = [
+            f"activity {a.name!r} at step {a.step} (attempt {a.attempt})"
+            for a in sorted(self._activities.values(), key=lambda a: a.step)
+        ]
+        parts += [f"a {t.kind.value} timer at step {t.step}" for t in self._timers.values()]
+        if self.outcome is not None:
+            parts.append(self.outcome.event_type.value)
+        return ", ".join(parts) or "nothing pending"
+
     def is_current_attempt(self, step: int, attempt: int) -> bool:
         act = self._activities.get(step)
         return act is not None and act.attempt == attempt and not act.backing_off
@@ -417,7 +439,7 @@ class WorkflowInstance:
         if self._closed:
             return
         self._closed = True
-        tasks = [t for t in asyncio.all_tasks(self._loop) if not t.done()]
+        tasks = self._loop.pending_tasks()
         for task in tasks:
             task.cancel()
         try:

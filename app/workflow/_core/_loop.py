@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import weakref
 from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol, TypeVar, TypeVarTuple, Unpack
@@ -39,6 +40,8 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
         self._now = 0.0
         self._running = False
         self._closed = False
+        # asyncio.all_tasks(loop) scans every task of the process; keep our own
+        self._tasks: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
 
     # -- driving -----------------------------------------------------------
     def set_time(self, now: float) -> None:
@@ -112,7 +115,13 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
         name: str | None = None,
         context: contextvars.Context | None = None,
     ) -> asyncio.Task[_T]:
-        return asyncio.Task(coro, loop=self, name=name, context=context)
+        task = asyncio.Task(coro, loop=self, name=name, context=context)
+        self._tasks.add(task)
+        return task
+
+    def pending_tasks(self) -> list[asyncio.Task[Any]]:
+        """Tasks created on this loop that have not finished."""
+        return [t for t in self._tasks if not t.done()]
 
     def call_soon_threadsafe(  # type: ignore[override]
         self, callback: Callable[..., object], *args: Any, context: Any = None
