@@ -107,9 +107,6 @@ class InMemoryStore:
         stored.result = copy.deepcopy(state.result)
         stored.error = state.error
         stored.updated_at = state.updated_at
-        stored.timeout = state.timeout
-        stored.workflow_type = state.workflow_type
-        stored.input = copy.deepcopy(state.input)
 
     async def close(self) -> None:
         """Do nothing: there is nothing to release."""

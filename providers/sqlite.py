@@ -105,15 +105,15 @@ _INSERT_EVENT: Final = (
     "INSERT INTO events (workflow_id, id, run_id, type, data) VALUES (?, ?, ?, ?, ?)"
 )
 _UPDATE_HEADER: Final = (
-    "UPDATE workflows SET workflow_type = ?, status = ?, input = ?, result = ?, error = ?, "
-    "timeout = ?, updated_at = ?, event_count = event_count + ? "
+    "UPDATE workflows SET status = ?, result = ?, error = ?, "
+    "updated_at = ?, event_count = event_count + ? "
     "WHERE workflow_id = ? AND run_id = ?"
 )
 _SELECT_EVENTS: Final = "SELECT data FROM events WHERE workflow_id = ? ORDER BY id"
 
 _HeaderRow = tuple[str, str, str, str, str, str, str | None, float | None, str, int, str, int]
 _EventRow = tuple[str, int, str, str, str]
-_HeaderUpdate = tuple[str, str, str, str, str | None, float | None, str]
+_HeaderUpdate = tuple[str, str, str | None, str]
 
 
 # -- encoding -----------------------------------------------------------------
@@ -130,13 +130,11 @@ def _dump(value: Any) -> str:
 
 
 def _header_update(state: WorkflowState) -> _HeaderUpdate:
+    # type, input and timeout are fixed when the run is saved: never rewritten per step
     return (
-        state.workflow_type,
         WorkflowStatus(state.status).value,
-        _dump(state.input),
         _dump(state.result),
         state.error,
-        state.timeout,
         state.updated_at.isoformat(),
     )
 

@@ -14,6 +14,7 @@ Every error the engine raises derives from :class:`WorkflowError`::
     ├── InvalidArgumentError (ValueError)  a bad option, caught at the call
     ├── QueryNotFoundError             unknown query type
     ├── NonRetryableError              raised by an activity to stop retries
+    ├── StoreConflictError             a store write lost a race (stale run, duplicate event)
     └── ApplicationError               an error rebuilt from history whose type is unknown here
 
 Internal control-flow signals derive from ``BaseException`` and are never

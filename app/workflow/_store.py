@@ -41,10 +41,12 @@ class AppendingStore(WorkflowStore, Protocol):
     async def append(self, state: WorkflowState, events: Sequence[HistoryEvent]) -> None:
         """Durably add ``events`` (the last ``len(events)`` of ``state.history``).
 
-        Also stores the state's header fields (status, result, error,
-        updated_at) in the same atomic write. Raises
-        :class:`StoreConflictError` when the stored run is not
-        ``state.run_id``, or when an event id is already stored.
+        Also stores the state's header fields that change during a run
+        (status, result, error, updated_at) in the same atomic write; the
+        run's identity (type, input, timeout) is fixed by ``save``. Raises
+        :class:`StoreConflictError`, writing nothing, when the workflow is
+        not stored, its stored run is not ``state.run_id``, or the event ids
+        do not continue the stored history.
         """
         ...
 

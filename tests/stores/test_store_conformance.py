@@ -212,9 +212,6 @@ async def test_append_adds_events_and_updates_header_fields(
     state.status = WorkflowStatus.COMPLETED
     state.result = {"total": 3, "lines": [{"sku": "A", "qty": 2}]}
     state.error = "recovered from ✗"
-    state.timeout = 12.0
-    state.workflow_type = "wf-v2"
-    state.input = {"n": 1, "patched": True}
     state.updated_at = at(99).astimezone(IST)
 
     await appending_store.append(state, new)
@@ -224,6 +221,18 @@ async def test_append_adds_events_and_updates_header_fields(
     assert snapshot(loaded) == snapshot(state)
     assert loaded.created_at == T0
     assert loaded.updated_at.utcoffset() == timedelta(hours=5, minutes=30)
+
+
+async def test_append_leaves_the_run_identity_alone(appending_store: AppendingStore) -> None:
+    # type, input and timeout are fixed when a run is saved; append never rewrites them
+    state = make_state(events=1)
+    await appending_store.save(state)
+    original = (state.workflow_type, state.input, state.timeout)
+    state.workflow_type, state.input, state.timeout = "other", {"patched": True}, 12.0
+    await appending_store.append(state, advance(state))
+    loaded = await appending_store.load("wf-1")
+    assert loaded is not None
+    assert (loaded.workflow_type, loaded.input, loaded.timeout) == original
 
 
 async def test_append_after_append_keeps_ids_consecutive(appending_store: AppendingStore) -> None:
