@@ -49,7 +49,7 @@ def _adapter(hint: Any) -> TypeAdapter[Any]:
 def from_payload(data: Any, hint: Any, what: str = "value") -> Any:
     """Rebuild a value of type ``hint`` from JSON data (no-op when ``hint`` is Any)."""
     if hint is None or hint is Any or hint is inspect.Parameter.empty or hint is object:
-        return data
+        return _copy_json(data)  # workflow code may mutate what it gets; history must not change
     try:
         adapter = _adapter(hint)
     except TypeError:  # unhashable hint: build it fresh
@@ -58,6 +58,14 @@ def from_payload(data: Any, hint: Any, what: str = "value") -> Any:
         return adapter.validate_python(data)
     except ValidationError as exc:
         raise PayloadError(f"{what} does not match its annotation {hint!r}: {exc}") from exc
+
+
+def _copy_json(data: Any) -> Any:
+    if type(data) is dict:
+        return {key: _copy_json(value) for key, value in data.items()}
+    if type(data) is list:
+        return [_copy_json(value) for value in data]
+    return data
 
 
 class Signature(typing.NamedTuple):

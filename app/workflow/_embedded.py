@@ -82,6 +82,10 @@ class _Run:
         self.done: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         self.parked: WorkflowError | None = None
         self.stuck: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # hook calls wait here until the run's lock is released, so a hook may call
+        # the executor (signal, query, cancel) without deadlocking; FIFO keeps their order
+        self.deferred: list[Callable[[], Awaitable[None]]] = []
+        self.flushing = False
 
     @property
     def ended(self) -> bool:
@@ -131,7 +135,7 @@ class DefaultExecutor:
         self._appending = False
         self._hooks = hooks or Hooks()
         self._workflows = FunctionTable("workflow", workflows)
-        self._activities = FunctionTable("activity", activities)
+        self._activities = FunctionTable("activity", activities, "activities")
         self._clock = clock or (lambda: datetime.now(UTC))
         self._threads = activity_threads
         self._always_replay = always_replay
@@ -272,13 +276,14 @@ class DefaultExecutor:
         finally:
             self._starting.discard(wid)
         try:
-            await call_hook(self._hooks.on_workflow_start, wid, options.input)
+            self._defer(run, self._hooks.on_workflow_start, wid, options.input)
             self._apply(run, started)
             if self._always_replay:
                 self._check_replay(run)
             await self._reconcile(run)
         finally:
             run.lock.release()
+        await self._flush(run)
         return _Handle(self, wid, state.run_id, fn)
 
     def get_handle(self, workflow_id: str) -> _Handle:
@@ -309,7 +314,7 @@ class DefaultExecutor:
             run,
             make,
             raise_errors=True,
-            on_recorded=lambda: call_hook(self._hooks.on_signal, workflow_id, signal),
+            on_recorded=lambda r: self._defer(r, self._hooks.on_signal, workflow_id, signal),
         )
         if not recorded:
             raise WorkflowNotFoundError(workflow_id, "it ended before the signal was recorded")
@@ -338,19 +343,18 @@ class DefaultExecutor:
             return state.result
         instance = run.instance if run is not None else None
         if instance is None:
-            instance = self._replay_for_query(state)
+            instance = self._replay_for_query(state, query_type)
         if query_type not in instance.query_names:
             raise QueryNotFoundError(
                 workflow_id, query_type, [*BUILTIN_QUERIES, *instance.query_names]
             )
         return instance.query(query_type)
 
-    def _replay_for_query(self, state: WorkflowState) -> WorkflowInstance:
+    def _replay_for_query(self, state: WorkflowState, query_type: str) -> WorkflowInstance:
         fn = self._workflows.get(state.workflow_type)
         if fn is None:
-            raise QueryNotFoundError(state.workflow_id, "?", BUILTIN_QUERIES) from WorkflowError(
-                f"workflow type {state.workflow_type!r} is not registered here"
-            )
+            reason = WorkflowError(f"workflow type {state.workflow_type!r} is not registered here")
+            raise QueryNotFoundError(state.workflow_id, query_type, BUILTIN_QUERIES) from reason
         instance = self._new_instance(state, fn)
         instance.replaying = True
         for event in state.history:
@@ -461,9 +465,21 @@ class DefaultExecutor:
         make: Callable[[_Run], HistoryEvent | None],
         *,
         raise_errors: bool = False,
-        on_recorded: Callable[[], Awaitable[None]] | None = None,
+        on_recorded: Callable[[_Run], None] | None = None,
     ) -> bool:
         """Record and apply one input event built by ``make`` (None: nothing to do)."""
+        try:
+            return await self._locked_input(run, make, raise_errors, on_recorded)
+        finally:
+            await self._flush(run)
+
+    async def _locked_input(
+        self,
+        run: _Run,
+        make: Callable[[_Run], HistoryEvent | None],
+        raise_errors: bool,
+        on_recorded: Callable[[_Run], None] | None,
+    ) -> bool:
         async with run.lock:
             if run.ended or self._closed:
                 return False
@@ -478,10 +494,10 @@ class DefaultExecutor:
                 self._park(run, WorkflowError(f"could not record {event.type.value}: {exc}"))
                 return False
             if on_recorded is not None:
-                await on_recorded()
+                on_recorded(run)
             if run.parked is not None:
                 return True  # kept in history; applied when the code is fixed and resumed
-            await self._input_hooks(run, event)
+            self._input_hooks(run, event)
             self._apply(run, event)
             if self._always_replay:
                 self._check_replay(run)
@@ -539,20 +555,52 @@ class DefaultExecutor:
             else:
                 await self.store.save(run.state)
 
-    async def _input_hooks(self, run: _Run, event: HistoryEvent) -> None:
+    def _defer(self, run: _Run, hook: Any, *args: Any) -> None:
+        if hook is not None:
+            run.deferred.append(lambda: call_hook(hook, *args))
+
+    async def _flush(self, run: _Run) -> None:
+        """Call the hooks queued while the run's lock was held, in order.
+
+        One task drains the queue at a time; a hook that calls the executor
+        queues more and returns, and the drain already running calls them next.
+        """
+        if run.flushing:
+            return
+        run.flushing = True
+        try:
+            while run.deferred:
+                await run.deferred.pop(0)()
+        finally:
+            run.flushing = False
+
+    def _input_hooks(self, run: _Run, event: HistoryEvent) -> None:
         wid = run.state.workflow_id
         instance = run.instance
         assert instance is not None
         kind = event.type
         if kind is EventType.ACTIVITY_COMPLETED:
-            await call_hook(self._hooks.on_activity_complete, wid, event.result)
+            self._defer(run, self._hooks.on_activity_complete, wid, event.result)
         elif (
             kind is EventType.ACTIVITY_FAILED
             and event.failure is not None
             and not event.failure.non_retryable
             and self._will_retry(instance, event)
         ):
-            await call_hook(self._hooks.on_retry, wid, decode_failure(event.failure))
+            self._defer(run, self._hooks.on_retry, wid, decode_failure(event.failure))
+        elif kind is EventType.TIMER_FIRED and event.step is not None:
+            timer = instance.pending_timers().get(event.step)
+            if (
+                timer is not None
+                and timer.kind is TimerKind.ACTIVITY_TIMEOUT
+                and self._will_retry(instance, event)
+            ):
+                self._defer(
+                    run,
+                    self._hooks.on_retry,
+                    wid,
+                    TimeoutError(f"activity {timer.activity_name!r} timed out"),
+                )
 
     @staticmethod
     def _will_retry(instance: WorkflowInstance, event: HistoryEvent) -> bool:
@@ -599,12 +647,12 @@ class DefaultExecutor:
             await self._record(run, echoes)
             for event in echoes:
                 if event.type is EventType.ACTIVITY_STARTED:
-                    await call_hook(self._hooks.on_activity_start, wid, event.input)
+                    self._defer(run, self._hooks.on_activity_start, wid, event.input)
                 self._apply(run, event)
                 if run.parked is not None:
                     return
         if outcome is not None:
-            await self._finish(run, outcome)
+            self._finish(run, outcome)
             return
         self._sync_activities(run, instance)
         self._sync_timers(run, instance)
@@ -662,16 +710,6 @@ class DefaultExecutor:
             )
 
         await self._input(run, make)
-        if (
-            timer.kind is TimerKind.ACTIVITY_TIMEOUT
-            and run.instance is not None
-            and run.instance.is_backing_off(timer.step)
-        ):
-            await call_hook(
-                self._hooks.on_retry,
-                run.state.workflow_id,
-                TimeoutError(f"activity {timer.activity_name!r} timed out"),
-            )
 
     async def _run_activity(self, run: _Run, act: PendingActivity) -> None:
         fn = self._activities.get(act.name) or act.fn
@@ -740,15 +778,20 @@ class DefaultExecutor:
 
         await self._input(run, make)
 
-    async def _finish(self, run: _Run, outcome: Outcome) -> None:
+    def _finish(self, run: _Run, outcome: Outcome) -> None:
         self._halt(run)
         wid = run.state.workflow_id
         if self._runs.get(wid) is run:
             del self._runs[wid]
         if outcome.status is WorkflowStatus.COMPLETED:
-            await call_hook(self._hooks.on_workflow_complete, wid, outcome.result)
+            self._defer(run, self._hooks.on_workflow_complete, wid, outcome.result)
         elif outcome.status is WorkflowStatus.FAILED:
-            await call_hook(self._hooks.on_workflow_fail, wid, _failure_error(run.state, outcome))
+            self._defer(run, self._hooks.on_workflow_fail, wid, _failure_error(run.state, outcome))
+        # resolve waiters only after the end hooks ran, so result() sees them done
+        self._defer(run, self._resolve, run, outcome)
+
+    @staticmethod
+    def _resolve(run: _Run, outcome: Outcome) -> None:
         if not run.done.done():
             run.done.set_result(outcome)
 
@@ -781,6 +824,7 @@ class DefaultExecutor:
             instance.replaying = False
         async with run.lock:
             await self._reconcile(run)
+        await self._flush(run)
 
 
 class _Handle:

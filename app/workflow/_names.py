@@ -50,8 +50,9 @@ def named(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
 class FunctionTable:
     """Functions by name, both ways; one kind ("workflow" or "activity") per table."""
 
-    def __init__(self, kind: str, functions: Registrable = ()) -> None:
+    def __init__(self, kind: str, functions: Registrable = (), plural: str = "") -> None:
         self.kind = kind
+        self.plural = plural or f"{kind}s"
         self._by_name: dict[str, Callable[..., Any]] = {}
         self._names: dict[int, str] = {}
         self.add_all(functions)
@@ -71,7 +72,7 @@ class FunctionTable:
         existing = self._by_name.get(name)
         if existing is not None and existing is not fn:
             raise InvalidArgumentError(
-                f"two different {self.kind}s are registered as {name!r}; give one an explicit name"
+                f"two different {self.plural} are registered as {name!r}; give one an explicit name"
             )
         self._by_name[name] = fn
         self._names.setdefault(id(fn), name)

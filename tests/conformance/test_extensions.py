@@ -305,3 +305,19 @@ async def test_human_in_the_loop_survives_restart(restartable: Runtime) -> None:
         assert await ex.get_handle("hitl").result(timeout=WAIT) == "decided: approved"
         assert await ex.get_handle("hitl-late").result(timeout=WAIT) == "escalated"
     assert [r["wait"] for r in NOTIFIED].count(60) == 1  # notified once, not again on replay
+
+
+async def test_a_hook_may_call_the_executor(runtime: Runtime) -> None:
+    executors: list[Any] = []
+    stages: list[Any] = []
+
+    async def approve_when_ready(workflow_id: str, result: Any) -> None:
+        # the hook runs after the step is applied: a query sees it, a signal goes through
+        stages.append(await executors[0].query(workflow_id, "status"))
+        await executors[0].signal(workflow_id, Signal("go", f"from hook {result}"))
+
+    async with runtime.open(hooks=Hooks(on_activity_complete=approve_when_ready)) as ex:
+        executors.append(ex)
+        handle = await ex.execute(wf.wait_after_ready, WorkflowOptions(id="hook-calls", input="r"))
+        assert await handle.result(timeout=WAIT) == "from hook r"
+    assert stages == ["running"]

@@ -1,0 +1,152 @@
+"""Plain-text rendering of workflows and their histories for the command line."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from app.workflow import EventType, HistoryEvent, WorkflowState
+
+__all__ = [
+    "DETAIL_WIDTH",
+    "format_table",
+    "format_value",
+    "render_history",
+    "render_state",
+    "render_workflow_list",
+    "truncate",
+]
+
+DETAIL_WIDTH = 60
+"""Longest detail cell of a history table, ellipsis included."""
+
+_HEADER_VALUE_WIDTH = 200
+_ELLIPSIS = "..."
+
+
+def truncate(text: str, width: int) -> str:
+    """``text`` cut to at most ``width`` characters, marked when cut."""
+    if len(text) <= width:
+        return text
+    return text[: max(0, width - len(_ELLIPSIS))] + _ELLIPSIS
+
+
+def format_value(value: Any) -> str:
+    """A payload as one line of compact JSON (strings quoted, like in the store)."""
+    try:
+        text = json.dumps(value, ensure_ascii=False, default=str)
+    except ValueError:  # circular structure: never stored, but keep the CLI alive
+        text = repr(value)
+    return _one_line(text)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def format_table(
+    headers: Sequence[str], rows: Iterable[Sequence[str]], *, right: Iterable[int] = ()
+) -> str:
+    """Columns padded to their widest cell; column indexes in ``right`` align right."""
+    body = [list(row) for row in rows]
+    widths = [len(h) for h in headers]
+    for row in body:
+        for i, cell in enumerate(row):
+            widths[i] = max(widths[i], len(cell))
+    right_aligned = set(right)
+
+    def line(cells: Sequence[str]) -> str:
+        padded = [
+            cell.rjust(widths[i]) if i in right_aligned else cell.ljust(widths[i])
+            for i, cell in enumerate(cells)
+        ]
+        return "  ".join(padded).rstrip()
+
+    rule = ["-" * w for w in widths]
+    return "\n".join([line(headers), line(rule), *(line(row) for row in body)])
+
+
+def _clock(moment: datetime) -> str:
+    local = moment.astimezone()
+    return f"{local:%H:%M:%S}.{local.microsecond // 1000:03d}"
+
+
+def _date_time(moment: datetime) -> str:
+    return f"{moment.astimezone():%Y-%m-%d %H:%M:%S}"
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.3f}".rstrip("0").rstrip(".") + "s"
+
+
+def _detail(event: HistoryEvent) -> str:
+    kind = event.type
+    if kind in (EventType.WORKFLOW_STARTED, EventType.ACTIVITY_STARTED):
+        return format_value(event.input)
+    if kind in (EventType.ACTIVITY_COMPLETED, EventType.WORKFLOW_COMPLETED):
+        return format_value(event.result)
+    if kind is EventType.SIGNAL_RECEIVED:
+        sender = f"from {event.sender_id}: " if event.sender_id else ""
+        return sender + format_value(event.signal_payload)
+    if kind is EventType.TIMER_FIRED:
+        return "" if event.duration is None else f"after {_seconds(event.duration)}"
+    if event.error is not None:
+        return _one_line(event.error)
+    return ""
+
+
+def render_history(events: Sequence[HistoryEvent], *, detail_width: int = DETAIL_WIDTH) -> str:
+    """A history as an aligned table: one row per event, in recorded order."""
+    headers = ("ID", "TIME", "EVENT", "STEP", "ATTEMPT", "NAME", "DETAIL")
+    rows = [
+        (
+            str(event.id),
+            _clock(event.timestamp),
+            event.type.value,
+            "" if event.step is None else str(event.step),
+            "" if event.attempt is None else str(event.attempt),
+            event.activity_name or event.signal_name or "",
+            truncate(_detail(event), detail_width),
+        )
+        for event in events
+    ]
+    return format_table(headers, rows, right=(0, 3, 4))
+
+
+def render_state(state: WorkflowState) -> str:
+    """The header of a workflow (identity, status, input, outcome) as labelled lines."""
+    fields: list[tuple[str, str]] = [
+        ("Workflow", state.workflow_id),
+        ("Run", state.run_id),
+        ("Type", state.workflow_type or "-"),
+        ("Status", state.status.value),
+        ("Created", _date_time(state.created_at)),
+        ("Updated", _date_time(state.updated_at)),
+        ("Input", truncate(format_value(state.input), _HEADER_VALUE_WIDTH)),
+    ]
+    if state.result is not None:
+        fields.append(("Result", truncate(format_value(state.result), _HEADER_VALUE_WIDTH)))
+    if state.error is not None:
+        fields.append(("Error", truncate(_one_line(state.error), _HEADER_VALUE_WIDTH)))
+    width = max(len(label) for label, _ in fields)
+    return "\n".join(f"{label.ljust(width)}  {value}" for label, value in fields)
+
+
+def render_workflow_list(states: Sequence[WorkflowState]) -> str:
+    """One aligned row per workflow: id, type, status, run, created, updated, events."""
+    headers = ("WORKFLOW ID", "TYPE", "STATUS", "RUN ID", "CREATED", "UPDATED", "EVENTS")
+    rows = [
+        (
+            state.workflow_id,
+            state.workflow_type or "-",
+            state.status.value,
+            state.run_id[:12],
+            _date_time(state.created_at),
+            _date_time(state.updated_at),
+            str(len(state.history)),
+        )
+        for state in states
+    ]
+    return format_table(headers, rows, right=(6,))
