@@ -93,6 +93,17 @@ async def test_same_id_while_running_is_rejected_and_rerun_after_end(runtime: Ru
     assert state.history[0].id == 1
 
 
+async def test_result_timeout_raises_timeout_error(runtime: Runtime) -> None:
+    async with runtime.open() as ex:
+        handle = await ex.execute(wf.wait_after_ready, WorkflowOptions(id="slow", input="s"))
+        with pytest.raises(TimeoutError) as info:
+            await handle.result(timeout=0.05)
+        assert not isinstance(info.value, WorkflowError)
+        assert await handle.status() is WorkflowStatus.RUNNING
+        await signal(ex, "slow", "go", "late")
+        assert await handle.result(timeout=WAIT) == "late"
+
+
 async def test_not_found_errors(runtime: Runtime) -> None:
     async with runtime.open() as ex:
         with pytest.raises(WorkflowNotFoundError, match="ghost"):

@@ -198,13 +198,16 @@ async def activity_info(ctx: WorkflowContext) -> dict[str, Any]:
 
 async def replay_safe_values(ctx: WorkflowContext) -> dict[str, Any]:
     await ctx.execute_activity(double, 1)
-    return {
+    values = {
         "now": ctx.now().isoformat(),
         "random": ctx.random().random(),
         "uuid": str(ctx.uuid4()),
         "workflow_id": ctx.workflow_id,
         "run_id": ctx.run_id,
     }
+    # answered after the end by replaying the history: shows what a replay computes
+    ctx.set_query_handler("values", lambda: values)
+    return values
 
 
 async def failing_workflow(ctx: WorkflowContext, message: str) -> None:
