@@ -9,7 +9,6 @@ capability makes the tests needing it skip by name, from a fixture.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from app.testing import HookRecorder
 from app.workflow import DefaultExecutor, Hooks, Signal, WorkflowStore
 from providers.inmemory import InMemoryStore
 from providers.sqlite import SQLiteStore
@@ -26,45 +26,7 @@ from tests.conformance import workflows as suite
 WAIT = 10.0  # upper bound for any single await in the suite
 
 
-class Recorder:
-    """Hooks that log every call and let a test await one."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, str, Any]] = []
-        self._changed = asyncio.Condition()
-
-    def _record(self, name: str) -> Callable[[str, Any], Any]:
-        async def hook(workflow_id: str, value: Any) -> None:
-            async with self._changed:
-                self.calls.append((name, workflow_id, value))
-                self._changed.notify_all()
-
-        return hook
-
-    def hooks(self) -> Hooks:
-        return Hooks(
-            on_workflow_start=self._record("workflow_start"),
-            on_workflow_complete=self._record("workflow_complete"),
-            on_workflow_fail=self._record("workflow_fail"),
-            on_activity_start=self._record("activity_start"),
-            on_activity_complete=self._record("activity_complete"),
-            on_signal=self._record("signal"),
-            on_retry=self._record("retry"),
-        )
-
-    def names(self, workflow_id: str) -> list[str]:
-        return [name for name, wid, _ in self.calls if wid == workflow_id]
-
-    async def wait_for(
-        self, name: str, workflow_id: str, count: int = 1, timeout: float = WAIT
-    ) -> None:
-        """Wait until hook ``name`` has fired ``count`` times for ``workflow_id``."""
-
-        def reached() -> bool:
-            return self.names(workflow_id).count(name) >= count
-
-        async with asyncio.timeout(timeout), self._changed:
-            await self._changed.wait_for(reached)
+Recorder = HookRecorder  # hooks that record each call and can be awaited
 
 
 @dataclass
