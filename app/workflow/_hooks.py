@@ -19,8 +19,10 @@ Hook = Callable[..., Any]
 class Hooks:
     """Optional callbacks; each may be a plain or an ``async`` function.
 
-    A hook that raises is logged and never breaks the workflow. Runtimes call
-    them once per recorded event and never while replaying history.
+    Runtimes call them once per recorded event, never while replaying
+    history, after the event is durable and applied, in the order of the
+    events of each workflow. A hook may call the executor (signal, query,
+    cancel); one that raises is logged and never breaks the workflow.
     """
 
     on_workflow_start: Callable[[str, Any], Any] | None = None
