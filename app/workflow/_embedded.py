@@ -14,10 +14,8 @@ same way, so work whose result is recorded never runs again.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import inspect
 import logging
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -25,12 +23,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from . import activity as _activity
+from ._activity_runner import run_attempt
 from ._converter import (
     decode_failure,
     describe_failure,
-    encode_failure,
-    from_payload,
-    signature_of,
     to_payload,
 )
 from ._core import Outcome, PendingActivity, PendingTimer, TimerKind, WorkflowInstance
@@ -39,12 +35,10 @@ from ._errors import (
     NonDeterminismError,
     QueryNotFoundError,
     WorkflowAlreadyRunningError,
-    WorkflowCanceledError,
     WorkflowError,
-    WorkflowFailedError,
     WorkflowNotFoundError,
-    WorkflowTimeoutError,
 )
+from ._handle import EmbeddedHandle, failure_error, outcome_value
 from ._hooks import Hooks, call_hook
 from ._names import FunctionTable, Registrable
 from ._store import AppendingStore, WorkflowStore
@@ -62,7 +56,6 @@ from ._types import (
 log = logging.getLogger("app.workflow.embedded")
 
 BUILTIN_QUERIES = ("result", "status")
-_TIMEOUT_TYPE = f"{WorkflowTimeoutError.__module__}.{WorkflowTimeoutError.__qualname__}"
 
 
 class ExecutorStoppedError(WorkflowError):
@@ -232,7 +225,7 @@ class DefaultExecutor:
             log.error("executor task failed", exc_info=task.exception())
 
     # -- the DurableExecutor API ---------------------------------------------
-    async def execute(self, fn: Callable[..., Any], options: WorkflowOptions) -> _Handle:
+    async def execute(self, fn: Callable[..., Any], options: WorkflowOptions) -> EmbeddedHandle:
         """Start ``fn`` as a new workflow run and return its handle."""
         if not isinstance(options, WorkflowOptions):
             raise InvalidArgumentError(
@@ -284,12 +277,12 @@ class DefaultExecutor:
         finally:
             run.lock.release()
         await self._flush(run)
-        return _Handle(self, wid, state.run_id, fn)
+        return EmbeddedHandle(self, wid, state.run_id, fn)
 
-    def get_handle(self, workflow_id: str) -> _Handle:
+    def get_handle(self, workflow_id: str) -> EmbeddedHandle:
         """A handle on the latest run of ``workflow_id`` (e.g. after a restart)."""
         run = self._runs.get(workflow_id)
-        return _Handle(
+        return EmbeddedHandle(
             self, workflow_id, run.state.run_id if run else None, run.fn if run else None
         )
 
@@ -414,7 +407,7 @@ class DefaultExecutor:
                 )
             outcome = None
         fn = fn or self._workflows.get(state.workflow_type)
-        return _outcome_value(state, outcome, fn)
+        return outcome_value(state, outcome, fn)
 
     # -- the run loop ---------------------------------------------------------
     def _new_instance(self, state: WorkflowState, fn: Callable[..., Any]) -> WorkflowInstance:
@@ -712,7 +705,6 @@ class DefaultExecutor:
         await self._input(run, make)
 
     async def _run_activity(self, run: _Run, act: PendingActivity) -> None:
-        fn = self._activities.get(act.name) or act.fn
         state = run.state
         info = _activity.ActivityInfo(
             workflow_id=state.workflow_id,
@@ -722,30 +714,9 @@ class DefaultExecutor:
             attempt=act.attempt,
             step=act.step,
         )
-        token = _activity._enter(info)
-        started = time.monotonic()
-        result: Any = None
-        failure = None
-        try:
-            sig = signature_of(fn)
-            args: tuple[Any, ...] = ()
-            if sig.params:
-                args = (from_payload(act.input, sig.input_hint, f"input of activity {act.name!r}"),)
-            if sig.is_async:
-                value = await fn(*args)
-            else:
-                ctx = contextvars.copy_context()
-                value = await asyncio.get_running_loop().run_in_executor(
-                    self._pool, ctx.run, fn, *args
-                )
-            result = to_payload(value, f"result of activity {act.name!r}")
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            failure = encode_failure(exc, with_stack=True)
-        finally:
-            _activity._leave(token)
-        duration = time.monotonic() - started
+        fn = self._activities.get(act.name) or act.fn
+        done = await run_attempt(fn, act.input, info, self._pool)
+        result, failure, duration = done.result, done.failure, done.duration
         task = asyncio.current_task()
 
         def make(r: _Run) -> HistoryEvent | None:
@@ -786,7 +757,7 @@ class DefaultExecutor:
         if outcome.status is WorkflowStatus.COMPLETED:
             self._defer(run, self._hooks.on_workflow_complete, wid, outcome.result)
         elif outcome.status is WorkflowStatus.FAILED:
-            self._defer(run, self._hooks.on_workflow_fail, wid, _failure_error(run.state, outcome))
+            self._defer(run, self._hooks.on_workflow_fail, wid, failure_error(run.state, outcome))
         # resolve waiters only after the end hooks ran, so result() sees them done
         self._defer(run, self._resolve, run, outcome)
 
@@ -825,67 +796,3 @@ class DefaultExecutor:
         async with run.lock:
             await self._reconcile(run)
         await self._flush(run)
-
-
-class _Handle:
-    """A run started by (or resumed in) a :class:`DefaultExecutor`."""
-
-    def __init__(
-        self,
-        executor: DefaultExecutor,
-        workflow_id: str,
-        run_id: str | None,
-        fn: Callable[..., Any] | None,
-    ) -> None:
-        self._executor = executor
-        self._id = workflow_id
-        self._run_id = run_id
-        self._fn = fn
-
-    @property
-    def id(self) -> str:
-        return self._id
-
-    @property
-    def run_id(self) -> str:
-        return self._run_id or ""
-
-    async def status(self) -> WorkflowStatus:
-        return await self._executor._status(self._id, self._run_id)
-
-    async def result(self, timeout: float | None = None) -> Any:
-        """Wait for the end of the run; see :class:`app.workflow.WorkflowHandle`."""
-        return await self._executor._result(self._id, self._run_id, self._fn, timeout)
-
-    def __repr__(self) -> str:
-        return f"WorkflowHandle(id={self._id!r}, run_id={self._run_id!r})"
-
-
-def _failure_error(state: WorkflowState, outcome: Outcome | None) -> BaseException:
-    """The exception a failed run raises from ``result()``, cause attached."""
-    failure = outcome.failure if outcome is not None else None
-    if failure is None:
-        terminal = state.history[-1] if state.history else None
-        failure = terminal.failure if terminal is not None else None
-    if failure is not None and failure.type == _TIMEOUT_TYPE:
-        return WorkflowTimeoutError(state.workflow_id, state.timeout or 0.0)
-    message = describe_failure(failure) if failure is not None else (state.error or "unknown")
-    err = WorkflowFailedError(state.workflow_id, message)
-    cause = outcome.error if outcome is not None and outcome.error is not None else None
-    if cause is None and failure is not None:
-        cause = decode_failure(failure)
-    err.__cause__ = cause
-    return err
-
-
-def _outcome_value(
-    state: WorkflowState, outcome: Outcome | None, fn: Callable[..., Any] | None
-) -> Any:
-    status = outcome.status if outcome is not None else state.status
-    if status is WorkflowStatus.COMPLETED:
-        hint = signature_of(fn, 1).return_hint if fn is not None else None
-        result = outcome.result if outcome is not None else state.result
-        return from_payload(result, hint, "workflow result")
-    if status is WorkflowStatus.CANCELED:
-        raise WorkflowCanceledError(state.workflow_id)
-    raise _failure_error(state, outcome)

@@ -1,0 +1,64 @@
+"""Running one activity attempt: decode its input, call it, encode its outcome.
+
+Shared by every runtime that executes activities itself; it knows nothing of
+histories or stores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any
+
+from . import activity as _activity
+from ._converter import encode_failure, from_payload, signature_of, to_payload
+from ._types import FailureInfo
+
+
+@dataclass(frozen=True)
+class AttemptOutcome:
+    """What one attempt produced: a result payload, or a failure; and how long it took."""
+
+    result: Any
+    failure: FailureInfo | None
+    duration: float
+
+
+async def run_attempt(
+    fn: Callable[..., Any],
+    payload: Any,
+    info: _activity.ActivityInfo,
+    pool: Executor | None,
+) -> AttemptOutcome:
+    """Run ``fn`` on the decoded ``payload``: coroutines inline, plain functions in ``pool``.
+
+    ``activity.info()`` returns ``info`` inside the call, threads included.
+    Exceptions become a failure; cancellation propagates.
+    """
+    name = info.activity_name
+    token = _activity._enter(info)
+    started = time.monotonic()
+    result: Any = None
+    failure: FailureInfo | None = None
+    try:
+        sig = signature_of(fn)
+        args: tuple[Any, ...] = ()
+        if sig.params:
+            args = (from_payload(payload, sig.input_hint, f"input of activity {name!r}"),)
+        if sig.is_async:
+            value = await fn(*args)
+        else:
+            ctx = contextvars.copy_context()
+            value = await asyncio.get_running_loop().run_in_executor(pool, ctx.run, fn, *args)
+        result = to_payload(value, f"result of activity {name!r}")
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        failure = encode_failure(exc, with_stack=True)
+    finally:
+        _activity._leave(token)
+    return AttemptOutcome(result, failure, time.monotonic() - started)
