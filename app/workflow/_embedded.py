@@ -3,12 +3,13 @@
 Each running workflow is a ``_Run``: its stored state, its deterministic
 instance and the asyncio tasks and timers carrying out what the instance
 wants. Every input (activity result, timer, signal, cancel) is handled under
-the run's lock in the same order: record the event durably, call hooks, apply
-it to the instance, then reconcile: record the echoes of new commands
-(activity_started, the terminal event) and make the running tasks and armed
-timers match what the instance wants. A restart rebuilds the instance by
-applying the stored history (no hooks, no side effects) and reconciles the
-same way, so work whose result is recorded never runs again.
+the run's lock in the same order: record the event durably, apply it to the
+instance, then reconcile: record the echoes of new commands (activity_started,
+the terminal event) and make the running tasks and armed timers match what
+the instance wants. Hooks queued meanwhile run once the lock is released. A
+restart rebuilds the instance by applying the stored history (no hooks, no
+side effects) and reconciles the same way, so work whose result is recorded
+never runs again.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from ._errors import (
 from ._handle import EmbeddedHandle, failure_error, outcome_value
 from ._hooks import Hooks, call_hook
 from ._names import FunctionTable, Registrable
-from ._store import AppendingStore, WorkflowStore
+from ._store import AppendingStore, StoreConflictError, WorkflowStore
 from ._types import (
     TERMINAL_EVENTS,
     EventType,
@@ -56,6 +57,7 @@ from ._types import (
 log = logging.getLogger("app.workflow.embedded")
 
 BUILTIN_QUERIES = ("result", "status")
+_WRITE_RETRIES = (0.05, 0.2, 0.8)  # seconds between tries of a failed store write
 
 
 class ExecutorStoppedError(WorkflowError):
@@ -79,10 +81,11 @@ class _Run:
         # the executor (signal, query, cancel) without deadlocking; FIFO keeps their order
         self.deferred: list[Callable[[], Awaitable[None]]] = []
         self.flushing = False
+        self.finished = False
 
     @property
     def ended(self) -> bool:
-        return self.done.done()
+        return self.finished or self.done.done()
 
 
 class DefaultExecutor:
@@ -335,13 +338,18 @@ class DefaultExecutor:
         if query_type == "result":
             return state.result
         instance = run.instance if run is not None else None
+        replayed = instance is None
         if instance is None:
             instance = self._replay_for_query(state, query_type)
-        if query_type not in instance.query_names:
-            raise QueryNotFoundError(
-                workflow_id, query_type, [*BUILTIN_QUERIES, *instance.query_names]
-            )
-        return instance.query(query_type)
+        try:
+            if query_type not in instance.query_names:
+                raise QueryNotFoundError(
+                    workflow_id, query_type, [*BUILTIN_QUERIES, *instance.query_names]
+                )
+            return instance.query(query_type)
+        finally:
+            if replayed:
+                instance.close()
 
     def _replay_for_query(self, state: WorkflowState, query_type: str) -> WorkflowInstance:
         fn = self._workflows.get(state.workflow_type)
@@ -443,14 +451,28 @@ class DefaultExecutor:
         elif run.parked is None:
             state.error = None
         try:
-            if self._appending:
-                await self.store.append(state, events)  # type: ignore[attr-defined]
-            else:
-                await self.store.save(state)
+            await self._write(state, events)
         except BaseException:
             del state.history[before[0] :]
             state.status, state.result, state.error, state.updated_at = before[1:]
             raise
+
+    async def _write(self, state: WorkflowState, events: list[HistoryEvent]) -> None:
+        """One durable write, retried a few times unless it lost a race (a conflict)."""
+        for delay in (*_WRITE_RETRIES, None):
+            try:
+                if self._appending:
+                    await self.store.append(state, events)  # type: ignore[attr-defined]
+                else:
+                    await self.store.save(state)
+                return
+            except StoreConflictError:
+                raise
+            except Exception:
+                if delay is None or self._closed:
+                    raise
+                log.warning("store write for %s failed; retrying", state.workflow_id, exc_info=True)
+                await asyncio.sleep(delay)
 
     async def _input(
         self,
@@ -637,7 +659,11 @@ class DefaultExecutor:
                 )
             )
         if echoes:
-            await self._record(run, echoes)
+            try:
+                await self._record(run, echoes)
+            except Exception as exc:
+                self._park(run, WorkflowError(f"could not record {echoes[0].type.value}: {exc}"))
+                return
             for event in echoes:
                 if event.type is EventType.ACTIVITY_STARTED:
                     self._defer(run, self._hooks.on_activity_start, wid, event.input)
@@ -750,6 +776,7 @@ class DefaultExecutor:
         await self._input(run, make)
 
     def _finish(self, run: _Run, outcome: Outcome) -> None:
+        run.finished = True
         self._halt(run)
         wid = run.state.workflow_id
         if self._runs.get(wid) is run:
@@ -790,6 +817,9 @@ class DefaultExecutor:
                 instance.apply(event)
         except NonDeterminismError as err:
             self._park(run, err)
+            return
+        except Exception as exc:  # a broken history must not stop the other workflows
+            self._park(run, WorkflowError(f"could not replay its history: {exc!r}"))
             return
         finally:
             instance.replaying = False
