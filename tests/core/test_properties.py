@@ -111,12 +111,12 @@ class Run:
     def do(self, choice: tuple[str, Any]) -> None:
         what, item = choice
         if what == "complete":
-            self.add(
-                EventType.ACTIVITY_COMPLETED, step=item.step, attempt=item.attempt, result=item.input
-            )
+            step, attempt = item.step, item.attempt
+            self.add(EventType.ACTIVITY_COMPLETED, step=step, attempt=attempt, result=item.input)
         elif what == "fail":
             failure = FailureInfo(type="builtins.OSError", message="flaky")
-            self.add(EventType.ACTIVITY_FAILED, step=item.step, attempt=item.attempt, failure=failure)
+            step, attempt = item.step, item.attempt
+            self.add(EventType.ACTIVITY_FAILED, step=step, attempt=attempt, failure=failure)
         elif what == "fire":
             ahead = max(0.0, item.due - (T0 + timedelta(seconds=self.clock)).timestamp())
             self.add(EventType.TIMER_FIRED, advance=ahead, step=item.step, attempt=item.attempt)
