@@ -72,6 +72,7 @@ class Signature(typing.NamedTuple):
     """What a workflow or activity function takes and returns."""
 
     params: int
+    required: int
     input_hint: Any
     return_hint: Any
     is_async: bool
@@ -90,10 +91,13 @@ def signature_of(fn: Callable[..., Any], skip: int = 0) -> Signature:
     except Exception:  # unresolved forward references: fall back to untyped
         hints = {}
     params = positional[skip:]
+    required = sum(1 for p in params if p.default is p.empty) + sum(
+        1 for p in sig.parameters.values() if p.kind is p.KEYWORD_ONLY and p.default is p.empty
+    )
     input_hint = hints.get(params[0].name, Any) if params else Any
     return_hint = hints.get("return", Any)
     is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(target)
-    return Signature(len(params), input_hint, return_hint, is_async)
+    return Signature(len(params), required, input_hint, return_hint, is_async)
 
 
 def _type_name(exc_type: type[BaseException]) -> str:

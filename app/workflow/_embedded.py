@@ -25,11 +25,7 @@ from typing import Any
 
 from . import activity as _activity
 from ._activity_runner import run_attempt
-from ._converter import (
-    decode_failure,
-    describe_failure,
-    to_payload,
-)
+from ._converter import decode_failure, describe_failure, signature_of, to_payload
 from ._core import Outcome, PendingActivity, PendingTimer, TimerKind, WorkflowInstance
 from ._errors import (
     InvalidArgumentError,
@@ -237,6 +233,12 @@ class DefaultExecutor:
         if not inspect.iscoroutinefunction(fn):
             raise InvalidArgumentError(
                 f"workflow {fn!r} must be an `async def` function taking (ctx, input)"
+            )
+        sig = signature_of(fn, 1)
+        if sig.required > 1 or inspect.signature(fn).parameters.keys() == set():
+            raise InvalidArgumentError(
+                f"workflow {fn!r} must take (ctx) or (ctx, input): "
+                "pass several values as one dataclass, model or dict"
             )
         name = self._workflows.name_of(fn)
         payload = to_payload(options.input, "workflow input")

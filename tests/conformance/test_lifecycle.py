@@ -183,6 +183,13 @@ async def test_invalid_arguments_fail_at_the_call(runtime: Runtime) -> None:
             await ex.execute(wf.double, WorkflowOptions(id="x"))
         with pytest.raises(InvalidArgumentError, match="WorkflowOptions"):
             await ex.execute(wf.sequential, {"id": "x"})  # type: ignore[arg-type]
+        with pytest.raises(InvalidArgumentError, match=r"\(ctx\) or \(ctx, input\)"):
+            await ex.execute(wf.too_many_inputs, WorkflowOptions(id="x"))
+        handle = await ex.execute(wf.calls_two_input_activity, WorkflowOptions(id="arity"))
+        with pytest.raises(WorkflowFailedError) as info:
+            await handle.result(timeout=WAIT)
+        assert isinstance(info.value.__cause__, InvalidArgumentError)
+        assert "at most one required parameter" in str(info.value.__cause__)
 
 
 async def test_thousand_step_workflow(long_histories: Runtime) -> None:

@@ -94,6 +94,10 @@ def not_serializable(x: int) -> object:
     return object()
 
 
+def two_inputs(a: int, b: int) -> int:
+    return a + b
+
+
 # -- workflows ------------------------------------------------------------------
 async def sequential(ctx: WorkflowContext, n: int) -> list[int]:
     a = await ctx.execute_activity(double, n)
@@ -230,6 +234,14 @@ async def sleep_forever(ctx: WorkflowContext) -> None:
     await ctx.sleep(3600)
 
 
+async def calls_two_input_activity(ctx: WorkflowContext) -> int:
+    return int(await ctx.execute_activity(two_inputs, 1))
+
+
+async def too_many_inputs(ctx: WorkflowContext, a: int, b: int) -> int:
+    return a + b
+
+
 workflows = [
     sequential,
     retry_until_success,
@@ -252,6 +264,7 @@ workflows = [
     catches_activity_error,
     bad_activity_result,
     sleep_forever,
+    calls_two_input_activity,
 ]
 
 activities = [
@@ -266,4 +279,5 @@ activities = [
     charge,
     describe,
     not_serializable,
+    two_inputs,
 ]

@@ -145,6 +145,11 @@ class WorkflowContext:
         seconds = None if timeout is None else to_seconds(timeout, "activity timeout")
         act_name = name or self._instance.activity_name(fn)
         sig = signature_of(fn)
+        if sig.required > 1:
+            raise InvalidArgumentError(
+                f"activity {act_name!r} must take at most one required parameter (its input); "
+                "pass several values as one dataclass, model or dict"
+            )
         if sig.params == 0 and input is not None:
             raise InvalidArgumentError(
                 f"activity {act_name!r} takes no parameter, but an input was given"
