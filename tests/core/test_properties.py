@@ -11,16 +11,14 @@ reach exactly the live instance's state.
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.workflow import EventType, FailureInfo, HistoryEvent, RetryPolicy, WorkflowContext
-from app.workflow._core import WorkflowInstance
+from app.workflow import EventType, FailureInfo, RetryPolicy, WorkflowContext
+from tests.core.driver import Driver
 
-T0 = datetime(2031, 5, 1, tzinfo=UTC)
 RETRY = RetryPolicy(max_attempts=3, initial_interval=1, max_interval=4)
 
 
@@ -63,88 +61,46 @@ OPS = st.one_of(
 ).map(list)
 
 
-class Run:
-    def __init__(self, ops: list[list[Any]]) -> None:
-        self.ops = ops
-        self.history: list[HistoryEvent] = []
-        self.clock = 0.0
-        self.live = self.fresh()
-        self.add(EventType.WORKFLOW_STARTED, input=ops)
+def choices(run: Driver) -> list[tuple[str, Any]]:
+    """What may happen next to a run that has not ended."""
+    instance = run.instance
+    if instance.outcome is not None:
+        return []
+    out: list[tuple[str, Any]] = []
+    for act in instance.pending_activities():
+        out += [("complete", act.step), ("fail", act.step)]
+    out += [("fire", step) for step in instance.pending_timers()]
+    return [*out, ("signal", None), ("cancel", None)]
 
-    def fresh(self) -> WorkflowInstance:
-        return WorkflowInstance(workflow_id="p", run_id="r", workflow_type="program", fn=program)
 
-    def add(self, kind: EventType, advance: float = 0.01, **fields: Any) -> None:
-        self.clock += advance
-        event = HistoryEvent(
-            id=len(self.history) + 1,
-            type=kind,
-            timestamp=T0 + timedelta(seconds=self.clock),
-            **fields,
-        )
-        self.history.append(event)
-        self.live.apply(event)
-        for act in self.live.pending_activities():
-            if not act.recorded:
-                self.add(
-                    EventType.ACTIVITY_STARTED,
-                    advance=0,
-                    activity_name=act.name,
-                    input=act.input,
-                    step=act.step,
-                    attempt=act.attempt,
-                )
-        outcome = self.live.outcome
-        if outcome is not None and not self.live.outcome_recorded:
-            self.add(outcome.event_type, advance=0, result=outcome.result, failure=outcome.failure)
-
-    def choices(self) -> list[tuple[str, Any]]:
-        if self.live.outcome is not None:
-            return []
-        out: list[tuple[str, Any]] = []
-        for act in self.live.pending_activities():
-            out += [("complete", act), ("fail", act)]
-        out += [("fire", t) for t in self.live.pending_timers().values()]
-        out += [("signal", None), ("cancel", None)]
-        return out
-
-    def do(self, choice: tuple[str, Any]) -> None:
-        what, item = choice
-        if what == "complete":
-            step, attempt = item.step, item.attempt
-            self.add(EventType.ACTIVITY_COMPLETED, step=step, attempt=attempt, result=item.input)
-        elif what == "fail":
-            failure = FailureInfo(type="builtins.OSError", message="flaky")
-            step, attempt = item.step, item.attempt
-            self.add(EventType.ACTIVITY_FAILED, step=step, attempt=attempt, failure=failure)
-        elif what == "fire":
-            ahead = max(0.0, item.due - (T0 + timedelta(seconds=self.clock)).timestamp())
-            self.add(EventType.TIMER_FIRED, advance=ahead, step=item.step, attempt=item.attempt)
-        elif what == "signal":
-            self.add(EventType.SIGNAL_RECEIVED, signal_name="s", signal_payload=len(self.history))
-        else:
-            self.add(EventType.CANCEL_REQUESTED)
-
-    def replayed(self) -> WorkflowInstance:
-        instance = self.fresh()
-        for event in self.history:
-            instance.apply(event)
-        return instance
+def happen(run: Driver, choice: tuple[str, Any]) -> None:
+    what, step = choice
+    if what == "complete":
+        act = next(a for a in run.instance.pending_activities() if a.step == step)
+        run.complete(step, act.input)
+    elif what == "fail":
+        run.fail(step, FailureInfo(type="builtins.OSError", message="flaky"))
+    elif what == "fire":
+        run.fire(step)
+    elif what == "signal":
+        run.add(EventType.SIGNAL_RECEIVED, signal_name="s", signal_payload=len(run.history))
+    else:
+        run.add(EventType.CANCEL_REQUESTED)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ops=st.lists(OPS, min_size=1, max_size=6), data=st.data())
 def test_replay_rebuilds_the_live_state_at_every_step(ops: list[list[Any]], data: Any) -> None:
-    run = Run(ops)
+    run = Driver(program, ops)
     for _ in range(60):
-        choices = run.choices()
-        if not choices:
+        options = choices(run)
+        if not options:
             break
-        weights = [c for c in choices if c[0] != "cancel"] or choices
-        pool = weights if data.draw(st.integers(0, 19)) else choices  # cancel now and then
-        run.do(data.draw(st.sampled_from(pool)))
-        replayed = run.replayed()
-        assert replayed.snapshot() == run.live.snapshot(), run.history
-        assert replayed.summary() == run.live.summary()
+        calm = [c for c in options if c[0] != "cancel"]
+        pool = calm if data.draw(st.integers(0, 19)) else options  # cancel now and then
+        happen(run, data.draw(st.sampled_from(pool)))
+        replayed = run.replay()
+        assert replayed.snapshot() == run.instance.snapshot(), run.history
+        assert replayed.summary() == run.instance.summary()
     ids = [e.id for e in run.history]
     assert ids == list(range(1, len(ids) + 1))
