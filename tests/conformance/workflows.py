@@ -281,3 +281,24 @@ activities = [
     not_serializable,
     two_inputs,
 ]
+
+
+async def swallow_cancel(ctx: WorkflowContext) -> str:
+    try:
+        await ctx.sleep(3600)
+    except asyncio.CancelledError:
+        return "cleaned up and finished"
+    return "slept"
+
+
+async def retry_forever(ctx: WorkflowContext) -> None:
+    slow = RetryPolicy(max_attempts=10, initial_interval=30, max_interval=60)
+    await ctx.execute_activity(always_fail, 1, retry=slow)
+
+
+async def timeout_during_activity(ctx: WorkflowContext) -> str:
+    result: str = await ctx.execute_activity(hang, 30.0)
+    return result
+
+
+workflows += [swallow_cancel, retry_forever, timeout_during_activity]
