@@ -284,6 +284,17 @@ class DefaultExecutor:
         await self._flush(run)
         return EmbeddedHandle(self, wid, state.run_id, fn)
 
+    async def describe(self, workflow_id: str) -> WorkflowState:
+        """The latest run of ``workflow_id``: status, result or error, and its history."""
+        await self.start()
+        run = self._runs.get(workflow_id)
+        if run is not None:
+            return run.state.model_copy(deep=True)
+        state = await self.store.load(workflow_id)
+        if state is None:
+            raise WorkflowNotFoundError(workflow_id)
+        return state
+
     def get_handle(self, workflow_id: str) -> EmbeddedHandle:
         """A handle on the latest run of ``workflow_id`` (e.g. after a restart)."""
         run = self._runs.get(workflow_id)

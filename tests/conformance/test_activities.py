@@ -21,8 +21,7 @@ async def test_sequential_activities_record_each_step(runtime: Runtime) -> None:
         handle = await ex.execute(wf.sequential, WorkflowOptions(id="seq", input=3))
         assert await handle.result(timeout=WAIT) == [6, 12, 24]
         assert await handle.status() is WorkflowStatus.COMPLETED
-        state = await ex.store.load("seq")
-    assert state is not None
+        state = await ex.describe("seq")
     kinds = [e.type for e in state.history]
     assert kinds == [
         EventType.WORKFLOW_STARTED,
@@ -45,8 +44,7 @@ async def test_retry_until_success(runtime: Runtime, recorder: Recorder) -> None
     async with runtime.open(hooks=recorder.hooks()) as ex:
         handle = await ex.execute(wf.retry_until_success, WorkflowOptions(id="retry", input=7))
         assert await handle.result(timeout=WAIT) == {"value": 7, "attempt": 3}
-        state = await ex.store.load("retry")
-    assert state is not None
+        state = await ex.describe("retry")
     failed = [e for e in state.history if e.type is EventType.ACTIVITY_FAILED]
     assert [e.attempt for e in failed] == [1, 2]
     assert all(e.error and "ConnectionError" in e.error for e in failed)
@@ -77,11 +75,10 @@ async def test_non_retryable_error_stops_retries(runtime: Runtime) -> None:
         handle = await ex.execute(wf.non_retryable, WorkflowOptions(id="nonretry", input=42))
         with pytest.raises(WorkflowFailedError) as info:
             await handle.result(timeout=WAIT)
-        state = await ex.store.load("nonretry")
+        state = await ex.describe("nonretry")
     cause = info.value.__cause__
     assert isinstance(cause, ActivityError) and cause.attempts == 1
     assert isinstance(cause.__cause__, NonRetryableError)
-    assert state is not None
     assert [e.type for e in state.history].count(EventType.ACTIVITY_STARTED) == 1
 
 
@@ -96,12 +93,11 @@ async def test_activity_timeout_is_retried_then_fails(runtime: Runtime) -> None:
         handle = await ex.execute(wf.activity_timeout, WorkflowOptions(id="atimeout", input=0.1))
         with pytest.raises(WorkflowFailedError) as info:
             await handle.result(timeout=WAIT)
-        state = await ex.store.load("atimeout")
+        state = await ex.describe("atimeout")
     cause = info.value.__cause__
     assert isinstance(cause, ActivityError)
     assert cause.attempts == 2
     assert isinstance(cause.__cause__, TimeoutError)
-    assert state is not None
     assert [e.attempt for e in state.history if e.type is EventType.ACTIVITY_STARTED] == [1, 2]
     assert not [e for e in state.history if e.type is EventType.ACTIVITY_COMPLETED]
 
@@ -110,8 +106,7 @@ async def test_gather_of_twenty_activities(runtime: Runtime) -> None:
     async with runtime.open() as ex:
         handle = await ex.execute(wf.fan_out, WorkflowOptions(id="fan", input=20))
         assert await handle.result(timeout=WAIT) == [i * 2 for i in range(20)]
-        state = await ex.store.load("fan")
-    assert state is not None
+        state = await ex.describe("fan")
     started = [e for e in state.history if e.type is EventType.ACTIVITY_STARTED]
     assert sorted(e.step for e in started) == list(range(1, 21))
     completed = [e for e in state.history if e.type is EventType.ACTIVITY_COMPLETED]
@@ -123,9 +118,8 @@ async def test_dataclass_and_pydantic_payloads_round_trip(runtime: Runtime) -> N
     async with runtime.open() as ex:
         handle = await ex.execute(wf.typed_order, WorkflowOptions(id="typed", input=order))
         receipt = await handle.result(timeout=WAIT)
-        state = await ex.store.load("typed")
+        state = await ex.describe("typed")
     assert receipt == wf.Receipt(order_id="A-1", total=12.5, lines=2)
-    assert state is not None
     assert state.input == {"order_id": "A-1", "amount": 12.5, "items": ["x", "y"]}
 
 

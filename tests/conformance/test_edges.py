@@ -24,8 +24,7 @@ async def test_cancel_during_retry_backoff_stops_retrying(
         await ex.cancel("cb")
         with pytest.raises(WorkflowCanceledError):
             await handle.result(timeout=WAIT)
-        state = await ex.store.load("cb")
-    assert state is not None
+        state = await ex.describe("cb")
     assert [e.type for e in state.history].count(EventType.ACTIVITY_STARTED) == 1
     assert state.history[-1].type is EventType.WORKFLOW_CANCELED
 
@@ -45,8 +44,8 @@ async def test_workflow_timeout_during_an_activity(runtime: Runtime, recorder: R
         )
         with pytest.raises(WorkflowTimeoutError):
             await handle.result(timeout=WAIT)
-        state = await ex.store.load("wta")
-    assert state is not None and state.status is WorkflowStatus.FAILED
+        state = await ex.describe("wta")
+    assert state.status is WorkflowStatus.FAILED
     assert [e.type for e in state.history][-2:] == [
         EventType.TIMER_FIRED,
         EventType.WORKFLOW_FAILED,
@@ -60,8 +59,7 @@ async def test_workflow_timeout_is_kept_across_a_restart(restartable: Runtime) -
     async with restartable.open() as ex:
         with pytest.raises(WorkflowTimeoutError):
             await ex.get_handle("wtr").result(timeout=WAIT)
-        state = await ex.store.load("wtr")
-    assert state is not None
+        state = await ex.describe("wtr")
     fired = next(e for e in state.history if e.type is EventType.TIMER_FIRED)
     assert fired.step == 0
     assert (fired.timestamp - state.history[0].timestamp).total_seconds() >= 0.3

@@ -32,8 +32,7 @@ async def test_cancel_runs_cleanup_then_cancels(runtime: Runtime, recorder: Reco
         with pytest.raises(WorkflowCanceledError):
             await handle.result(timeout=WAIT)
         assert await handle.status() is WorkflowStatus.CANCELED
-        state = await ex.store.load("cx")
-    assert state is not None
+        state = await ex.describe("cx")
     kinds = [e.type for e in state.history]
     assert kinds[-1] is EventType.WORKFLOW_CANCELED
     assert EventType.CANCEL_REQUESTED in kinds
@@ -62,8 +61,7 @@ async def test_builtin_and_handler_queries(runtime: Runtime, recorder: Recorder)
         assert await ex.query("q", "status") == WorkflowStatus.COMPLETED
         assert await ex.query("q", "result") == 2
         assert await ex.query("q", "progress") == {"done": 2}
-        state = await ex.store.load("q")
-    assert state is not None
+        state = await ex.describe("q")
     assert not [e for e in state.history if "query" in e.type.value]
 
 
@@ -88,8 +86,8 @@ async def test_same_id_while_running_is_rejected_and_rerun_after_end(runtime: Ru
         second = await ex.execute(wf.sequential, WorkflowOptions(id="dup", input=1))
         assert await second.result(timeout=WAIT) == [2, 4, 8]
         assert second.run_id != first.run_id
-        state = await ex.store.load("dup")
-    assert state is not None and state.run_id == second.run_id
+        state = await ex.describe("dup")
+    assert state.run_id == second.run_id
     assert state.history[0].id == 1
 
 
@@ -130,7 +128,8 @@ async def test_payload_error_at_execute(runtime: Runtime) -> None:
     async with runtime.open() as ex:
         with pytest.raises(PayloadError, match="not JSON-serializable"):
             await ex.execute(wf.sequential, WorkflowOptions(id="bad", input=object()))
-        assert await ex.store.load("bad") is None
+        with pytest.raises(WorkflowNotFoundError):
+            await ex.describe("bad")
 
 
 async def test_workflow_exception_is_the_cause(runtime: Runtime) -> None:
@@ -138,10 +137,10 @@ async def test_workflow_exception_is_the_cause(runtime: Runtime) -> None:
         handle = await ex.execute(wf.failing_workflow, WorkflowOptions(id="wfail", input="nope"))
         with pytest.raises(WorkflowFailedError) as info:
             await handle.result(timeout=WAIT)
-        state = await ex.store.load("wfail")
+        state = await ex.describe("wfail")
     assert isinstance(info.value.__cause__, RuntimeError)
     assert str(info.value.__cause__) == "nope"
-    assert state is not None and state.status is WorkflowStatus.FAILED
+    assert state.status is WorkflowStatus.FAILED
     assert state.error == "RuntimeError: nope"
     assert state.history[-1].failure is not None
     assert "failing_workflow" in state.history[-1].failure.stack
@@ -196,8 +195,7 @@ async def test_thousand_step_workflow(long_histories: Runtime) -> None:
     async with long_histories.open() as ex:
         handle = await ex.execute(wf.long_chain, WorkflowOptions(id="long", input=1000))
         assert await handle.result(timeout=60) == sum(2 * i for i in range(1000))
-        state = await ex.store.load("long")
-    assert state is not None
+        state = await ex.describe("long")
     assert len(state.history) == 2 + 2 * 1000
     assert [e.id for e in state.history] == list(range(1, 2003))
 

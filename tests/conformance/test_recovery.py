@@ -52,8 +52,7 @@ async def test_timer_keeps_its_original_due_time(restartable: Runtime) -> None:
         await ex.execute(wf.sleeper, WorkflowOptions(id="due", input=0.5))
     async with restartable.open() as ex:
         await ex.get_handle("due").result(timeout=WAIT)
-        state = await ex.store.load("due")
-    assert state is not None
+        state = await ex.describe("due")
     started = state.history[0].timestamp
     fired = next(e for e in state.history if e.type is EventType.TIMER_FIRED)
     waited = (fired.timestamp - started).total_seconds()
@@ -90,12 +89,12 @@ async def test_changed_code_raises_non_determinism_and_recovers(restartable: Run
         # stuck, not failed: still running, the reason visible
         assert await ex.query("nd", "status") == WorkflowStatus.RUNNING
         await signal(ex, "nd", "go", "kept")  # recorded while stuck
-        state = await ex.store.load("nd")
-        assert state is not None and "NonDeterminismError" in (state.error or "")
+        state = await ex.describe("nd")
+        assert "NonDeterminismError" in (state.error or "")
     async with restartable.open(**v1) as ex:  # the old code is deployed again
         assert await ex.get_handle("nd").result(timeout=WAIT) == "kept"
-        state = await ex.store.load("nd")
-    assert state is not None and state.error is None
+        state = await ex.describe("nd")
+    assert state.error is None
     assert state.status is WorkflowStatus.COMPLETED
 
 

@@ -16,8 +16,7 @@ async def test_signals_sent_before_wait_are_buffered_in_order(runtime: Runtime) 
             await signal(ex, "buf", "item", {"n": i})
         await signal(ex, "buf", "go")
         assert await handle.result(timeout=WAIT) == [{"n": 0}, {"n": 1}, {"n": 2}]
-        state = await ex.store.load("buf")
-    assert state is not None
+        state = await ex.describe("buf")
     received = [e for e in state.history if e.type is EventType.SIGNAL_RECEIVED]
     assert [e.signal_name for e in received] == ["item", "item", "item", "go"]
 
@@ -28,8 +27,7 @@ async def test_signal_after_the_workflow_waits(runtime: Runtime, recorder: Recor
         await recorder.wait_for("activity_complete", "after")
         await ex.signal("after", Signal("go", {"ok": True}, sender_id="tester"))
         assert await handle.result(timeout=WAIT) == {"ok": True}
-        state = await ex.store.load("after")
-    assert state is not None
+        state = await ex.describe("after")
     sig = next(e for e in state.history if e.type is EventType.SIGNAL_RECEIVED)
     assert sig.signal_payload == {"ok": True}
     assert sig.sender_id == "tester"
@@ -40,8 +38,7 @@ async def test_receive_times_out(runtime: Runtime) -> None:
     async with runtime.open() as ex:
         handle = await ex.execute(wf.receive_with_timeout, WorkflowOptions(id="rto", input=0.1))
         assert await handle.result(timeout=WAIT) == "timed out"
-        state = await ex.store.load("rto")
-    assert state is not None
+        state = await ex.describe("rto")
     assert [e.type for e in state.history].count(EventType.TIMER_FIRED) == 1
 
 
@@ -50,8 +47,7 @@ async def test_receive_within_timeout(runtime: Runtime) -> None:
         handle = await ex.execute(wf.receive_with_timeout, WorkflowOptions(id="rok", input=30))
         await signal(ex, "rok", "reply", "yes")
         assert await handle.result(timeout=WAIT) == "got yes"
-        state = await ex.store.load("rok")
-    assert state is not None
+        state = await ex.describe("rok")
     # the timeout timer was canceled, never fired
     assert EventType.TIMER_FIRED not in [e.type for e in state.history]
 

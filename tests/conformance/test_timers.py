@@ -19,9 +19,8 @@ async def test_sleep_fires_a_durable_timer(runtime: Runtime) -> None:
     async with runtime.open() as ex:
         handle = await ex.execute(wf.sleeper, WorkflowOptions(id="sleep", input=0.2))
         elapsed = float(await handle.result(timeout=WAIT))
-        state = await ex.store.load("sleep")
+        state = await ex.describe("sleep")
     assert elapsed >= 0.2
-    assert state is not None
     fired = [e for e in state.history if e.type is EventType.TIMER_FIRED]
     assert len(fired) == 1 and fired[0].duration == pytest.approx(0.2)
     assert (fired[0].timestamp - state.history[0].timestamp).total_seconds() >= 0.2
@@ -35,7 +34,6 @@ async def test_workflow_timeout(runtime: Runtime) -> None:
         assert isinstance(info.value, WorkflowFailedError)
         assert await handle.status() is WorkflowStatus.FAILED
         assert await ex.query("wto", "status") == WorkflowStatus.FAILED
-        state = await ex.store.load("wto")
-    assert state is not None
+        state = await ex.describe("wto")
     assert state.history[-1].type is EventType.WORKFLOW_FAILED
     assert "timed out" in (state.error or "")
