@@ -205,10 +205,6 @@ class WorkflowInstance:
         act = self._activities.get(step)
         return act is not None and act.attempt == attempt and not act.backing_off
 
-    def is_backing_off(self, step: int) -> bool:
-        act = self._activities.get(step)
-        return act is not None and act.backing_off
-
     def is_current_timer(self, step: int, attempt: int | None) -> bool:
         timer = self._timers.get(step)
         return timer is not None and timer.attempt == attempt
