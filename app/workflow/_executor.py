@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, runtime_checkable
 
 from ._core import WorkflowContext
-from ._types import Signal, WorkflowOptions, WorkflowStatus
+from ._types import Duration, Signal, WorkflowOptions, WorkflowStatus
 
 WorkflowFunc = Callable[[WorkflowContext, Any], Awaitable[Any]]
 """``async def workflow(ctx, input) -> result`` (the input parameter is optional)."""
@@ -24,7 +24,7 @@ class WorkflowHandle(Protocol):
 
     async def status(self) -> WorkflowStatus: ...
 
-    async def result(self, timeout: float | None = None) -> Any:
+    async def result(self, timeout: Duration | None = None) -> Any:
         """Wait for the run to end and return its result.
 
         Raises :class:`WorkflowFailedError` (cause: the original error),

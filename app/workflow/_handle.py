@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from ._converter import decode_failure, describe_failure, from_payload, signature_of
 from ._core import Outcome
 from ._errors import WorkflowCanceledError, WorkflowFailedError, WorkflowTimeoutError
-from ._types import WorkflowState, WorkflowStatus
+from ._types import Duration, WorkflowState, WorkflowStatus, to_seconds
 
 if TYPE_CHECKING:
     from ._embedded import DefaultExecutor
@@ -42,9 +42,10 @@ class EmbeddedHandle:
     async def status(self) -> WorkflowStatus:
         return await self._executor._status(self._id, self._run_id)
 
-    async def result(self, timeout: float | None = None) -> Any:
+    async def result(self, timeout: Duration | None = None) -> Any:
         """Wait for the end of the run; see :class:`app.workflow.WorkflowHandle`."""
-        return await self._executor._result(self._id, self._run_id, self._fn, timeout)
+        seconds = None if timeout is None else to_seconds(timeout, "result timeout")
+        return await self._executor._result(self._id, self._run_id, self._fn, seconds)
 
     def __repr__(self) -> str:
         return f"WorkflowHandle(id={self._id!r}, run_id={self._run_id!r})"

@@ -10,7 +10,7 @@ from opentelemetry import trace
 from ._errors import WorkflowCanceledError, WorkflowFailedError
 from ._executor import DurableExecutor, WorkflowHandle
 from ._hooks import Hooks, call_hook
-from ._types import Signal, WorkflowOptions, WorkflowStatus
+from ._types import Duration, Signal, WorkflowOptions, WorkflowStatus
 
 Middleware = Callable[[DurableExecutor], DurableExecutor]
 
@@ -68,7 +68,7 @@ class _HookedHandle:
     async def status(self) -> WorkflowStatus:
         return await self._inner.status()
 
-    async def result(self, timeout: float | None = None) -> Any:
+    async def result(self, timeout: Duration | None = None) -> Any:
         try:
             value = await self._inner.result(timeout)
         except (WorkflowFailedError, WorkflowCanceledError) as err:

@@ -95,7 +95,9 @@ async def test_result_timeout_raises_timeout_error(runtime: Runtime) -> None:
     async with runtime.open() as ex:
         handle = await ex.execute(wf.wait_after_ready, WorkflowOptions(id="slow", input="s"))
         with pytest.raises(TimeoutError) as info:
-            await handle.result(timeout=0.05)
+            await handle.result(timeout=timedelta(milliseconds=50))
+        with pytest.raises(InvalidArgumentError, match="result timeout"):
+            await handle.result(timeout=-1)
         assert not isinstance(info.value, WorkflowError)
         assert await handle.status() is WorkflowStatus.RUNNING
         await signal(ex, "slow", "go", "late")
