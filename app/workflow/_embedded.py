@@ -578,10 +578,7 @@ class DefaultExecutor:
 
     async def _store_header(self, run: _Run) -> None:
         async with run.lock:
-            if self._appending:
-                await self.store.append(run.state, [])  # type: ignore[attr-defined]
-            else:
-                await self.store.save(run.state)
+            await self._write(run.state, [])
 
     def _defer(self, run: _Run, hook: Any, *args: Any) -> None:
         if hook is not None:

@@ -386,7 +386,7 @@ class WorkflowInstance:
         if (
             self.outcome is None
             or self.outcome.event_type is not event.type
-            or (self.outcome_recorded)
+            or self.outcome_recorded
         ):
             expected = (
                 f"{self.outcome.event_type.value}"
@@ -440,7 +440,7 @@ class WorkflowInstance:
             task.cancel()
         try:
             self._loop.run_until_idle()
-        except BaseException:
+        except BaseException:  # the code's own cleanup must never break closing it
             log.debug("error while closing workflow %s", self.workflow_id, exc_info=True)
         for task in tasks:
             if task.done() and not task.cancelled():
