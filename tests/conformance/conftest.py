@@ -10,7 +10,7 @@ capability makes the tests needing it skip by name, from a fixture.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,26 +29,42 @@ WAIT = 10.0  # upper bound for any single await in the suite
 Recorder = HookRecorder  # hooks that record each call and can be awaited
 
 
+Opener = Callable[["Runtime", "Hooks | None", dict[str, Any]], AbstractAsyncContextManager[Any]]
+"""How a runtime opens one executor: ``(runtime, hooks, overrides)``.
+
+``overrides`` may hold ``workflows`` and ``activities`` (the suite's lists
+otherwise) and runtime-specific options.
+"""
+
+
 @dataclass
 class Runtime:
-    """How to open executors of one runtime over one persistent store."""
+    """How to open executors of one runtime over one persistent store.
+
+    The default opener builds a :class:`DefaultExecutor` (the embedded
+    runtime) over ``store()``; other runtimes pass their own ``opener``. The
+    capability ``embedded`` marks runtimes whose executor is a
+    ``DefaultExecutor`` (tests of its own extras need it).
+    """
 
     name: str
     make_store: Callable[[], WorkflowStore]
     capabilities: set[str] = field(default_factory=set)
     stores: list[WorkflowStore] = field(default_factory=list)
+    options: dict[str, Any] = field(default_factory=dict)
+    opener: Opener | None = None
 
     def store(self) -> WorkflowStore:
         if not self.stores:
             self.stores.append(self.make_store())
         return self.stores[-1]
 
-    options: dict[str, Any] = field(default_factory=dict)
-
     @asynccontextmanager
-    async def open(
-        self, hooks: Hooks | None = None, **overrides: Any
-    ) -> AsyncIterator[DefaultExecutor]:
+    async def open(self, hooks: Hooks | None = None, **overrides: Any) -> AsyncIterator[Any]:
+        if self.opener is not None:
+            async with self.opener(self, hooks, overrides) as executor:
+                yield executor
+            return
         executor = DefaultExecutor(
             store=self.store(),
             **self.options,
@@ -68,19 +84,24 @@ class Runtime:
 
 
 def _memory(tmp_path: Path) -> Runtime:
-    return Runtime("embedded-memory", InMemoryStore, {"restart"})
+    return Runtime("embedded-memory", InMemoryStore, {"restart", "embedded"})
 
 
 def _sqlite(tmp_path: Path) -> Runtime:
     return Runtime(
-        "embedded-sqlite", lambda: SQLiteStore(tmp_path / "wf.db"), {"restart", "durable"}
+        "embedded-sqlite",
+        lambda: SQLiteStore(tmp_path / "wf.db"),
+        {"restart", "durable", "embedded"},
     )
 
 
 def _always_replay(tmp_path: Path) -> Runtime:
     # rebuilds each workflow from history after every step: catches non-determinism early
     return Runtime(
-        "embedded-always-replay", InMemoryStore, {"restart"}, options={"always_replay": True}
+        "embedded-always-replay",
+        InMemoryStore,
+        {"restart", "embedded"},
+        options={"always_replay": True},
     )
 
 
@@ -104,6 +125,13 @@ async def runtime(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
 def restartable(runtime: Runtime) -> Runtime:
     if "restart" not in runtime.capabilities:
         pytest.skip(f"{runtime.name} cannot restart its executor in a test")
+    return runtime
+
+
+@pytest.fixture
+def embedded(runtime: Runtime) -> Runtime:
+    if "embedded" not in runtime.capabilities:
+        pytest.skip(f"{runtime.name} is not the embedded DefaultExecutor")
     return runtime
 
 

@@ -178,9 +178,9 @@ async def test_with_tracing_records_spans_and_errors(runtime: Runtime) -> None:
     assert spans["workflow.execute"].status.status_code is not StatusCode.ERROR
 
 
-async def test_registry(runtime: Runtime) -> None:
+async def test_registry(embedded: Runtime) -> None:
     assert "default" in list_providers()
-    executor = new("default", Config(store=runtime.store(), extra={"workflows": wf.workflows}))
+    executor = new("default", Config(store=embedded.store(), extra={"workflows": wf.workflows}))
     async with executor as ex:  # type: ignore[attr-defined]
         handle = await ex.execute(wf.sequential, WorkflowOptions(id="reg", input=2))
         assert await handle.result(timeout=WAIT) == [4, 8, 16]
