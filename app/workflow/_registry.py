@@ -61,16 +61,39 @@ class ProviderRegistry:
 _DEFAULT_KEYS = frozenset({"hooks", "workflows", "activities", "activity_threads"})
 
 
-def _default_factory(config: Config) -> DurableExecutor:
-    from ._embedded import DefaultExecutor
+def store_backed_factory(
+    provider: str,
+    make_store: Callable[[dict[str, Any]], WorkflowStore] | None = None,
+    store_keys: frozenset[str] = frozenset(),
+) -> Factory:
+    """A factory for an embedded executor whose store a provider builds.
 
-    unknown = set(config.extra) - _DEFAULT_KEYS
-    if unknown:
-        raise InvalidArgumentError(
-            f"unknown Config.extra keys for provider 'default': {', '.join(sorted(unknown))} "
-            f"(accepted: {', '.join(sorted(_DEFAULT_KEYS))})"
-        )
-    return DefaultExecutor(store=config.store, **config.extra)
+    ``Config.extra`` may hold the ``DefaultExecutor`` keys (hooks, workflows,
+    activities, activity_threads) and ``store_keys``, which are handed to
+    ``make_store`` when ``Config.store`` is not given. Any other key fails
+    at the call, naming the keys that are accepted.
+    """
+    accepted = _DEFAULT_KEYS | store_keys
+
+    def factory(config: Config) -> DurableExecutor:
+        from ._embedded import DefaultExecutor
+
+        unknown = set(config.extra) - accepted
+        if unknown:
+            raise InvalidArgumentError(
+                f"unknown Config.extra keys for provider {provider!r}: "
+                f"{', '.join(sorted(unknown))} (accepted: {', '.join(sorted(accepted))})"
+            )
+        executor_options = {k: v for k, v in config.extra.items() if k in _DEFAULT_KEYS}
+        store = config.store
+        if store is None and make_store is not None:
+            store = make_store({k: v for k, v in config.extra.items() if k in store_keys})
+        return DefaultExecutor(store=store, **executor_options)
+
+    return factory
+
+
+_default_factory = store_backed_factory("default")
 
 
 registry = ProviderRegistry()
