@@ -98,6 +98,8 @@ class DefaultExecutor:
     activities. ``always_replay=True`` rebuilds every workflow from its
     history after each step and parks it with a :class:`NonDeterminismError`
     if the rebuilt state differs: slow (quadratic), meant for tests.
+    ``close_store=True`` makes the executor close a store it was given (as
+    it always closes the default store it opened itself).
     """
 
     def __init__(
@@ -110,6 +112,7 @@ class DefaultExecutor:
         activity_threads: int = 32,
         always_replay: bool = False,
         clock: Callable[[], datetime] | None = None,
+        close_store: bool = False,
     ) -> None:
         if store is not None and not isinstance(store, WorkflowStore):
             raise InvalidArgumentError(
@@ -123,6 +126,7 @@ class DefaultExecutor:
         if activity_threads < 1:
             raise InvalidArgumentError(f"activity_threads must be >= 1, got {activity_threads}")
         self._store_arg = store
+        self._close_store = close_store
         self._store: WorkflowStore | None = store
         self._appending = False
         self._hooks = hooks or Hooks()
@@ -197,7 +201,7 @@ class DefaultExecutor:
             await asyncio.wait(tasks, timeout=5)
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
-        if self._store_arg is None and self._store is not None:
+        if (self._store_arg is None or self._close_store) and self._store is not None:
             close = getattr(self._store, "close", None)
             if close is not None:
                 await close()

@@ -17,7 +17,7 @@ class Config:
     """What a provider factory gets: a store, and provider-specific ``extra`` settings."""
 
     store: WorkflowStore | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
 Factory = Callable[[Config], DurableExecutor]
@@ -86,9 +86,11 @@ def store_backed_factory(
             )
         executor_options = {k: v for k, v in config.extra.items() if k in _DEFAULT_KEYS}
         store = config.store
-        if store is None and make_store is not None:
+        built = store is None and make_store is not None
+        if built:
+            assert make_store is not None
             store = make_store({k: v for k, v in config.extra.items() if k in store_keys})
-        return DefaultExecutor(store=store, **executor_options)
+        return DefaultExecutor(store=store, close_store=built, **executor_options)
 
     return factory
 

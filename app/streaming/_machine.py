@@ -1,0 +1,525 @@
+"""What an executor partition does with one command, with no I/O.
+
+A :class:`Run` is one workflow owned by this partition: its state (header and
+history), its deterministic instance (rebuilt from history on a cache miss)
+and the ids of recent client commands. :meth:`Machine.handle` turns a command
+into :class:`Effects`: the history events to append, the activity attempts to
+dispatch, the reply to the client. The worker writes the effects to tables and
+topics; this module only decides. It follows the embedded runtime step by
+step: record the input, apply it, then record the echoes of what the code
+asked for (activity_started, the terminal event).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from app.workflow._converter import describe_failure
+from app.workflow._core import PendingActivity, PendingTimer, TimerKind, WorkflowInstance
+from app.workflow._errors import NonDeterminismError, WorkflowError
+from app.workflow._names import FunctionTable
+from app.workflow._types import (
+    TERMINAL_EVENTS,
+    EventType,
+    FailureInfo,
+    HistoryEvent,
+    WorkflowState,
+    WorkflowStatus,
+)
+
+log = logging.getLogger("app.streaming.machine")
+
+SEEN_LIMIT = 512
+"""Client command ids remembered per workflow to drop redeliveries."""
+
+DESCRIBE = "__describe__"
+"""The query that returns the whole state (header and history)."""
+
+BUILTIN_QUERIES = ("result", "status")
+
+_STATUS_OF = {
+    EventType.WORKFLOW_COMPLETED: WorkflowStatus.COMPLETED,
+    EventType.WORKFLOW_FAILED: WorkflowStatus.FAILED,
+    EventType.WORKFLOW_CANCELED: WorkflowStatus.CANCELED,
+}
+
+
+class CommandKind:
+    """The ``kind`` values of a command."""
+
+    START = "start"
+    SIGNAL = "signal"
+    CANCEL = "cancel"
+    QUERY = "query"
+    ACTIVITY_RESULT = "activity_result"
+    TIMER_FIRED = "timer_fired"
+    ALL = (START, SIGNAL, CANCEL, QUERY, ACTIVITY_RESULT, TIMER_FIRED)
+
+
+@dataclass(frozen=True)
+class Command:
+    """A decoded command (see ``schemas/command.avsc``); payloads are JSON values."""
+
+    command_id: str
+    kind: str
+    workflow_id: str
+    issued_at: datetime
+    name: str | None = None
+    payload: Any = None
+    sender_id: str | None = None
+    reply_to: str | None = None
+    timeout_seconds: float | None = None
+    run_id: str | None = None
+    step: int | None = None
+    attempt: int | None = None
+    duration: float | None = None
+    failure: FailureInfo | None = None
+    route: int | None = None
+
+
+@dataclass(frozen=True)
+class Task:
+    """An activity attempt to dispatch to the activity workers."""
+
+    task_id: str
+    workflow_id: str
+    run_id: str
+    activity_name: str
+    step: int
+    attempt: int
+    input: Any
+    timeout: float | None
+
+
+@dataclass(frozen=True)
+class Reply:
+    """The answer to a command that asked for one."""
+
+    ok: bool
+    error_type: str | None = None
+    error: str | None = None
+    run_id: str | None = None
+    payload: Any = None
+
+
+@dataclass
+class Effects:
+    """What handling one command produced."""
+
+    events: list[HistoryEvent] = field(default_factory=list)
+    retries: set[int] = field(default_factory=set)
+    """Ids of events after which the failed or timed-out activity is tried again."""
+    tasks: list[Task] = field(default_factory=list)
+    reply: Reply | None = None
+    duplicate: bool = False
+    started: bool = False
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.events) or self.started
+
+
+@dataclass
+class Run:
+    """A workflow owned by this partition."""
+
+    state: WorkflowState
+    instance: WorkflowInstance | None = None
+    parked: str | None = None
+    seen: deque[str] = field(default_factory=lambda: deque(maxlen=SEEN_LIMIT))
+    start_command: str | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.state.status is WorkflowStatus.RUNNING
+
+    def close(self) -> None:
+        if self.instance is not None:
+            self.instance.close()
+            self.instance = None
+
+
+def run_id_for(command_id: str) -> str:
+    """A run id derived from the start command, so a redelivered start makes the same run."""
+    return hashlib.sha256(command_id.encode()).hexdigest()[:32]
+
+
+def task_id(workflow_id: str, run_id: str, step: int, attempt: int) -> str:
+    return f"{workflow_id}/{run_id[:8]}/{step}/{attempt}"
+
+
+class Machine:
+    """Decides what each command does to the workflows of one worker."""
+
+    def __init__(
+        self,
+        workflows: FunctionTable,
+        activities: FunctionTable,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.workflows = workflows
+        self.activities = activities
+        self.clock = clock or (lambda: datetime.now(UTC))
+
+    # -- building runs ---------------------------------------------------------
+    def _new_instance(self, state: WorkflowState, fn: Callable[..., Any]) -> WorkflowInstance:
+        return WorkflowInstance(
+            workflow_id=state.workflow_id,
+            run_id=state.run_id,
+            workflow_type=state.workflow_type,
+            fn=fn,
+            timeout=state.timeout,
+            activity_namer=self.activities.name_of,
+        )
+
+    def restore(self, run: Run) -> None:
+        """Rebuild ``run.instance`` from its history (no effects); parks it on failure."""
+        if run.instance is not None or not run.running:
+            return
+        fn = self.workflows.get(run.state.workflow_type)
+        if fn is None:
+            known = ", ".join(self.workflows.names()) or "none"
+            self._park(
+                run,
+                WorkflowError(
+                    f"workflow type {run.state.workflow_type!r} of {run.state.workflow_id!r} "
+                    f"is not registered with this worker (registered: {known}); deploy a "
+                    "worker whose --app module lists it"
+                ),
+            )
+            return
+        instance = self._new_instance(run.state, fn)
+        instance.replaying = True
+        try:
+            for event in run.state.history:
+                instance.apply(event)
+        except NonDeterminismError as err:
+            instance.close()
+            self._park(run, err)
+            return
+        instance.replaying = False
+        run.instance = instance
+        run.parked = None
+        if run.state.error and run.state.status is WorkflowStatus.RUNNING:
+            run.state.error = None
+
+    def pending_tasks(self, run: Run) -> list[Task]:
+        """The attempts that should be running now (to dispatch again after a takeover)."""
+        if run.instance is None or run.parked is not None or not run.running:
+            return []
+        return [self._task(run, act) for act in run.instance.pending_activities() if act.recorded]
+
+    def pending_timers(self, run: Run) -> dict[int, PendingTimer]:
+        if run.instance is None or run.parked is not None or not run.running:
+            return {}
+        return run.instance.pending_timers()
+
+    # -- commands --------------------------------------------------------------
+    def handle(self, run: Run | None, cmd: Command) -> tuple[Run | None, Effects]:
+        """Apply ``cmd`` to ``run`` (None: the workflow is unknown here)."""
+        kind = cmd.kind
+        if kind == CommandKind.START:
+            return self._start(run, cmd)
+        fx = Effects()
+        if kind == CommandKind.QUERY:
+            fx.reply = self._query(run, cmd)
+            return run, fx
+        if run is not None and cmd.command_id in run.seen:
+            fx.duplicate = True
+            fx.reply = Reply(ok=True, run_id=run.state.run_id)
+            return run, fx
+        if run is None or not run.running:
+            if kind in (CommandKind.SIGNAL, CommandKind.CANCEL):
+                action = "signal" if kind == CommandKind.SIGNAL else "cancel"
+                fx.reply = Reply(
+                    ok=False,
+                    error_type="not_found",
+                    error=f"cannot {action}: it is not running",
+                )
+            return run, fx
+        if cmd.run_id is not None and cmd.run_id != run.state.run_id:
+            return run, fx  # an engine command of an earlier run
+        if kind in (CommandKind.SIGNAL, CommandKind.CANCEL):
+            run.seen.append(cmd.command_id)
+        self.restore(run)
+        event = self._input_event(run, cmd)
+        if event is not None:
+            self._input(run, event, fx)
+        if kind in (CommandKind.SIGNAL, CommandKind.CANCEL):
+            fx.reply = Reply(ok=True, run_id=run.state.run_id)
+            fx.started = True  # ``seen`` changed: the header must be written
+        return run, fx
+
+    def _start(self, run: Run | None, cmd: Command) -> tuple[Run | None, Effects]:
+        fx = Effects()
+        if run is not None and run.start_command == cmd.command_id:
+            fx.duplicate = True
+            fx.reply = Reply(ok=True, run_id=run.state.run_id)
+            return run, fx
+        if run is not None and run.running:
+            fx.reply = Reply(
+                ok=False,
+                error_type="already_running",
+                error=f"workflow {cmd.workflow_id!r} is already running",
+                run_id=run.state.run_id,
+            )
+            return run, fx
+        if run is not None:
+            run.close()
+        name = cmd.name or ""
+        fn = self.workflows.get(name)
+        if fn is None:
+            known = ", ".join(self.workflows.names()) or "none"
+            fx.reply = Reply(
+                ok=False,
+                error_type="invalid",
+                error=f"workflow type {name!r} is not registered with this worker "
+                f"(registered: {known})",
+            )
+            return run, fx
+        now = self.clock()
+        started = HistoryEvent(
+            id=1, type=EventType.WORKFLOW_STARTED, timestamp=now, input=cmd.payload
+        )
+        state = WorkflowState(
+            workflow_id=cmd.workflow_id,
+            run_id=run_id_for(cmd.command_id),
+            workflow_type=name,
+            input=cmd.payload,
+            timeout=cmd.timeout_seconds,
+            history=[],
+            created_at=now,
+            updated_at=now,
+        )
+        new = Run(state=state, instance=self._new_instance(state, fn), start_command=cmd.command_id)
+        fx.started = True
+        self._input(new, started, fx)
+        fx.reply = Reply(ok=True, run_id=state.run_id)
+        return new, fx
+
+    def _input_event(self, run: Run, cmd: Command) -> HistoryEvent | None:
+        kind = cmd.kind
+        if kind == CommandKind.SIGNAL:
+            return self._event(
+                run,
+                EventType.SIGNAL_RECEIVED,
+                signal_name=cmd.name,
+                signal_payload=cmd.payload,
+                sender_id=cmd.sender_id,
+            )
+        if kind == CommandKind.CANCEL:
+            return self._event(run, EventType.CANCEL_REQUESTED)
+        instance = run.instance
+        if instance is None or cmd.step is None:
+            return None
+        if kind == CommandKind.ACTIVITY_RESULT:
+            if cmd.attempt is None or not instance.is_current_attempt(cmd.step, cmd.attempt):
+                return None  # a stale or redelivered result
+            act = next(a for a in instance.pending_activities() if a.step == cmd.step)
+            if not act.recorded:
+                return None
+            if cmd.failure is None:
+                return self._event(
+                    run,
+                    EventType.ACTIVITY_COMPLETED,
+                    activity_name=act.name,
+                    result=cmd.payload,
+                    step=cmd.step,
+                    attempt=cmd.attempt,
+                    duration=cmd.duration,
+                )
+            return self._event(
+                run,
+                EventType.ACTIVITY_FAILED,
+                activity_name=act.name,
+                error=describe_failure(cmd.failure),
+                failure=cmd.failure,
+                step=cmd.step,
+                attempt=cmd.attempt,
+                duration=cmd.duration,
+            )
+        if kind == CommandKind.TIMER_FIRED:
+            timer = instance.pending_timers().get(cmd.step)
+            if timer is None or timer.attempt != cmd.attempt:
+                return None
+            if timer.due > self.clock().timestamp():
+                return None  # fired early by a clock that runs ahead; it fires again
+            return self._event(
+                run,
+                EventType.TIMER_FIRED,
+                step=timer.step,
+                attempt=timer.attempt,
+                activity_name=timer.activity_name,
+                duration=timer.duration,
+            )
+        return None
+
+    def _query(self, run: Run | None, cmd: Command) -> Reply:
+        name = cmd.name or ""
+        if run is None:
+            return Reply(ok=False, error_type="not_found", error="no such workflow")
+        if name == DESCRIBE:
+            state = run.state.model_copy()
+            if run.parked is not None:
+                state.error = run.parked
+            return Reply(ok=True, run_id=state.run_id, payload=state.model_dump(mode="json"))
+        if name == "status":
+            return Reply(ok=True, run_id=run.state.run_id, payload=run.state.status.value)
+        if name == "result":
+            return Reply(ok=True, run_id=run.state.run_id, payload=run.state.result)
+        self.restore(run) if run.running else None
+        instance = run.instance
+        replayed = None
+        if instance is None:
+            replayed = self._replay_for_query(run)
+            instance = replayed
+        try:
+            if instance is None or name not in instance.query_names:
+                known = [*BUILTIN_QUERIES, *(instance.query_names if instance else [])]
+                return Reply(
+                    ok=False, error_type="query_not_found", error=",".join(known), payload=known
+                )
+            try:
+                return Reply(ok=True, run_id=run.state.run_id, payload=instance.query(name))
+            except Exception as exc:
+                return Reply(ok=False, error_type="query_failed", error=f"{exc}")
+        finally:
+            if replayed is not None:
+                replayed.close()
+
+    def _replay_for_query(self, run: Run) -> WorkflowInstance | None:
+        fn = self.workflows.get(run.state.workflow_type)
+        if fn is None:
+            return None
+        instance = self._new_instance(run.state, fn)
+        instance.replaying = True
+        try:
+            for event in run.state.history:
+                instance.apply(event)
+        except NonDeterminismError:
+            instance.close()
+            return None
+        return instance
+
+    # -- the step --------------------------------------------------------------
+    def _event(self, run: Run, kind: EventType, **fields: Any) -> HistoryEvent:
+        return HistoryEvent(
+            id=len(run.state.history) + 1, type=kind, timestamp=self.clock(), **fields
+        )
+
+    def _record(self, run: Run, events: list[HistoryEvent], fx: Effects) -> None:
+        state = run.state
+        state.history.extend(events)
+        fx.events.extend(events)
+        last = events[-1]
+        state.updated_at = last.timestamp
+        if last.type in TERMINAL_EVENTS:
+            state.status = _STATUS_OF[last.type]
+            state.result = last.result
+            state.error = last.error
+        elif run.parked is None:
+            state.error = None
+
+    def _input(self, run: Run, event: HistoryEvent, fx: Effects) -> None:
+        self._record(run, [event], fx)
+        if run.parked is not None or run.instance is None:
+            return  # kept in history; applied when the code is fixed and the run restored
+        if self._will_retry(run.instance, event):
+            fx.retries.add(event.id)
+        self._apply(run, event)
+        self._reconcile(run, fx)
+
+    def _apply(self, run: Run, event: HistoryEvent) -> None:
+        assert run.instance is not None
+        try:
+            run.instance.apply(event)
+        except NonDeterminismError as err:
+            self._park(run, err)
+
+    def _park(self, run: Run, err: WorkflowError) -> None:
+        log.error("workflow %s is stuck: %s", run.state.workflow_id, err)
+        run.parked = f"{type(err).__name__}: {err}"
+        run.state.error = run.parked
+        if run.instance is not None:
+            run.instance.close()
+            run.instance = None
+
+    @staticmethod
+    def _will_retry(instance: WorkflowInstance, event: HistoryEvent) -> bool:
+        if event.type is EventType.ACTIVITY_FAILED:
+            if event.failure is None or event.failure.non_retryable:
+                return False
+        elif event.type is EventType.TIMER_FIRED and event.step is not None:
+            timer = instance.pending_timers().get(event.step)
+            if timer is None or timer.kind is not TimerKind.ACTIVITY_TIMEOUT:
+                return False
+        else:
+            return False
+        for act in instance.pending_activities():
+            if act.step == event.step:
+                return act.attempt < act.retry.max_attempts
+        return False
+
+    def _reconcile(self, run: Run, fx: Effects) -> None:
+        instance = run.instance
+        if instance is None or run.parked is not None:
+            return
+        echoes: list[HistoryEvent] = []
+        next_id = len(run.state.history) + 1
+        now = self.clock()
+        new_attempts: list[PendingActivity] = []
+        for act in instance.pending_activities():
+            if not act.recorded:
+                new_attempts.append(act)
+                echoes.append(
+                    HistoryEvent(
+                        id=next_id + len(echoes),
+                        type=EventType.ACTIVITY_STARTED,
+                        timestamp=now,
+                        activity_name=act.name,
+                        input=act.input,
+                        step=act.step,
+                        attempt=act.attempt,
+                    )
+                )
+        outcome = instance.outcome
+        if outcome is not None and not instance.outcome_recorded:
+            echoes.append(
+                HistoryEvent(
+                    id=next_id + len(echoes),
+                    type=outcome.event_type,
+                    timestamp=now,
+                    result=outcome.result,
+                    error=describe_failure(outcome.failure) if outcome.failure else None,
+                    failure=outcome.failure,
+                )
+            )
+        if echoes:
+            self._record(run, echoes, fx)
+            for event in echoes:
+                self._apply(run, event)
+                if run.parked is not None:
+                    return
+        if outcome is not None:
+            run.close()
+            return
+        fx.tasks.extend(self._task(run, act) for act in new_attempts)
+
+    def _task(self, run: Run, act: PendingActivity) -> Task:
+        state = run.state
+        return Task(
+            task_id=task_id(state.workflow_id, state.run_id, act.step, act.attempt),
+            workflow_id=state.workflow_id,
+            run_id=state.run_id,
+            activity_name=act.name,
+            step=act.step,
+            attempt=act.attempt,
+            input=act.input,
+            timeout=act.timeout,
+        )

@@ -1,0 +1,130 @@
+"""Avro on the wire: the schemas in ``schemas/*.avsc``, single-object encoded.
+
+Every message is ``C3 01`` + the 8-byte CRC-64-AVRO fingerprint of its
+writer schema (little-endian) + the Avro body (the Avro single-object
+encoding). A reader resolves the writer schema by fingerprint, so a message
+written with an older or newer compatible schema still decodes, and bytes
+that are not one of our messages are rejected with a reason instead of
+decoding to garbage.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import struct
+from collections.abc import Mapping
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import avro.schema
+import fastavro
+from fastavro.schema import parse_schema
+
+MAGIC = b"\xc3\x01"
+SCHEMA_NAMES = ("command", "history_event", "activity_task", "reply", "dead_letter")
+ENV_SCHEMAS = "STREAMFLOW_SCHEMAS"
+_NAMESPACE = "streamflow.v1"
+
+
+class WireError(ValueError):
+    """Bytes that are not a valid message of the expected schema; says why."""
+
+
+def schemas_dir() -> Path:
+    """Where the ``.avsc`` files are: ``$STREAMFLOW_SCHEMAS`` or the repo's ``schemas/``."""
+    configured = os.environ.get(ENV_SCHEMAS)
+    return Path(configured) if configured else Path(__file__).resolve().parents[2] / "schemas"
+
+
+def load_raw(name: str, directory: Path | None = None) -> dict[str, Any]:
+    """The JSON of ``schemas/<name>.avsc``."""
+    path = (directory or schemas_dir()) / f"{name}.avsc"
+    try:
+        raw: dict[str, Any] = json.loads(path.read_text())
+    except OSError as exc:
+        raise WireError(f"cannot read Avro schema {path}: {exc}") from exc
+    return raw
+
+
+def _fingerprint(raw: Mapping[str, Any]) -> bytes:
+    # The reference implementation's Parsing Canonical Form (it drops logicalType, as
+    # Java's does) so that fingerprints match other languages' writers; the value comes
+    # big-endian and goes on the wire little-endian.
+    parsed = avro.schema.parse(json.dumps(raw))
+    return bytes(parsed.fingerprint("CRC-64-AVRO"))[::-1]
+
+
+class Codec:
+    """Encodes and decodes one message type; accepts any known writer schema."""
+
+    def __init__(self, name: str, raw: Mapping[str, Any]) -> None:
+        self.name = name
+        self.schema = parse_schema(dict(raw))
+        self.fingerprint = _fingerprint(raw)
+        self._writers: dict[bytes, Any] = {self.fingerprint: self.schema}
+
+    def add_writer(self, raw: Mapping[str, Any]) -> None:
+        """Also accept messages written with ``raw`` (an older or newer version)."""
+        schema = parse_schema(dict(raw))
+        self._writers[_fingerprint(raw)] = schema
+
+    def encode(self, record: Mapping[str, Any]) -> bytes:
+        out = io.BytesIO()
+        out.write(MAGIC)
+        out.write(self.fingerprint)
+        try:
+            fastavro.schemaless_writer(out, self.schema, dict(record))
+        except (ValueError, TypeError) as exc:
+            raise WireError(f"cannot encode {self.name}: {exc}") from exc
+        return out.getvalue()
+
+    def decode(self, data: bytes | None) -> dict[str, Any]:
+        if data is None:
+            raise WireError(f"empty message where a {self.name} was expected")
+        if len(data) < 10 or data[:2] != MAGIC:
+            raise WireError(
+                f"not an Avro single-object message (expected a {self.name} starting "
+                f"with C3 01 and a schema fingerprint, got {data[:10]!r})"
+            )
+        writer = self._writers.get(data[2:10])
+        if writer is None:
+            raise WireError(
+                f"unknown schema fingerprint {data[2:10].hex()} for a {self.name} "
+                "(written with a schema this reader does not know)"
+            )
+        buf = io.BytesIO(data[10:])
+        try:
+            record = fastavro.schemaless_reader(buf, writer, self.schema)
+        except Exception as exc:  # fastavro raises many kinds on corrupt bodies
+            raise WireError(f"corrupt {self.name} body: {type(exc).__name__}: {exc}") from exc
+        if not isinstance(record, dict):
+            raise WireError(f"a {self.name} must decode to a record, got {type(record).__name__}")
+        if buf.tell() != len(data) - 10:
+            raise WireError(f"{len(data) - 10 - buf.tell()} trailing bytes after a {self.name}")
+        return record
+
+
+@cache
+def codec(name: str) -> Codec:
+    """The codec of ``schemas/<name>.avsc``."""
+    if name not in SCHEMA_NAMES:
+        raise WireError(f"no schema named {name!r} (known: {', '.join(SCHEMA_NAMES)})")
+    return Codec(name, load_raw(name))
+
+
+def fingerprint_of(name: str) -> bytes:
+    """The 8-byte fingerprint that prefixes every ``name`` message."""
+    return codec(name).fingerprint
+
+
+def frame(fp: bytes, body: bytes) -> bytes:
+    """A single-object message from a fingerprint and an Avro body (for other writers)."""
+    return MAGIC + fp + body
+
+
+def unpack_fingerprint(data: bytes) -> int:
+    """The fingerprint of a message as an integer (for logs)."""
+    return int(struct.unpack("<Q", data[2:10])[0])

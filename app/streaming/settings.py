@@ -1,0 +1,136 @@
+"""Settings of the streaming runtime: each declared once with its type, default and env var.
+
+``StreamingSettings.from_env()`` reads ``STREAMFLOW_<NAME>`` variables (and
+``KAFKA_BOOTSTRAP_SERVERS`` for the broker); keyword arguments override
+them. Invalid values fail at construction, naming the setting.
+``docs/architecture.md`` lists them all (``python -m app settings`` prints them).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from app.workflow._errors import InvalidArgumentError
+from topics import DEFAULT_APP_ID, DEFAULT_PARTITIONS, DEFAULT_TASK_QUEUE, Topology
+
+ENV_PREFIX = "STREAMFLOW_"
+ENV_BOOTSTRAP = "KAFKA_BOOTSTRAP_SERVERS"
+
+
+class StreamingSettings(BaseModel):
+    """Broker address, topology and every broker-facing timing of workers and clients."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    bootstrap_servers: str = Field(
+        "localhost:9092", description="Kafka bootstrap servers, host:port[,host:port]"
+    )
+    app_id: str = Field(DEFAULT_APP_ID, description="Prefix of every topic and consumer group")
+    generation: int = Field(1, ge=1, description="Topic generation to use (grows partitions)")
+    partitions: int = Field(DEFAULT_PARTITIONS, ge=1, description="Partitions per topic")
+    replication: int = Field(1, ge=1, description="Replication factor of created topics")
+    task_queue: str = Field(DEFAULT_TASK_QUEUE, description="Activity task queue of this worker")
+    session_timeout: float = Field(
+        10.0, gt=0, description="Consumer group session timeout (s): how soon a dead worker's "
+        "partitions move"
+    )
+    heartbeat_interval: float = Field(1.0, gt=0, description="Consumer heartbeat interval (s)")
+    rebalance_timeout: float = Field(20.0, gt=0, description="Rebalance timeout (s)")
+    fetch_wait_ms: int = Field(
+        100, ge=0, description="Max fetch long-poll (ms); the test broker needs ~10 "
+        "(it does not wake a fetch on new data)"
+    )
+    commit_interval: float = Field(
+        0.5, gt=0, description="Offset commit interval (s); a commit always follows a flush of "
+        "the state and history it covers"
+    )
+    timer_tick: float = Field(0.05, gt=0, description="How often due timers are fired (s)")
+    timer_refire: float = Field(
+        5.0, gt=0, description="A fired timer not yet applied is fired again after this (s)"
+    )
+    batch_size: int = Field(256, ge=1, description="Commands per agent batch")
+    batch_wait: float = Field(0.002, ge=0, description="Max wait to fill a batch (s)")
+    cache_size: int = Field(10_000, ge=1, description="Running workflows kept in memory")
+    activity_concurrency: int = Field(32, ge=1, description="Activity tasks run at once")
+    activity_threads: int = Field(32, ge=1, description="Threads for plain (sync) activities")
+    request_timeout: float = Field(30.0, gt=0, description="Client: max wait for a reply (s)")
+    metrics_port: int = Field(
+        9464, ge=0, le=65535, description="Worker /metrics port (0: no metrics server)"
+    )
+    web_port: int = Field(6066, ge=0, le=65535, description="Faust web port (0: web disabled)")
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _servers(cls, value: str) -> str:
+        for server in value.split(","):
+            host, _, port = server.strip().rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"{server!r} is not host:port")
+        return value
+
+    @property
+    def topology(self) -> Topology:
+        return Topology(
+            self.app_id,
+            self.generation,
+            self.partitions,
+            self.replication,
+            (self.task_queue,),
+        )
+
+    @classmethod
+    def create(cls, **values: Any) -> StreamingSettings:
+        """Settings from ``values``; a bad value raises InvalidArgumentError naming it."""
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
+                for err in exc.errors()
+            )
+            raise InvalidArgumentError(f"invalid streaming settings: {problems}") from None
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> StreamingSettings:
+        """Settings from ``STREAMFLOW_*`` env vars and ``KAFKA_BOOTSTRAP_SERVERS``."""
+        values: dict[str, Any] = {}
+        if os.environ.get(ENV_BOOTSTRAP):
+            values["bootstrap_servers"] = os.environ[ENV_BOOTSTRAP]
+        for name in cls.model_fields:
+            env = ENV_PREFIX + name.upper()
+            if env in os.environ:
+                values[name] = os.environ[env]
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.create(**values)
+
+    @classmethod
+    def describe(cls) -> list[tuple[str, str, str, str]]:
+        """(env var, type, default, description) of every setting, for docs and the CLI."""
+        rows = []
+        for name, info in cls.model_fields.items():
+            env = ENV_BOOTSTRAP if name == "bootstrap_servers" else ENV_PREFIX + name.upper()
+            annotation = getattr(info.annotation, "__name__", str(info.annotation))
+            rows.append((env, annotation, repr(info.default), info.description or ""))
+        return rows
+
+
+def test_settings(bootstrap_servers: str, **overrides: Any) -> StreamingSettings:
+    """Timings that make a single-machine broker fast (short sessions, short fetch waits)."""
+    values: dict[str, Any] = {
+        "bootstrap_servers": bootstrap_servers,
+        "session_timeout": 3.0,
+        "heartbeat_interval": 0.5,
+        "rebalance_timeout": 5.0,
+        "fetch_wait_ms": 10,
+        "commit_interval": 0.2,
+        "timer_tick": 0.01,
+        "partitions": 4,
+        "metrics_port": 0,
+        "web_port": 0,
+        "request_timeout": 20.0,
+    }
+    values.update(overrides)
+    return StreamingSettings.create(**values)
