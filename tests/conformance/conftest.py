@@ -105,10 +105,108 @@ def _always_replay(tmp_path: Path) -> Runtime:
     )
 
 
+# A runtime factory gets only tmp_path: the session broker's address reaches
+# the kafka runtime through this dict, filled only for tests that run on it
+# (so other tests never start the broker).
+KAFKA: dict[str, str] = {}
+
+
+@pytest.fixture(autouse=True)
+def _kafka_bootstrap_hook(request: pytest.FixtureRequest) -> None:
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is not None and callspec.params.get("runtime") == "embedded-kafka":
+        KAFKA["bootstrap"] = request.getfixturevalue("kafka_bootstrap")
+
+
+def _kafka(tmp_path: Path) -> Runtime:
+    import dataclasses
+    import hashlib
+
+    from providers.kafka import KafkaStore
+
+    topic = "wf-" + hashlib.sha256(str(tmp_path).encode()).hexdigest()[:20]
+
+    def make_store() -> WorkflowStore:
+        # fetch_max_wait: the test broker (Tansu) answers a fetch only when it expires.
+        return KafkaStore(bootstrap_servers=KAFKA["bootstrap"], topic=topic, fetch_max_wait=0.01)
+
+    @asynccontextmanager
+    async def fresh_store(
+        rt: Runtime, hooks: Hooks | None, overrides: dict[str, Any]
+    ) -> AsyncIterator[Any]:
+        # Each executor gets a new store that reads the topic from the start,
+        # as a restarted process would; all are closed with the runtime.
+        rt.stores.append(rt.make_store())
+        async with dataclasses.replace(rt, opener=None).open(hooks, **overrides) as executor:
+            yield executor
+
+    return Runtime(
+        "embedded-kafka", make_store, {"restart", "durable", "embedded"}, opener=fresh_store
+    )
+
+
+# The same for the nats runtime: the session's NATS server URL.
+NATS: dict[str, str] = {}
+
+
+@pytest.fixture(autouse=True)
+def _nats_url_hook(request: pytest.FixtureRequest) -> None:
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is not None and callspec.params.get("runtime") == "embedded-nats":
+        NATS["url"] = request.getfixturevalue("nats_url")
+
+
+def _nats(tmp_path: Path) -> Runtime:
+    import dataclasses
+    import hashlib
+
+    from providers.nats import NatsStore
+
+    bucket = "wf_" + hashlib.sha256(str(tmp_path).encode()).hexdigest()[:20]
+
+    @asynccontextmanager
+    async def fresh_store(
+        rt: Runtime, hooks: Hooks | None, overrides: dict[str, Any]
+    ) -> AsyncIterator[Any]:
+        # Each executor gets a new store on the same bucket, as a restarted
+        # process would; all are closed with the runtime.
+        rt.stores.append(rt.make_store())
+        async with dataclasses.replace(rt, opener=None).open(hooks, **overrides) as executor:
+            yield executor
+
+    return Runtime(
+        "embedded-nats",
+        lambda: NatsStore(NATS["url"], bucket=bucket),
+        {"restart", "durable", "embedded"},
+        opener=fresh_store,
+    )
+
+
+# The same for the temporal runtime: the session's Temporal dev server.
+TEMPORAL: dict[str, str] = {}
+
+
+@pytest.fixture(autouse=True)
+def _temporal_address_hook(request: pytest.FixtureRequest) -> None:
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is not None and callspec.params.get("runtime") == "temporal":
+        TEMPORAL["address"] = request.getfixturevalue("temporal_address")
+
+
+def _temporal(tmp_path: Path) -> Runtime:
+    from tests.providers_temporal.runtime import temporal_runtime
+
+    # TemporalExecutor, one fresh namespace per test (the suite reuses workflow ids)
+    return temporal_runtime(Runtime, lambda: TEMPORAL["address"], {"restart"})
+
+
 RUNTIMES = {
     "embedded-memory": _memory,
     "embedded-sqlite": _sqlite,
     "embedded-always-replay": _always_replay,
+    "embedded-kafka": _kafka,
+    "embedded-nats": _nats,
+    "temporal": _temporal,
 }
 
 
