@@ -149,6 +149,10 @@ class Topology:
                 "workflow state snapshots (Faust table changelog); key = workflow id",
             ),
             TopicSpec(
+                self.changelog("history"), n, r, {"cleanup.policy": "compact"}, "history-table",
+                "each run's events (Faust table changelog); key = workflow id # event id",
+            ),
+            TopicSpec(
                 self.changelog("timers"), n, r, {"cleanup.policy": "compact"}, "timers",
                 "due times of pending timers (Faust table changelog); key = workflow id",
             ),

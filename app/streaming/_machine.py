@@ -132,6 +132,7 @@ class Run:
     state: WorkflowState
     instance: WorkflowInstance | None = None
     parked: str | None = None
+    parked_error: WorkflowError | None = None
     seen: deque[str] = field(default_factory=lambda: deque(maxlen=SEEN_LIMIT))
     start_command: str | None = None
 
@@ -143,6 +144,29 @@ class Run:
         if self.instance is not None:
             self.instance.close()
             self.instance = None
+
+
+def parked_info(err: WorkflowError | None) -> dict[str, Any] | None:
+    """Why a run is stuck, in a form a client turns back into the same error."""
+    if err is None:
+        return None
+    if isinstance(err, NonDeterminismError):
+        return {
+            "type": "non_determinism",
+            "event_id": err.event_id,
+            "expected": err.expected,
+            "recorded": err.recorded,
+        }
+    return {"type": "error", "message": str(err)}
+
+
+def parked_error(workflow_id: str, info: dict[str, Any]) -> WorkflowError:
+    """The error :func:`parked_info` describes."""
+    if info.get("type") == "non_determinism":
+        return NonDeterminismError(
+            workflow_id, int(info["event_id"]), str(info["expected"]), str(info["recorded"])
+        )
+    return WorkflowError(str(info.get("message", "the workflow is stuck")))
 
 
 def run_id_for(command_id: str) -> str:
@@ -206,6 +230,7 @@ class Machine:
         instance.replaying = False
         run.instance = instance
         run.parked = None
+        run.parked_error = None
         if run.state.error and run.state.status is WorkflowStatus.RUNNING:
             run.state.error = None
 
@@ -368,7 +393,14 @@ class Machine:
             state = run.state.model_copy()
             if run.parked is not None:
                 state.error = run.parked
-            return Reply(ok=True, run_id=state.run_id, payload=state.model_dump(mode="json"))
+            return Reply(
+                ok=True,
+                run_id=state.run_id,
+                payload={
+                    "state": state.model_dump(mode="json"),
+                    "parked": parked_info(run.parked_error),
+                },
+            )
         if name == "status":
             return Reply(ok=True, run_id=run.state.run_id, payload=run.state.status.value)
         if name == "result":
@@ -445,6 +477,7 @@ class Machine:
     def _park(self, run: Run, err: WorkflowError) -> None:
         log.error("workflow %s is stuck: %s", run.state.workflow_id, err)
         run.parked = f"{type(err).__name__}: {err}"
+        run.parked_error = err
         run.state.error = run.parked
         if run.instance is not None:
             run.instance.close()

@@ -1,0 +1,496 @@
+"""``KafkaExecutor``: a :class:`DurableExecutor` that talks to workers over Kafka.
+
+It runs no workflow itself. ``execute``, ``signal``, ``cancel`` and ``query``
+publish an Avro command keyed by workflow id and wait (bounded by
+``request_timeout``) for the owning partition's reply on the replies topic.
+``handle.result()`` asks the owner for the run's state and waits for its
+terminal event on the history topic, which the client tails from the moment
+it starts; the same tail drives the client's :class:`Hooks`, so hooks fire
+once per recorded event, wherever the workflow runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from app.workflow._converter import decode_failure, signature_of, to_payload
+from app.workflow._errors import (
+    InvalidArgumentError,
+    QueryNotFoundError,
+    WorkflowAlreadyRunningError,
+    WorkflowError,
+    WorkflowNotFoundError,
+)
+from app.workflow._handle import failure_error, outcome_value
+from app.workflow._hooks import Hooks, call_hook
+from app.workflow._names import FunctionTable, Registrable
+from app.workflow._types import (
+    Duration,
+    EventType,
+    HistoryEvent,
+    Signal,
+    WorkflowOptions,
+    WorkflowState,
+    WorkflowStatus,
+    to_seconds,
+)
+
+from ._machine import DESCRIBE, Command, CommandKind, Reply, parked_error
+from ._messages import decode_history, decode_reply, encode_command
+from .settings import StreamingSettings
+
+log = logging.getLogger("app.streaming.client")
+
+_TERMINAL = {EventType.WORKFLOW_COMPLETED, EventType.WORKFLOW_FAILED, EventType.WORKFLOW_CANCELED}
+_SEEN_LIMIT = 100_000
+
+
+class BrokerUnavailableError(WorkflowError, ConnectionError):
+    """The Kafka brokers could not be reached; the message names them."""
+
+
+class KafkaHandle:
+    """A run started through (or looked up with) a :class:`KafkaExecutor`."""
+
+    def __init__(
+        self,
+        executor: KafkaExecutor,
+        workflow_id: str,
+        run_id: str | None,
+        fn: Callable[..., Any] | None,
+    ) -> None:
+        self._executor = executor
+        self._id = workflow_id
+        self._run_id = run_id
+        self._fn = fn
+
+    @property
+    def id(self) -> str:
+        return self._id
+
+    @property
+    def run_id(self) -> str:
+        return self._run_id or ""
+
+    async def status(self) -> WorkflowStatus:
+        return (await self._executor._state(self._id, self._run_id))[0].status
+
+    async def result(self, timeout: Duration | None = None) -> Any:
+        """Wait for the end of the run; see :class:`app.workflow.WorkflowHandle`."""
+        seconds = None if timeout is None else to_seconds(timeout, "result timeout")
+        return await self._executor._result(self._id, self._run_id, self._fn, seconds)
+
+    def __repr__(self) -> str:
+        return f"WorkflowHandle(id={self._id!r}, run_id={self._run_id!r})"
+
+
+class KafkaExecutor:
+    """Starts, signals, queries and cancels workflows run by streaming workers.
+
+    Args:
+        bootstrap_servers: Kafka brokers (``host:port[,...]``); or pass ``settings``.
+        settings: all streaming settings (topology, timings); overrides the above.
+        hooks: called as the workers record events (from the history topic).
+        workflows: functions whose names and return types the client should
+            know (optional: ``execute`` takes the function itself).
+        client_id: this client's id on the replies topic (random by default).
+
+    Use it as ``async with KafkaExecutor("broker:9092") as ex:``.
+    """
+
+    def __init__(
+        self,
+        bootstrap_servers: str | None = None,
+        *,
+        settings: StreamingSettings | None = None,
+        hooks: Hooks | None = None,
+        workflows: Registrable = (),
+        client_id: str | None = None,
+    ) -> None:
+        if settings is None:
+            settings = StreamingSettings.from_env(bootstrap_servers=bootstrap_servers)
+        elif not isinstance(settings, StreamingSettings):
+            raise InvalidArgumentError(
+                f"settings must be StreamingSettings, got {type(settings).__name__}"
+            )
+        if hooks is not None and not isinstance(hooks, Hooks):
+            raise InvalidArgumentError(f"hooks must be a Hooks, got {type(hooks).__name__}")
+        self.settings = settings
+        self.topology = settings.topology
+        self.client_id = client_id or f"client-{uuid.uuid4().hex[:12]}"
+        self._hooks = hooks or Hooks()
+        self._workflows = FunctionTable("workflow", workflows)
+        self._producer: AIOKafkaProducer | None = None
+        self._replies: AIOKafkaConsumer | None = None
+        self._history: AIOKafkaConsumer | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._pending: dict[str, asyncio.Future[Reply]] = {}
+        self._watchers: dict[str, list[asyncio.Event]] = {}
+        self._seen_events: dict[tuple[str, str, int], None] = {}
+        self._hook_queue: asyncio.Queue[tuple[Any, tuple[Any, ...]]] = asyncio.Queue()
+        self._started = False
+        self._closed = False
+        self._start_lock = asyncio.Lock()
+
+    async def __aenter__(self) -> KafkaExecutor:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # -- lifecycle ---------------------------------------------------------------------
+    async def start(self) -> None:
+        """Connect to the brokers and start tailing replies and history (idempotent)."""
+        async with self._start_lock:
+            if self._started:
+                return
+            if self._closed:
+                raise WorkflowError("this KafkaExecutor is closed")
+            try:
+                await asyncio.wait_for(self._connect(), self.settings.request_timeout)
+            except (TimeoutError, KafkaError, OSError) as exc:
+                await self._disconnect()
+                raise BrokerUnavailableError(
+                    f"cannot reach Kafka at {self.settings.bootstrap_servers} within "
+                    f"{self.settings.request_timeout:g}s: {exc or type(exc).__name__}"
+                ) from exc
+            self._started = True
+
+    async def _connect(self) -> None:
+        servers = self.settings.bootstrap_servers
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=servers, acks="all", linger_ms=0, client_id=self.client_id
+        )
+        await self._producer.start()
+        common: dict[str, Any] = {
+            "bootstrap_servers": servers,
+            "enable_auto_commit": False,
+            "fetch_max_wait_ms": self.settings.fetch_wait_ms,
+            "client_id": self.client_id,
+        }
+        self._replies = AIOKafkaConsumer(**common)
+        self._history = AIOKafkaConsumer(**common)
+        await self._replies.start()
+        await self._history.start()
+        for consumer, topic in (
+            (self._replies, self.topology.replies),
+            (self._history, self.topology.history),
+        ):
+            partitions = await self._partitions(consumer, topic)
+            tps = [TopicPartition(topic, p) for p in partitions]
+            consumer.assign(tps)
+            await consumer.seek_to_end(*tps)
+            # resolve the end offsets now: what is published after start() returns is seen
+            for tp in tps:
+                await consumer.position(tp)
+        self._tasks = [
+            asyncio.create_task(self._read_replies(), name="kafka-client-replies"),
+            asyncio.create_task(self._read_history(), name="kafka-client-history"),
+            asyncio.create_task(self._run_hooks(), name="kafka-client-hooks"),
+        ]
+
+    async def _partitions(self, consumer: AIOKafkaConsumer, topic: str) -> list[int]:
+        delay = 0.05
+        while True:
+            partitions = consumer.partitions_for_topic(topic)
+            if partitions:
+                return sorted(partitions)
+            # the topic may not exist yet: create it with the topology's settings
+            await self._ensure_topics()
+            await consumer._client.force_metadata_update()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+    async def _ensure_topics(self) -> None:
+        from .admin import ensure_topics
+
+        await ensure_topics(self.settings)
+
+    async def aclose(self) -> None:
+        """Stop tailing and disconnect; running workflows are not affected."""
+        self._closed = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks = []
+        await self._disconnect()
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(WorkflowError("the KafkaExecutor was closed"))
+        self._pending.clear()
+
+    async def _disconnect(self) -> None:
+        for client in (self._producer, self._replies, self._history):
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    await client.stop()
+        self._producer = self._replies = self._history = None
+
+    # -- tails -------------------------------------------------------------------------
+    async def _read_replies(self) -> None:
+        assert self._replies is not None
+        async for message in self._replies:
+            if message.key != self.client_id.encode() or message.value is None:
+                continue
+            try:
+                command_id, _, reply = decode_reply(message.value)
+            except Exception:
+                log.warning("undecodable reply at offset %s", message.offset, exc_info=True)
+                continue
+            fut = self._pending.pop(command_id, None)
+            if fut is not None and not fut.done():
+                fut.set_result(reply)
+
+    async def _read_history(self) -> None:
+        assert self._history is not None
+        async for message in self._history:
+            if message.value is None:
+                continue
+            try:
+                wid, run_id, _, event = decode_history(message.value)
+            except Exception:
+                log.warning("undecodable history event at %s", message.offset, exc_info=True)
+                continue
+            mark = (wid, run_id, event.id)
+            if mark in self._seen_events:
+                continue  # republished after a worker crash
+            self._seen_events[mark] = None
+            if len(self._seen_events) > _SEEN_LIMIT:
+                for old in list(self._seen_events)[: _SEEN_LIMIT // 2]:
+                    del self._seen_events[old]
+            retry = any(k == "retry" for k, _ in (message.headers or ()))
+            self._queue_hooks(wid, event, retry)
+            if event.type in _TERMINAL:
+                for waiter in self._watchers.get(wid, []):
+                    waiter.set()
+
+    def _queue_hooks(self, wid: str, event: HistoryEvent, retry: bool) -> None:
+        h = self._hooks
+        kind = event.type
+        calls: list[tuple[Any, tuple[Any, ...]]] = []
+        if kind is EventType.WORKFLOW_STARTED:
+            calls.append((h.on_workflow_start, (wid, event.input)))
+        elif kind is EventType.ACTIVITY_STARTED:
+            calls.append((h.on_activity_start, (wid, event.input)))
+        elif kind is EventType.ACTIVITY_COMPLETED:
+            calls.append((h.on_activity_complete, (wid, event.result)))
+        elif kind is EventType.SIGNAL_RECEIVED:
+            signal = Signal(
+                name=event.signal_name or "",
+                payload=event.signal_payload,
+                sender_id=event.sender_id or "",
+            )
+            calls.append((h.on_signal, (wid, signal)))
+        elif kind is EventType.WORKFLOW_COMPLETED:
+            calls.append((h.on_workflow_complete, (wid, event.result)))
+        elif kind is EventType.WORKFLOW_FAILED:
+            state = WorkflowState(
+                workflow_id=wid,
+                run_id="",
+                status=WorkflowStatus.FAILED,
+                error=event.error,
+                history=[event],
+                created_at=event.timestamp,
+                updated_at=event.timestamp,
+            )
+            calls.append((h.on_workflow_fail, (wid, failure_error(state, None))))
+        if retry:
+            if kind is EventType.ACTIVITY_FAILED and event.failure is not None:
+                calls.append((h.on_retry, (wid, decode_failure(event.failure))))
+            elif kind is EventType.TIMER_FIRED:
+                err = TimeoutError(f"activity {event.activity_name!r} timed out")
+                calls.append((h.on_retry, (wid, err)))
+        for hook, args in calls:
+            if hook is not None:
+                self._hook_queue.put_nowait((hook, args))
+
+    async def _run_hooks(self) -> None:
+        # One task calls hooks in event order; a hook may call this executor.
+        while True:
+            hook, args = await self._hook_queue.get()
+            try:
+                await call_hook(hook, *args)
+            except Exception:
+                log.exception("hook %r failed", hook)
+
+    # -- requests ----------------------------------------------------------------------
+    async def _request(self, cmd: Command) -> Reply:
+        await self.start()
+        assert self._producer is not None
+        fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._pending[cmd.command_id] = fut
+        try:
+            await self._producer.send_and_wait(
+                self.topology.commands, encode_command(cmd), key=cmd.workflow_id.encode()
+            )
+            return await asyncio.wait_for(fut, self.settings.request_timeout)
+        except TimeoutError:
+            raise WorkflowError(
+                f"no worker answered the {cmd.kind} of {cmd.workflow_id!r} within "
+                f"{self.settings.request_timeout:g}s (is a worker running for "
+                f"{self.topology.commands!r}?)"
+            ) from None
+        except KafkaError as exc:
+            raise BrokerUnavailableError(
+                f"cannot publish to {self.topology.commands!r} on "
+                f"{self.settings.bootstrap_servers}: {exc}"
+            ) from exc
+        finally:
+            self._pending.pop(cmd.command_id, None)
+
+    def _command(self, kind: str, workflow_id: str, **fields: Any) -> Command:
+        if not isinstance(workflow_id, str) or not workflow_id:
+            raise InvalidArgumentError(f"workflow id must be a non-empty string, got {workflow_id!r}")
+        return Command(
+            command_id=uuid.uuid4().hex,
+            kind=kind,
+            workflow_id=workflow_id,
+            issued_at=datetime.now(UTC),
+            reply_to=self.client_id,
+            **fields,
+        )
+
+    async def execute(self, fn: Callable[..., Any], options: WorkflowOptions) -> KafkaHandle:
+        """Start ``fn`` (by its registered name) as a new run on the workers."""
+        if not isinstance(options, WorkflowOptions):
+            raise InvalidArgumentError(
+                f"options must be WorkflowOptions, got {type(options).__name__}"
+            )
+        if not inspect.iscoroutinefunction(fn):
+            raise InvalidArgumentError(
+                f"workflow {fn!r} must be an `async def` function taking (ctx, input)"
+            )
+        sig = signature_of(fn, 1)
+        if sig.required > 1 or not inspect.signature(fn).parameters:
+            raise InvalidArgumentError(
+                f"workflow {fn!r} must take (ctx) or (ctx, input): "
+                "pass several values as one dataclass, model or dict"
+            )
+        name = self._workflows.name_of(fn)
+        payload = to_payload(options.input, "workflow input")
+        reply = await self._request(
+            self._command(
+                CommandKind.START,
+                options.id,
+                name=name,
+                payload=payload,
+                timeout_seconds=options.timeout_seconds,
+            )
+        )
+        if not reply.ok:
+            if reply.error_type == "already_running":
+                raise WorkflowAlreadyRunningError(options.id, reply.run_id or "")
+            raise WorkflowError(f"cannot start {options.id!r}: {reply.error}")
+        return KafkaHandle(self, options.id, reply.run_id, fn)
+
+    def get_handle(self, workflow_id: str) -> KafkaHandle:
+        """A handle on the latest run of ``workflow_id``."""
+        return KafkaHandle(self, workflow_id, None, None)
+
+    async def signal(self, workflow_id: str, signal: Signal) -> None:
+        """Deliver ``signal``; returns once the owner recorded it."""
+        if not isinstance(signal, Signal):
+            raise InvalidArgumentError(f"signal must be a Signal, got {type(signal).__name__}")
+        payload = to_payload(signal.payload, f"payload of signal {signal.name!r}")
+        reply = await self._request(
+            self._command(
+                CommandKind.SIGNAL,
+                workflow_id,
+                name=signal.name,
+                payload=payload,
+                sender_id=signal.sender_id or None,
+            )
+        )
+        self._raise_for(workflow_id, reply)
+
+    async def cancel(self, workflow_id: str) -> None:
+        """Ask the workflow to stop: ``CancelledError`` is raised at its current await."""
+        reply = await self._request(self._command(CommandKind.CANCEL, workflow_id))
+        self._raise_for(workflow_id, reply)
+
+    async def query(self, workflow_id: str, query_type: str) -> Any:
+        """``"status"``, ``"result"``, or a handler the workflow registered."""
+        if not isinstance(query_type, str) or not query_type:
+            raise InvalidArgumentError(f"query_type must be a non-empty string, got {query_type!r}")
+        reply = await self._request(self._command(CommandKind.QUERY, workflow_id, name=query_type))
+        if not reply.ok and reply.error_type == "query_not_found":
+            known = reply.payload if isinstance(reply.payload, list) else []
+            raise QueryNotFoundError(workflow_id, query_type, known)
+        self._raise_for(workflow_id, reply)
+        if query_type == "status":
+            return WorkflowStatus(reply.payload)
+        return reply.payload
+
+    async def describe(self, workflow_id: str) -> WorkflowState:
+        """The latest run of ``workflow_id``: status, result or error, and its history."""
+        return (await self._state(workflow_id, None))[0]
+
+    @staticmethod
+    def _raise_for(workflow_id: str, reply: Reply) -> None:
+        if reply.ok:
+            return
+        if reply.error_type == "not_found":
+            raise WorkflowNotFoundError(workflow_id, reply.error or "")
+        raise WorkflowError(f"workflow {workflow_id!r}: {reply.error}")
+
+    async def _state(
+        self, workflow_id: str, run_id: str | None
+    ) -> tuple[WorkflowState, dict[str, Any] | None]:
+        reply = await self._request(self._command(CommandKind.QUERY, workflow_id, name=DESCRIBE))
+        self._raise_for(workflow_id, reply)
+        state = WorkflowState.model_validate(reply.payload["state"])
+        if run_id is not None and state.run_id != run_id:
+            raise WorkflowNotFoundError(
+                workflow_id, f"run {run_id} was replaced by run {state.run_id}"
+            )
+        parked: dict[str, Any] | None = reply.payload.get("parked")
+        return state, parked
+
+    async def _result(
+        self,
+        workflow_id: str,
+        run_id: str | None,
+        fn: Callable[..., Any] | None,
+        timeout: float | None,
+    ) -> Any:
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        ended = asyncio.Event()
+        self._watchers.setdefault(workflow_id, []).append(ended)
+        try:
+            while True:
+                state, parked = await self._state(workflow_id, run_id)
+                if state.status is not WorkflowStatus.RUNNING:
+                    fn = fn or self._workflows.get(state.workflow_type)
+                    return outcome_value(state, None, fn)
+                if parked is not None:
+                    raise parked_error(workflow_id, parked)
+                ended.clear()
+                # a terminal event wakes us at once; the periodic look also notices a
+                # run that got stuck (parked) on a worker after a deploy
+                wait = 1.0 if deadline is None else min(1.0, deadline - loop.time())
+                if wait <= 0:
+                    raise TimeoutError(
+                        f"workflow {workflow_id!r} did not end within {timeout:g}s"
+                    )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(ended.wait(), wait)
+        finally:
+            waiters = self._watchers.get(workflow_id, [])
+            if ended in waiters:
+                waiters.remove(ended)
+            if not waiters:
+                self._watchers.pop(workflow_id, None)

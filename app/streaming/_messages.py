@@ -1,0 +1,297 @@
+"""Between Avro records (``schemas/*.avsc``) and the runtime's values.
+
+User values travel as JSON bytes with a content type, like Temporal's
+payloads; only ``application/json`` is understood. Decoding a command also
+validates it: anything wrong raises :class:`InvalidCommandError` with the
+reason, and the worker sends the message to the dead-letter topic.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from app.workflow._types import EventType, FailureInfo, HistoryEvent
+
+from ._machine import Command, CommandKind, Reply, Task
+from ._wire import WireError, codec
+
+JSON = "application/json"
+MAX_PAYLOAD = 1024 * 1024
+"""Largest user payload accepted in a command (bytes of JSON)."""
+
+
+class InvalidCommandError(ValueError):
+    """A message on the commands topic that cannot be applied; the text says why."""
+
+
+def dump_payload(value: Any) -> bytes | None:
+    if value is None:
+        return None
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def load_payload(data: bytes | None, content_type: str, what: str) -> Any:
+    if data is None:
+        return None
+    if content_type != JSON:
+        raise InvalidCommandError(
+            f"{what} has content type {content_type!r}; only {JSON!r} is understood"
+        )
+    if len(data) > MAX_PAYLOAD:
+        raise InvalidCommandError(
+            f"{what} is {len(data)} bytes, over the limit of {MAX_PAYLOAD} bytes"
+        )
+    try:
+        return json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidCommandError(f"{what} is not valid JSON: {exc}") from None
+
+
+def _failure_record(info: FailureInfo | None) -> dict[str, Any] | None:
+    return None if info is None else info.model_dump(mode="json")
+
+
+def _failure(record: dict[str, Any] | None) -> FailureInfo | None:
+    return None if record is None else FailureInfo.model_validate(record)
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+# -- commands -------------------------------------------------------------------
+def encode_command(cmd: Command) -> bytes:
+    return codec("command").encode(
+        {
+            "command_id": cmd.command_id,
+            "kind": cmd.kind,
+            "workflow_id": cmd.workflow_id,
+            "issued_at": _utc(cmd.issued_at),
+            "name": cmd.name,
+            "payload": dump_payload(cmd.payload),
+            "content_type": JSON,
+            "sender_id": cmd.sender_id,
+            "reply_to": cmd.reply_to,
+            "timeout_seconds": cmd.timeout_seconds,
+            "run_id": cmd.run_id,
+            "step": cmd.step,
+            "attempt": cmd.attempt,
+            "duration": cmd.duration,
+            "failure": _failure_record(cmd.failure),
+            "route": cmd.route,
+        }
+    )
+
+
+def decode_command(data: bytes | None, key: bytes | None = None) -> Command:
+    """A validated command; raises InvalidCommandError (or WireError) saying what is wrong."""
+    record = codec("command").decode(data)
+    kind = record["kind"]
+    if kind not in CommandKind.ALL:
+        raise InvalidCommandError(
+            f"unknown command kind {kind!r} (known: {', '.join(CommandKind.ALL)})"
+        )
+    wid = record["workflow_id"]
+    if not wid:
+        raise InvalidCommandError("workflow_id is empty")
+    if not record["command_id"]:
+        raise InvalidCommandError("command_id is empty")
+    if key is not None and key != wid.encode():
+        raise InvalidCommandError(
+            f"message key {key!r} is not the workflow id {wid!r}: commands must be keyed "
+            "by workflow id so that one partition owns each workflow"
+        )
+    if kind in (CommandKind.START, CommandKind.SIGNAL, CommandKind.QUERY) and not record["name"]:
+        what = {"start": "workflow type", "signal": "signal name", "query": "query name"}[kind]
+        raise InvalidCommandError(f"a {kind} command needs its {what} in 'name'")
+    if kind in (CommandKind.ACTIVITY_RESULT, CommandKind.TIMER_FIRED) and (
+        record["step"] is None or record["run_id"] is None
+    ):
+        raise InvalidCommandError(f"a {kind} command needs 'step' and 'run_id'")
+    timeout = record["timeout_seconds"]
+    if timeout is not None and not timeout > 0:
+        raise InvalidCommandError(f"timeout_seconds must be > 0, got {timeout}")
+    try:
+        failure = _failure(record["failure"])
+    except ValueError as exc:
+        raise InvalidCommandError(f"invalid failure: {exc}") from None
+    return Command(
+        command_id=record["command_id"],
+        kind=kind,
+        workflow_id=wid,
+        issued_at=record["issued_at"],
+        name=record["name"],
+        payload=load_payload(record["payload"], record["content_type"], f"{kind} payload"),
+        sender_id=record["sender_id"],
+        reply_to=record["reply_to"],
+        timeout_seconds=timeout,
+        run_id=record["run_id"],
+        step=record["step"],
+        attempt=record["attempt"],
+        duration=record["duration"],
+        failure=failure,
+        route=record["route"],
+    )
+
+
+# -- history --------------------------------------------------------------------
+def encode_history(workflow_id: str, run_id: str, workflow_type: str, event: HistoryEvent) -> bytes:
+    payload = event.input
+    if event.type in (EventType.ACTIVITY_COMPLETED, *_RESULT_TYPES):
+        payload = event.result
+    elif event.type is EventType.SIGNAL_RECEIVED:
+        payload = event.signal_payload
+    return codec("history_event").encode(
+        {
+            "workflow_id": workflow_id,
+            "run_id": run_id,
+            "workflow_type": workflow_type,
+            "id": event.id,
+            "type": event.type.value,
+            "timestamp": _utc(event.timestamp),
+            "activity_name": event.activity_name,
+            "payload": dump_payload(payload),
+            "content_type": JSON,
+            "error": event.error,
+            "signal_name": event.signal_name,
+            "duration": event.duration,
+            "step": event.step,
+            "attempt": event.attempt,
+            "failure": _failure_record(event.failure),
+            "sender_id": event.sender_id,
+        }
+    )
+
+
+_RESULT_TYPES = (EventType.WORKFLOW_COMPLETED, EventType.WORKFLOW_FAILED, EventType.WORKFLOW_CANCELED)
+
+
+def decode_history(data: bytes) -> tuple[str, str, str, HistoryEvent]:
+    """(workflow id, run id, workflow type, event) of a history topic message."""
+    record = codec("history_event").decode(data)
+    kind = EventType(record["type"])
+    payload = load_payload(record["payload"], record["content_type"], "history payload")
+    fields: dict[str, Any] = {}
+    if kind in (EventType.ACTIVITY_COMPLETED, *_RESULT_TYPES):
+        fields["result"] = payload
+    elif kind is EventType.SIGNAL_RECEIVED:
+        fields["signal_payload"] = payload
+    else:
+        fields["input"] = payload
+    event = HistoryEvent(
+        id=record["id"],
+        type=kind,
+        timestamp=record["timestamp"],
+        activity_name=record["activity_name"],
+        error=record["error"],
+        signal_name=record["signal_name"],
+        duration=record["duration"],
+        step=record["step"],
+        attempt=record["attempt"],
+        failure=_failure(record["failure"]),
+        sender_id=record["sender_id"],
+        **fields,
+    )
+    return record["workflow_id"], record["run_id"], record["workflow_type"], event
+
+
+# -- activity tasks -------------------------------------------------------------
+def encode_task(task: Task, scheduled_at: datetime) -> bytes:
+    return codec("activity_task").encode(
+        {
+            "task_id": task.task_id,
+            "workflow_id": task.workflow_id,
+            "run_id": task.run_id,
+            "activity_name": task.activity_name,
+            "step": task.step,
+            "attempt": task.attempt,
+            "payload": dump_payload(task.input),
+            "content_type": JSON,
+            "scheduled_at": _utc(scheduled_at),
+            "timeout_seconds": task.timeout,
+        }
+    )
+
+
+def decode_task(data: bytes) -> Task:
+    record = codec("activity_task").decode(data)
+    return Task(
+        task_id=record["task_id"],
+        workflow_id=record["workflow_id"],
+        run_id=record["run_id"],
+        activity_name=record["activity_name"],
+        step=record["step"],
+        attempt=record["attempt"],
+        input=load_payload(record["payload"], record["content_type"], "activity input"),
+        timeout=record["timeout_seconds"],
+    )
+
+
+# -- replies --------------------------------------------------------------------
+def encode_reply(command_id: str, client_id: str, workflow_id: str, reply: Reply) -> bytes:
+    return codec("reply").encode(
+        {
+            "command_id": command_id,
+            "client_id": client_id,
+            "workflow_id": workflow_id,
+            "ok": reply.ok,
+            "error_type": reply.error_type,
+            "error": reply.error,
+            "run_id": reply.run_id,
+            "payload": dump_payload(reply.payload),
+            "content_type": JSON,
+        }
+    )
+
+
+def decode_reply(data: bytes) -> tuple[str, str, Reply]:
+    """(command id, client id, reply)."""
+    record = codec("reply").decode(data)
+    reply = Reply(
+        ok=record["ok"],
+        error_type=record["error_type"],
+        error=record["error"],
+        run_id=record["run_id"],
+        payload=load_payload(record["payload"], record["content_type"], "reply payload"),
+    )
+    return record["command_id"], record["client_id"], reply
+
+
+# -- dead letters ---------------------------------------------------------------
+def encode_dead_letter(
+    reason: str, topic: str, partition: int, offset: int, original: bytes | None
+) -> bytes:
+    return codec("dead_letter").encode(
+        {
+            "reason": reason,
+            "source_topic": topic,
+            "source_partition": partition,
+            "source_offset": offset,
+            "original": original,
+            "failed_at": datetime.now(UTC),
+        }
+    )
+
+
+def decode_dead_letter(data: bytes) -> dict[str, Any]:
+    return codec("dead_letter").decode(data)
+
+
+__all__ = [
+    "JSON",
+    "MAX_PAYLOAD",
+    "InvalidCommandError",
+    "WireError",
+    "decode_command",
+    "decode_dead_letter",
+    "decode_history",
+    "decode_reply",
+    "decode_task",
+    "encode_command",
+    "encode_dead_letter",
+    "encode_history",
+    "encode_reply",
+    "encode_task",
+]

@@ -1,0 +1,479 @@
+"""The streaming worker: a Faust app whose agents are the executor partitions.
+
+- The ``executor`` agent consumes the commands topic. Each partition it owns
+  is an executor partition, sole owner of the workflows keyed to it. For each
+  command it loads the run (from its cache, else from the ``workflows`` and
+  ``history`` tables, replaying the history), lets the :class:`Machine`
+  decide, and writes the effects: the run's header and new events to the
+  tables (compacted changelogs, co-partitioned with the commands), the events
+  to the history topic, activity tasks to the task queue's topic, timers to
+  the ``timers`` table, and the reply to the replies topic.
+- The ``activities`` agent consumes the activity tasks and publishes each
+  outcome as an ``activity_result`` command; the ``done-tasks`` table keeps a
+  redelivered task that already finished from running again.
+- A timer loop fires the due timers of the partitions this worker owns, as
+  ``timer_fired`` commands.
+
+Delivery is at-least-once: Faust commits an offset only after flushing the
+producer, so the state a command produced is acknowledged before its offset
+is; a redelivered command is dropped by its id (or, for engine commands, by
+the run's step and attempt). After a rebalance the new owner resumes its
+workflows: it replays them and dispatches their pending activity attempts
+again (the ``done-tasks`` table turns the repeat of a finished one into a
+no-op).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any
+
+import faust
+from faust.transport.drivers import aiokafka as faust_aiokafka
+
+from app.workflow import activity as _activity
+from app.workflow._activity_runner import run_attempt
+from app.workflow._names import FunctionTable, Registrable
+from app.workflow._types import TERMINAL_EVENTS, EventType, WorkflowState
+
+from ._machine import Command, CommandKind, Effects, Machine, Run, Task
+from ._messages import (
+    InvalidCommandError,
+    decode_command,
+    decode_task,
+    encode_command,
+    encode_dead_letter,
+    encode_history,
+    encode_reply,
+    encode_task,
+)
+from ._metrics import WorkerMetrics
+from ._wire import WireError
+from .settings import StreamingSettings
+
+log = logging.getLogger("app.streaming.worker")
+
+_FETCH_WAIT_ATTR = "_streamflow_fetch_wait_ms"
+_original_create_worker_consumer = faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer
+
+
+def _create_worker_consumer(self: Any, transport: Any) -> Any:
+    # Faust hard-codes a 1.5 s fetch long-poll; brokers that do not wake a fetch on
+    # new data (the test broker) then add ~0.75 s per hop. Use our setting instead.
+    consumer = _original_create_worker_consumer(self, transport)
+    wait = getattr(self.app, _FETCH_WAIT_ATTR, None)
+    if wait is not None:
+        consumer._fetch_max_wait_ms = wait
+    return consumer
+
+
+faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer = _create_worker_consumer  # type: ignore[method-assign]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class StreamingWorker:
+    """One worker process's share of the engine: executor partitions and/or activities.
+
+    Args:
+        settings: broker, topology and timings.
+        workflows: workflow functions this worker can run (or name → function).
+        activities: activity functions this worker can run.
+        run_executor: consume the commands topic (own executor partitions).
+        run_activities: consume the activity tasks of ``settings.task_queue``.
+    """
+
+    def __init__(
+        self,
+        settings: StreamingSettings,
+        workflows: Registrable = (),
+        activities: Registrable = (),
+        *,
+        run_executor: bool = True,
+        run_activities: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.topology = settings.topology
+        self.workflows = FunctionTable("workflow", workflows)
+        self.activities = FunctionTable("activity", activities, "activities")
+        self.machine = Machine(self.workflows, self.activities)
+        self.metrics = WorkerMetrics()
+        self.run_executor = run_executor
+        self.run_activities = run_activities
+        self._cache: OrderedDict[str, Run] = OrderedDict()
+        self._owned: set[int] = set()
+        self._fired: dict[tuple[str, int, int | None], float] = {}
+        self._pool = ThreadPoolExecutor(settings.activity_threads, "activity")
+        self.app = self._build_app()
+
+    # -- the Faust app ---------------------------------------------------------------
+    def _build_app(self) -> faust.App:
+        s, topo = self.settings, self.topology
+        app = faust.App(
+            topo.faust_id,
+            broker=[f"kafka://{server.strip()}" for server in s.bootstrap_servers.split(",")],
+            store="memory://",
+            processing_guarantee="at_least_once",
+            topic_partitions=s.partitions,
+            topic_replication_factor=s.replication,
+            broker_session_timeout=s.session_timeout,
+            broker_heartbeat_interval=s.heartbeat_interval,
+            broker_rebalance_timeout=s.rebalance_timeout,
+            broker_commit_interval=s.commit_interval,
+            broker_request_timeout=max(90.0, s.session_timeout * 2),
+            consumer_auto_offset_reset="earliest",
+            table_standby_replicas=0,
+            web_enabled=s.web_port != 0,
+            web_port=s.web_port or 6066,
+            stream_buffer_maxsize=max(4096, s.batch_size * 4),
+        )
+        setattr(app, _FETCH_WAIT_ATTR, s.fetch_wait_ms)
+        raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw",
+               "value_serializer": "raw"}
+        n, r = s.partitions, s.replication
+        self.commands = app.topic(topo.commands, partitions=n, replicas=r, **raw)
+        self.history = app.topic(topo.history, partitions=n, replicas=r, **raw)
+        self.replies = app.topic(topo.replies, partitions=n, replicas=r, **raw)
+        self.dead_letter = app.topic(topo.dead_letter, partitions=n, replicas=r, **raw)
+        self.tasks = app.topic(topo.activity_tasks(s.task_queue), partitions=n, replicas=r, **raw)
+        table = {"key_type": bytes, "value_type": bytes, "partitions": n}  # raw bytes
+        self.runs_table = app.Table("workflows", **table)
+        self.history_table = app.Table("history", **table)
+        self.timers_table = app.Table("timers", **table)
+        self.done_table = app.Table("done-tasks", **table)
+        if self.run_executor:
+            app.agent(self.commands, name=f"{topo.faust_id}.executor")(self._executor_agent)
+            app.timer(s.timer_tick, name=f"{topo.faust_id}.timers")(self._fire_timers)
+            app.on_rebalance_complete.connect(self._on_rebalance_complete)
+            app.on_partitions_revoked.connect(self._on_partitions_revoked)
+        if self.run_activities:
+            app.agent(
+                self.tasks,
+                name=f"{topo.faust_id}.activities",
+                concurrency=s.activity_concurrency,
+            )(self._activity_agent)
+        return app
+
+    async def start(self) -> None:
+        """Start in this event loop (tests, embedding); the CLI runs a Faust Worker instead."""
+        await self.app.start()
+
+    async def stop(self) -> None:
+        await self.app.stop()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        for run in self._cache.values():
+            run.close()
+        self._cache.clear()
+
+    # -- executor partitions ---------------------------------------------------------
+    async def _executor_agent(self, stream: Any) -> None:
+        async for event in stream.events():
+            try:
+                await self._on_command(event)
+            except Exception:
+                # A bug must not stop the partition: the command is kept with the reason.
+                log.exception("command at offset %s failed", event.message.offset)
+                await self._dead_letter(event, "internal error while applying the command")
+
+    async def _on_command(self, event: Any) -> None:
+        message = event.message
+        try:
+            cmd = decode_command(event.value, event.key)
+        except (WireError, InvalidCommandError) as exc:
+            await self._dead_letter(event, str(exc))
+            return
+        partition = message.partition
+        run = self._load(cmd.workflow_id)
+        if run is None and cmd.kind in (CommandKind.SIGNAL, CommandKind.CANCEL) or (
+            cmd.kind == CommandKind.START and cmd.name and self.workflows.get(cmd.name) is None
+        ):
+            # Named an unknown workflow or type: the client gets the error and the
+            # command is kept in the dead-letter topic for an operator.
+            reason = (
+                f"unknown workflow {cmd.workflow_id!r}"
+                if run is None and cmd.kind != CommandKind.START
+                else f"unknown workflow type {cmd.name!r}"
+            )
+            await self._dead_letter(event, f"{cmd.kind} names an {reason}")
+        before_status = run.state.status if run is not None else None
+        run, fx = self.machine.handle(run, cmd)
+        self.metrics.commands.labels(cmd.kind, "duplicate" if fx.duplicate else "ok").inc()
+        if fx.duplicate:
+            self.metrics.duplicates.inc()
+        if run is not None:
+            await self._write(run, fx, partition, cmd)
+            self._remember(run)
+            if fx.started and cmd.kind == CommandKind.START and fx.reply and fx.reply.ok:
+                self.metrics.workflows_started.inc()
+            if before_status is not run.state.status and not run.running:
+                self.metrics.workflows_ended.labels(run.state.status.value).inc()
+        if fx.reply is not None and cmd.reply_to:
+            await self.replies.send(
+                key=cmd.reply_to.encode(),
+                value=encode_reply(cmd.command_id, cmd.reply_to, cmd.workflow_id, fx.reply),
+            )
+
+    async def _write(self, run: Run, fx: Effects, partition: int, cmd: Command) -> None:
+        state = run.state
+        wid = state.workflow_id
+        if fx.changed:
+            first_new = len(state.history) - len(fx.events) + 1
+            for offset, ev in enumerate(fx.events):
+                key = f"{wid}#{first_new + offset}".encode()
+                self.history_table[key] = ev.model_dump_json().encode()
+            self.runs_table[wid.encode()] = self._header(run, partition)
+            for ev in fx.events:
+                headers = [("retry", b"1")] if ev.id in fx.retries else []
+                await self.history.send(
+                    key=wid.encode(),
+                    value=encode_history(wid, state.run_id, state.workflow_type, ev),
+                    headers=headers,
+                )
+            now = _now()
+            for task in fx.tasks:
+                await self.tasks.send(key=task.task_id.encode(), value=encode_task(task, now))
+        self._write_timers(run, partition)
+        if run.parked is not None:
+            self.metrics.parked.inc()
+
+    def _write_timers(self, run: Run, partition: int) -> None:
+        wid = run.state.workflow_id
+        wanted = self.machine.pending_timers(run)
+        key = wid.encode()
+        current = self.timers_table.get(key)
+        value = (
+            json.dumps(
+                {
+                    "p": partition,
+                    "run": run.state.run_id,
+                    "timers": [[t.step, t.due, t.attempt] for t in wanted.values()],
+                }
+            ).encode()
+            if wanted
+            else None
+        )
+        if value != current:
+            if value is None:
+                self.timers_table.pop(key, None)
+            else:
+                self.timers_table[key] = value
+
+    @staticmethod
+    def _header(run: Run, partition: int) -> bytes:
+        header = run.state.model_dump(mode="json", exclude={"history"})
+        return json.dumps(
+            {
+                "state": header,
+                "events": len(run.state.history),
+                "seen": list(run.seen),
+                "start": run.start_command,
+                "p": partition,
+            }
+        ).encode()
+
+    def _load(self, workflow_id: str) -> Run | None:
+        run = self._cache.get(workflow_id)
+        if run is not None:
+            self._cache.move_to_end(workflow_id)
+            self.metrics.cache.labels("hit").inc()
+            return run
+        self.metrics.cache.labels("miss").inc()
+        raw = self.runs_table.get(workflow_id.encode())
+        if raw is None:
+            return None
+        run = self._decode_run(workflow_id, raw)
+        if run.running:
+            self.metrics.replays.inc()
+            self.machine.restore(run)
+        self._remember(run)
+        return run
+
+    def _decode_run(self, workflow_id: str, raw: bytes) -> Run:
+        header = json.loads(raw)
+        events = []
+        for i in range(1, header["events"] + 1):
+            data = self.history_table.get(f"{workflow_id}#{i}".encode())
+            if data is None:
+                raise RuntimeError(f"event {i} of {workflow_id!r} is missing from the table")
+            events.append(json.loads(data))
+        state = WorkflowState.model_validate({**header["state"], "history": events})
+        run = Run(state=state, start_command=header.get("start"))
+        run.seen.extend(header.get("seen", []))
+        return run
+
+    def _remember(self, run: Run) -> None:
+        wid = run.state.workflow_id
+        self._cache[wid] = run
+        self._cache.move_to_end(wid)
+        while len(self._cache) > self.settings.cache_size:
+            _, old = self._cache.popitem(last=False)
+            old.close()
+        self.metrics.cached_runs.set(len(self._cache))
+
+    async def _dead_letter(self, event: Any, reason: str) -> None:
+        message = event.message
+        log.warning(
+            "dead letter from %s[%s]@%s: %s", message.topic, message.partition,
+            message.offset, reason,
+        )
+        self.metrics.dead_letters.labels(reason.split(":")[0][:60]).inc()
+        await self.dead_letter.send(
+            key=event.key,
+            value=encode_dead_letter(
+                reason, message.topic, message.partition, message.offset, event.value
+            ),
+            headers=[("reason", reason.encode()[:1000])],
+        )
+
+    # -- rebalances --------------------------------------------------------------------
+    def _active_partitions(self) -> set[int]:
+        return {
+            tp.partition
+            for tp in self.app.assignor.assigned_actives()
+            if tp.topic == self.topology.commands
+        }
+
+    async def _on_partitions_revoked(self, sender: Any, revoked: Any, **_: Any) -> None:
+        lost = {tp.partition for tp in revoked if tp.topic == self.topology.commands}
+        if not lost:
+            return
+        for wid, run in list(self._cache.items()):
+            if self._partition_of(wid) in lost:
+                run.close()
+                del self._cache[wid]
+        self._owned -= lost
+
+    def _partition_of(self, workflow_id: str) -> int | None:
+        raw = self.runs_table.get(workflow_id.encode())
+        return None if raw is None else int(json.loads(raw)["p"])
+
+    async def _on_rebalance_complete(self, sender: Any, **_: Any) -> None:
+        active = self._active_partitions()
+        gained = active - self._owned
+        self._owned = active
+        if not gained:
+            return
+        resumed = 0
+        for key, raw in list(self.runs_table.items()):
+            header = json.loads(raw)
+            if header["p"] not in gained or header["state"]["status"] != "running":
+                continue
+            wid = key.decode()
+            self._cache.pop(wid, None)
+            run = self._load(wid)
+            if run is None:
+                continue
+            now = _now()
+            for task in self.machine.pending_tasks(run):
+                await self.tasks.send(key=task.task_id.encode(), value=encode_task(task, now))
+            resumed += 1
+        if resumed:
+            log.info("resumed %d running workflows on partitions %s", resumed, sorted(gained))
+
+    # -- timers ------------------------------------------------------------------------
+    async def _fire_timers(self) -> None:
+        active = self._active_partitions()
+        if not active:
+            return
+        now = time.time()
+        refire = self.settings.timer_refire
+        for key, raw in list(self.timers_table.items()):
+            entry = json.loads(raw)
+            if entry["p"] not in active:
+                continue
+            wid = key.decode()
+            for step, due, attempt in entry["timers"]:
+                if due > now:
+                    continue
+                mark = (wid, step, attempt)
+                last = self._fired.get(mark)
+                if last is not None and now - last < refire:
+                    continue
+                self._fired[mark] = now
+                self.metrics.timer_lag.observe(now - due)
+                cmd = Command(
+                    command_id=f"timer/{wid}/{entry['run'][:8]}/{step}/{attempt}",
+                    kind=CommandKind.TIMER_FIRED,
+                    workflow_id=wid,
+                    issued_at=_now(),
+                    run_id=entry["run"],
+                    step=step,
+                    attempt=attempt,
+                )
+                await self.commands.send(key=wid.encode(), value=encode_command(cmd))
+        if len(self._fired) > 10_000:
+            cutoff = now - refire
+            self._fired = {k: v for k, v in self._fired.items() if v > cutoff}
+
+    # -- activities --------------------------------------------------------------------
+    async def _activity_agent(self, stream: Any) -> None:
+        async for event in stream.events():
+            try:
+                task = decode_task(event.value)
+            except (WireError, InvalidCommandError) as exc:
+                await self._dead_letter(event, f"bad activity task: {exc}")
+                continue
+            key = task.task_id.encode()
+            if self.done_table.get(key) is not None:
+                continue  # redelivered after it finished: its result is already published
+            await self._run_task(task)
+            self.done_table[key] = b"1"
+
+    async def _run_task(self, task: Task) -> None:
+        fn = self.activities.get(task.activity_name)
+        info = _activity.ActivityInfo(
+            workflow_id=task.workflow_id,
+            run_id=task.run_id,
+            activity_id=f"{task.workflow_id}/{task.step}",
+            activity_name=task.activity_name,
+            attempt=task.attempt,
+            step=task.step,
+        )
+        if fn is None:
+            known = ", ".join(self.activities.names()) or "none"
+            from app.workflow._types import FailureInfo
+
+            outcome_failure: Any = FailureInfo(
+                type="app.workflow.ActivityNotRegisteredError",
+                message=f"activity {task.activity_name!r} is not registered on the workers of "
+                f"task queue {self.settings.task_queue!r} (registered: {known})",
+            )
+            result, duration = None, 0.0
+        else:
+            done = await run_attempt(fn, task.input, info, self._pool)
+            result, outcome_failure, duration = done.result, done.failure, done.duration
+        self.metrics.activity_seconds.labels(
+            task.activity_name, "ok" if outcome_failure is None else "failed"
+        ).observe(duration)
+        cmd = Command(
+            command_id=f"result/{task.task_id}",
+            kind=CommandKind.ACTIVITY_RESULT,
+            workflow_id=task.workflow_id,
+            issued_at=_now(),
+            payload=result,
+            run_id=task.run_id,
+            step=task.step,
+            attempt=task.attempt,
+            duration=duration,
+            failure=outcome_failure,
+        )
+        await self.commands.send(key=task.workflow_id.encode(), value=encode_command(cmd))
+
+
+def new_command_id() -> str:
+    return uuid.uuid4().hex
+
+
+TERMINAL = TERMINAL_EVENTS
+Callback = Callable[..., Any]
+_unused = (EventType, asyncio)
