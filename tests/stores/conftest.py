@@ -49,11 +49,116 @@ async def _sqlite(location: Path) -> AsyncIterator[WorkflowStore]:
         yield store
 
 
+# A factory gets only a location: the session broker's address reaches the
+# kafka factory through this dict, filled only for tests that run on kafka
+# (so other tests never start the broker).
+KAFKA: dict[str, str] = {}
+
+
+@pytest.fixture(autouse=True)
+def _kafka_bootstrap_hook(request: pytest.FixtureRequest) -> None:
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is not None and callspec.params.get("store_factory") == "kafka":
+        KAFKA["bootstrap"] = request.getfixturevalue("kafka_bootstrap")
+
+
+@asynccontextmanager
+async def _kafka(location: Path) -> AsyncIterator[WorkflowStore]:
+    import hashlib
+
+    from providers.kafka import KafkaStore
+
+    # One topic per location: reopening at the same location reads it back.
+    topic = "wf-" + hashlib.sha256(str(location).encode()).hexdigest()[:20]
+    # fetch_max_wait: the test broker (Tansu) answers a fetch only when it expires.
+    async with KafkaStore(
+        bootstrap_servers=KAFKA["bootstrap"], topic=topic, fetch_max_wait=0.01
+    ) as store:
+        yield store
+
+
+# The same for the nats factory: the session's NATS server URL, filled only
+# for tests that run on nats.
+NATS: dict[str, str] = {}
+
+
+@pytest.fixture(autouse=True)
+def _nats_url_hook(request: pytest.FixtureRequest) -> None:
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is not None and callspec.params.get("store_factory") == "nats":
+        NATS["url"] = request.getfixturevalue("nats_url")
+
+
+@asynccontextmanager
+async def _nats(location: Path) -> AsyncIterator[WorkflowStore]:
+    import hashlib
+
+    from providers.nats import NatsStore
+
+    # One bucket per location: reopening at the same location reads it back.
+    bucket = "wf_" + hashlib.sha256(str(location).encode()).hexdigest()[:20]
+    async with NatsStore(NATS["url"], bucket=bucket) as store:
+        yield store
+
+
+# The same for the dapr and inngest factories: the URLs of the session's fake
+# servers (tests/fakes), started only for tests that run on them.
+HTTP_FAKES: dict[str, str] = {}
+INNGEST_EVENT_KEY = "conformance-event-key"
+
+
+@pytest.fixture(scope="session")
+def _http_fakes(request: pytest.FixtureRequest) -> dict[str, str]:
+    from tests.fakes.dapr_server import FakeDapr
+    from tests.fakes.inngest_server import FakeInngest
+
+    dapr = FakeDapr().start()
+    request.addfinalizer(dapr.stop)
+    inngest = FakeInngest(event_key=INNGEST_EVENT_KEY).start()
+    request.addfinalizer(inngest.stop)
+    return {"dapr": dapr.url, "inngest": inngest.url}
+
+
+@pytest.fixture(autouse=True)
+def _http_fakes_hook(request: pytest.FixtureRequest) -> None:
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is not None and callspec.params.get("store_factory") in ("dapr", "inngest"):
+        HTTP_FAKES.update(request.getfixturevalue("_http_fakes"))
+
+
+@asynccontextmanager
+async def _dapr(location: Path) -> AsyncIterator[WorkflowStore]:
+    import hashlib
+
+    from providers.dapr import DaprStore
+
+    # One key prefix per location: reopening at the same location reads it back.
+    prefix = "wf-" + hashlib.sha256(str(location).encode()).hexdigest()[:20] + "-"
+    async with DaprStore(HTTP_FAKES["dapr"], key_prefix=prefix) as store:
+        yield store
+
+
+@asynccontextmanager
+async def _inngest(location: Path) -> AsyncIterator[WorkflowStore]:
+    import hashlib
+
+    from providers.inngest import InngestStore
+
+    # One path prefix (a namespace of the fake server) per location.
+    base_url = HTTP_FAKES["inngest"] + "/" + hashlib.sha256(str(location).encode()).hexdigest()[:20]
+    async with InngestStore(base_url, event_key=INNGEST_EVENT_KEY) as store:
+        yield store
+
+
 FACTORIES: dict[str, StoreFactory] = {
     factory.name: factory
     for factory in (
         StoreFactory("inmemory", _inmemory),
         StoreFactory("sqlite", _sqlite, frozenset({DURABLE})),
+        StoreFactory("kafka", _kafka, frozenset({DURABLE})),
+        StoreFactory("nats", _nats, frozenset({DURABLE})),
+        StoreFactory("dapr", _dapr, frozenset({DURABLE})),
+        StoreFactory("inngest", _inngest, frozenset({DURABLE})),
     )
 }
 
