@@ -182,6 +182,9 @@ def temporal(workdir: Path, port: int | None = None) -> Server:
         str(metrics),
         "--log-level",
         "warn",
+        # the dev server otherwise rounds every timer up to about a second
+        "--dynamic-config-value",
+        'history.timerProcessorMaxTimeShift="10ms"',
     ]
     return Server("temporal", argv, port, workdir, ports={"http": http})
 

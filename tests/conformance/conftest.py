@@ -22,6 +22,8 @@ from app.workflow import DefaultExecutor, Hooks, Signal, WorkflowStore
 from providers.inmemory import InMemoryStore
 from providers.sqlite import SQLiteStore
 from tests.conformance import workflows as suite
+from tests.conformance.streaming_runtime import BROKER as STREAMING_BROKER
+from tests.conformance.streaming_runtime import streaming_runtime
 
 WAIT = 10.0  # upper bound for any single await in the suite
 
@@ -197,7 +199,8 @@ def _temporal(tmp_path: Path) -> Runtime:
     from tests.providers_temporal.runtime import temporal_runtime
 
     # TemporalExecutor, one fresh namespace per test (the suite reuses workflow ids)
-    return temporal_runtime(Runtime, lambda: TEMPORAL["address"], {"restart"})
+    # Temporal replays a workflow when it has a task, not when a worker starts
+    return temporal_runtime(Runtime, lambda: TEMPORAL["address"], {"restart", "no-replay-at-start"})
 
 
 RUNTIMES = {
@@ -207,7 +210,15 @@ RUNTIMES = {
     "embedded-kafka": _kafka,
     "embedded-nats": _nats,
     "temporal": _temporal,
+    "streaming": lambda tmp_path: streaming_runtime(tmp_path, Runtime),
 }
+
+
+@pytest.fixture(autouse=True)
+def _streaming_broker_hook(request: pytest.FixtureRequest) -> None:
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is not None and callspec.params.get("runtime") == "streaming":
+        STREAMING_BROKER["bootstrap"] = request.getfixturevalue("kafka_bootstrap")
 
 
 @pytest.fixture(params=sorted(RUNTIMES))
@@ -231,6 +242,20 @@ def embedded(runtime: Runtime) -> Runtime:
     if "embedded" not in runtime.capabilities:
         pytest.skip(f"{runtime.name} is not the embedded DefaultExecutor")
     return runtime
+
+
+# Tests that need more than their fixtures ask for, by name: the behaviour they
+# need. A runtime without it has "no-<behaviour>" among its capabilities.
+NEEDS = {"test_changed_code_raises_non_determinism_and_recovers": "replay-at-start"}
+
+
+@pytest.fixture(autouse=True)
+def _needs(request: pytest.FixtureRequest) -> None:
+    need = NEEDS.get(request.node.originalname)
+    if need is not None and "runtime" in request.fixturenames:
+        rt: Runtime = request.getfixturevalue("runtime")
+        if f"no-{need}" in rt.capabilities:
+            pytest.skip(f"{rt.name} cannot {need.replace('-', ' ')}")
 
 
 @pytest.fixture
