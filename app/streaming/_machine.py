@@ -59,7 +59,9 @@ class CommandKind:
     QUERY = "query"
     ACTIVITY_RESULT = "activity_result"
     TIMER_FIRED = "timer_fired"
-    ALL = (START, SIGNAL, CANCEL, QUERY, ACTIVITY_RESULT, TIMER_FIRED)
+    RESUME = "resume"
+    """Engine-internal: a new owner rebuilds the run and dispatches its pending work."""
+    ALL = (START, SIGNAL, CANCEL, QUERY, ACTIVITY_RESULT, TIMER_FIRED, RESUME)
 
 
 @dataclass(frozen=True)
@@ -234,6 +236,15 @@ class Machine:
         if run.state.error and run.state.status is WorkflowStatus.RUNNING:
             run.state.error = None
 
+    def _resume(self, run: Run, fx: Effects) -> None:
+        """Rebuild the run, record what replay left unrecorded, dispatch pending attempts."""
+        self.restore(run)
+        if run.instance is None:
+            return
+        dispatched = {t.task_id for t in self.pending_tasks(run)}
+        self._reconcile(run, fx)
+        fx.tasks.extend(t for t in self.pending_tasks(run) if t.task_id in dispatched)
+
     def pending_tasks(self, run: Run) -> list[Task]:
         """The attempts that should be running now (to dispatch again after a takeover)."""
         if run.instance is None or run.parked is not None or not run.running:
@@ -254,6 +265,10 @@ class Machine:
         fx = Effects()
         if kind == CommandKind.QUERY:
             fx.reply = self._query(run, cmd)
+            return run, fx
+        if kind == CommandKind.RESUME:
+            if run is not None and run.running:
+                self._resume(run, fx)
             return run, fx
         if run is not None and cmd.command_id in run.seen:
             fx.duplicate = True

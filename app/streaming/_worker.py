@@ -26,6 +26,7 @@ no-op).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -61,6 +62,7 @@ from .settings import StreamingSettings
 
 log = logging.getLogger("app.streaming.worker")
 
+_TAIL = 32  # events repeated in each run header
 _FETCH_WAIT_ATTR = "_streamflow_fetch_wait_ms"
 _original_create_worker_consumer = faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer
 
@@ -114,13 +116,15 @@ class StreamingWorker:
         self._owned: set[int] = set()
         self._fired: dict[tuple[str, int, int | None], float] = {}
         self._pool = ThreadPoolExecutor(settings.activity_threads, "activity")
+        self._inflight: set[asyncio.Task[None]] = set()
         self.app = self._build_app()
+        self.activity_app = self._build_activity_app() if run_activities else None
 
-    # -- the Faust app ---------------------------------------------------------------
-    def _build_app(self) -> faust.App:
-        s, topo = self.settings, self.topology
+    # -- the Faust apps --------------------------------------------------------------
+    def _new_app(self, app_id: str, web_port: int) -> faust.App:
+        s = self.settings
         app = faust.App(
-            topo.faust_id,
+            app_id,
             broker=[f"kafka://{server.strip()}" for server in s.bootstrap_servers.split(",")],
             store="memory://",
             processing_guarantee="at_least_once",
@@ -133,11 +137,29 @@ class StreamingWorker:
             broker_request_timeout=max(90.0, s.session_timeout * 2),
             consumer_auto_offset_reset="earliest",
             table_standby_replicas=0,
-            web_enabled=s.web_port != 0,
-            web_port=s.web_port or 6066,
+            web_enabled=web_port != 0,
+            web_port=web_port or 6066,
             stream_buffer_maxsize=max(4096, s.batch_size * 4),
         )
         setattr(app, _FETCH_WAIT_ATTR, s.fetch_wait_ms)
+        return app
+
+    def _raw_topic(self, app: faust.App, name: str) -> Any:
+        s = self.settings
+        return app.topic(
+            name,
+            partitions=s.partitions,
+            replicas=s.replication,
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+        )
+
+    def _build_app(self) -> faust.App:
+        """The executor partitions: one consumer group on the commands topic."""
+        s, topo = self.settings, self.topology
+        app = self._new_app(topo.faust_id, s.web_port)
         raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw",
                "value_serializer": "raw"}
         n, r = s.partitions, s.replication
@@ -150,26 +172,53 @@ class StreamingWorker:
         self.runs_table = app.Table("workflows", **table)
         self.history_table = app.Table("history", **table)
         self.timers_table = app.Table("timers", **table)
-        self.done_table = app.Table("done-tasks", **table)
         if self.run_executor:
             app.agent(self.commands, name=f"{topo.faust_id}.executor")(self._executor_agent)
             app.timer(s.timer_tick, name=f"{topo.faust_id}.timers")(self._fire_timers)
             app.on_rebalance_complete.connect(self._on_rebalance_complete)
             app.on_partitions_revoked.connect(self._on_partitions_revoked)
-        if self.run_activities:
-            app.agent(
-                self.tasks,
-                name=f"{topo.faust_id}.activities",
-                concurrency=s.activity_concurrency,
-            )(self._activity_agent)
         return app
 
+    def _build_activity_app(self) -> faust.App:
+        """The activity workers of one task queue: their own consumer group.
+
+        A separate group, so that activity-only workers never own executor
+        partitions, and executor-only workers never run activities.
+        """
+        s, topo = self.settings, self.topology
+        app = self._new_app(topo.activity_group(s.task_queue), 0)
+        self.activity_tasks = self._raw_topic(app, topo.activity_tasks(s.task_queue))
+        self.activity_results = self._raw_topic(app, topo.commands)
+        self.done_table = app.Table(
+            "done-tasks", key_type=bytes, value_type=bytes, partitions=s.partitions
+        )
+        app.agent(
+            self.activity_tasks,
+            name=f"{topo.faust_id}.activities",
+            concurrency=s.activity_concurrency,
+        )(self._activity_agent)
+        return app
+
+    @property
+    def apps(self) -> list[faust.App]:
+        apps = [self.app] if self.run_executor else []
+        if self.activity_app is not None:
+            apps.append(self.activity_app)
+        return apps
+
     async def start(self) -> None:
-        """Start in this event loop (tests, embedding); the CLI runs a Faust Worker instead."""
-        await self.app.start()
+        """Start the worker's Faust apps in this event loop."""
+        await asyncio.gather(*(app.start() for app in self.apps))
 
     async def stop(self) -> None:
-        await self.app.stop()
+        """Stop consuming; in-flight activities are cancelled (they run again elsewhere)."""
+        for task in list(self._inflight):
+            task.cancel()
+        for app in self.apps:
+            # write out what was processed so that a restart finds it in the changelogs
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(app.producer.flush(), self.settings.request_timeout)
+            await app.stop()
         self._pool.shutdown(wait=False, cancel_futures=True)
         for run in self._cache.values():
             run.close()
@@ -271,10 +320,15 @@ class StreamingWorker:
     @staticmethod
     def _header(run: Run, partition: int) -> bytes:
         header = run.state.model_dump(mode="json", exclude={"history"})
+        history = run.state.history
         return json.dumps(
             {
                 "state": header,
-                "events": len(run.state.history),
+                "events": len(history),
+                # The latest events ride along in the header's own (atomic) write: the
+                # history table's writes of the last commands may not be acknowledged yet
+                # when the header's is, and a crash then would tear the run.
+                "tail": [e.model_dump(mode="json") for e in history[-_TAIL:]],
                 "seen": list(run.seen),
                 "start": run.start_command,
                 "p": partition,
@@ -300,8 +354,14 @@ class StreamingWorker:
 
     def _decode_run(self, workflow_id: str, raw: bytes) -> Run:
         header = json.loads(raw)
+        count = header["events"]
+        tail = header.get("tail", [])
+        first_tail = count - len(tail) + 1
         events = []
-        for i in range(1, header["events"] + 1):
+        for i in range(1, count + 1):
+            if i >= first_tail:
+                events.append(tail[i - first_tail])
+                continue
             data = self.history_table.get(f"{workflow_id}#{i}".encode())
             if data is None:
                 raise RuntimeError(f"event {i} of {workflow_id!r} is missing from the table")
@@ -370,15 +430,18 @@ class StreamingWorker:
                 continue
             wid = key.decode()
             self._cache.pop(wid, None)
-            run = self._load(wid)
-            if run is None:
-                continue
-            now = _now()
-            for task in self.machine.pending_tasks(run):
-                await self.tasks.send(key=task.task_id.encode(), value=encode_task(task, now))
+            # Through the commands topic, so the resume is applied in order with the
+            # workflow's other commands, in the partition's own stream.
+            cmd = Command(
+                command_id=new_command_id(),
+                kind=CommandKind.RESUME,
+                workflow_id=wid,
+                issued_at=_now(),
+            )
+            await self.commands.send(key=key, value=encode_command(cmd))
             resumed += 1
         if resumed:
-            log.info("resumed %d running workflows on partitions %s", resumed, sorted(gained))
+            log.info("resuming %d running workflows on partitions %s", resumed, sorted(gained))
 
     # -- timers ------------------------------------------------------------------------
     async def _fire_timers(self) -> None:
@@ -426,7 +489,12 @@ class StreamingWorker:
             key = task.task_id.encode()
             if self.done_table.get(key) is not None:
                 continue  # redelivered after it finished: its result is already published
-            await self._run_task(task)
+            running = asyncio.ensure_future(self._run_task(task))
+            self._inflight.add(running)
+            try:
+                await running
+            finally:
+                self._inflight.discard(running)
             self.done_table[key] = b"1"
 
     async def _run_task(self, task: Task) -> None:
@@ -467,7 +535,9 @@ class StreamingWorker:
             duration=duration,
             failure=outcome_failure,
         )
-        await self.commands.send(key=task.workflow_id.encode(), value=encode_command(cmd))
+        await self.activity_results.send(
+            key=task.workflow_id.encode(), value=encode_command(cmd)
+        )
 
 
 def new_command_id() -> str:

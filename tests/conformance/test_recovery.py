@@ -42,7 +42,8 @@ async def test_resume_after_restart_runs_nothing_twice(restartable: Runtime) -> 
         await recorder.wait_for("activity_complete", "res", count=2)
         await signal(ex, "res", "go", "sig")  # durable before signal() returns
     async with restartable.open(**KW) as ex:
-        assert await ex.query("res", "status") == WorkflowStatus.RUNNING
+        # a streaming worker may finish the run while it is being stopped
+        assert await ex.query("res", "status") in (WorkflowStatus.RUNNING, WorkflowStatus.COMPLETED)
         assert await ex.get_handle("res").result(timeout=WAIT) == ["A-1", "A-2", "sig", "A-3"]
     assert RUNS == ["a-1", "a-2", "a-3"]
 
