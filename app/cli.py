@@ -1,9 +1,10 @@
 """The command line: ``python -m app <command>`` (installed as ``streamflow``).
 
-Each command is a ``_add_<name>`` function that registers a subparser and
-sets its ``handler``: an ``async`` function taking the parsed arguments and
-returning the exit code. Add a command by writing both and listing the
-registrar in :data:`COMMANDS`.
+``list`` and ``show`` read SQLite, or a broker with ``--broker``; the
+broker-facing commands live in :mod:`app._cli_streaming`. Each command is a
+registrar function that adds a subparser and sets its ``handler``: an
+``async`` function taking the parsed arguments and returning the exit code.
+Add a command by writing both and listing the registrar in :data:`COMMANDS`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from app import _cli_streaming as streaming
 from app._render import render_history, render_state, render_workflow_list
 from app.workflow import WorkflowError, WorkflowFilter, WorkflowStatus
 from providers.sqlite import DEFAULT_PATH, ENV_PATH, SQLiteStore
@@ -96,10 +98,13 @@ def _add_list(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -
         metavar="N",
         help=f"show at most N workflows (default: {DEFAULT_LIMIT}; 0: all)",
     )
+    streaming.add_broker_options(parser)
     parser.set_defaults(handler=_list)
 
 
 async def _list(args: argparse.Namespace) -> int:
+    if streaming.broker_given(args):
+        return await streaming.list_from_broker(args)
     store, path = _existing_store(args.db)
     states = []
     if store is not None:
@@ -123,10 +128,13 @@ def _add_show(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     parser.add_argument("workflow_id", metavar="WORKFLOW_ID")
     _add_db_option(parser)
+    streaming.add_broker_options(parser)
     parser.set_defaults(handler=_show)
 
 
 async def _show(args: argparse.Namespace) -> int:
+    if streaming.broker_given(args):
+        return await streaming.show_from_broker(args)
     store, path = _existing_store(args.db)
     state = None
     if store is not None:
@@ -146,6 +154,7 @@ COMMANDS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], 
     _add_demo,
     _add_list,
     _add_show,
+    *streaming.COMMANDS,
 )
 """Registrars of the subcommands, in the order ``--help`` lists them."""
 

@@ -363,23 +363,33 @@ class KafkaExecutor:
             **fields,
         )
 
-    async def execute(self, fn: Callable[..., Any], options: WorkflowOptions) -> KafkaHandle:
-        """Start ``fn`` (by its registered name) as a new run on the workers."""
+    async def execute(
+        self, fn: Callable[..., Any] | str, options: WorkflowOptions
+    ) -> KafkaHandle:
+        """Start ``fn`` (or the workflow type named ``fn``) as a new run on the workers."""
         if not isinstance(options, WorkflowOptions):
             raise InvalidArgumentError(
                 f"options must be WorkflowOptions, got {type(options).__name__}"
             )
-        if not inspect.iscoroutinefunction(fn):
-            raise InvalidArgumentError(
-                f"workflow {fn!r} must be an `async def` function taking (ctx, input)"
-            )
-        sig = signature_of(fn, 1)
-        if sig.required > 1 or not inspect.signature(fn).parameters:
-            raise InvalidArgumentError(
-                f"workflow {fn!r} must take (ctx) or (ctx, input): "
-                "pass several values as one dataclass, model or dict"
-            )
-        name = self._workflows.name_of(fn)
+        function: Callable[..., Any] | None = None
+        if isinstance(fn, str):
+            if not fn:
+                raise InvalidArgumentError("workflow type name must not be empty")
+            name = fn
+            function = self._workflows.get(name)
+        else:
+            if not inspect.iscoroutinefunction(fn):
+                raise InvalidArgumentError(
+                    f"workflow {fn!r} must be an `async def` function taking (ctx, input)"
+                )
+            sig = signature_of(fn, 1)
+            if sig.required > 1 or not inspect.signature(fn).parameters:
+                raise InvalidArgumentError(
+                    f"workflow {fn!r} must take (ctx) or (ctx, input): "
+                    "pass several values as one dataclass, model or dict"
+                )
+            name = self._workflows.name_of(fn)
+            function = fn
         payload = to_payload(options.input, "workflow input")
         reply = await self._request(
             self._command(
@@ -394,7 +404,7 @@ class KafkaExecutor:
             if reply.error_type == "already_running":
                 raise WorkflowAlreadyRunningError(options.id, reply.run_id or "")
             raise WorkflowError(f"cannot start {options.id!r}: {reply.error}")
-        return KafkaHandle(self, options.id, reply.run_id, fn)
+        return KafkaHandle(self, options.id, reply.run_id, function)
 
     def get_handle(self, workflow_id: str) -> KafkaHandle:
         """A handle on the latest run of ``workflow_id``."""

@@ -242,6 +242,7 @@ class StreamingWorker:
             await self._dead_letter(event, str(exc))
             return
         partition = message.partition
+        self._observe_lag(message)
         run = self._load(cmd.workflow_id)
         if run is None and cmd.kind in (CommandKind.SIGNAL, CommandKind.CANCEL) or (
             cmd.kind == CommandKind.START and cmd.name and self.workflows.get(cmd.name) is None
@@ -294,6 +295,14 @@ class StreamingWorker:
         self._write_timers(run, partition)
         if run.parked is not None:
             self.metrics.parked.inc()
+
+    def _observe_lag(self, message: Any) -> None:
+        with contextlib.suppress(Exception):  # highwater is unknown before the first fetch
+            tp = message.tp
+            highwater = self.app.consumer.highwater(tp)
+            if highwater is not None:
+                lag = max(0, highwater - message.offset - 1)
+                self.metrics.consumer_lag.labels(str(tp.partition)).set(lag)
 
     def _write_timers(self, run: Run, partition: int) -> None:
         wid = run.state.workflow_id
@@ -420,6 +429,8 @@ class StreamingWorker:
     async def _on_rebalance_complete(self, sender: Any, **_: Any) -> None:
         active = self._active_partitions()
         gained = active - self._owned
+        if active != self._owned:
+            log.info("executor partitions owned: %s", sorted(active))
         self._owned = active
         if not gained:
             return

@@ -1,0 +1,344 @@
+"""The broker-facing commands: ``worker``, ``topics``, ``start``, ``signal``, ``query``, ``cancel``.
+
+``list`` and ``show`` read a broker instead of SQLite when ``--broker`` (or
+``$KAFKA_BOOTSTRAP_SERVERS``) is given. Every setting not given as a flag
+comes from its environment variable (``python -m app settings`` lists them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import json
+import logging
+import os
+import signal
+import sys
+from typing import TYPE_CHECKING, Any
+
+from app._render import render_history, render_state, render_workflow_list
+from app.workflow import Signal, WorkflowOptions, WorkflowState, WorkflowStatus
+
+if TYPE_CHECKING:
+    SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
+
+
+def add_broker_options(parser: argparse.ArgumentParser, *, topology: bool = True) -> None:
+    parser.add_argument(
+        "--broker",
+        metavar="HOST:PORT",
+        help="Kafka bootstrap servers (default: $KAFKA_BOOTSTRAP_SERVERS)",
+    )
+    if topology:
+        parser.add_argument("--app-id", metavar="ID", help="topic prefix (default: streamflow)")
+        parser.add_argument("--partitions", type=int, metavar="N", help="partitions per topic")
+
+
+def broker_given(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "broker", None) or os.environ.get("KAFKA_BOOTSTRAP_SERVERS"))
+
+
+def settings_from(args: argparse.Namespace, **extra: Any) -> Any:
+    from app.streaming.settings import StreamingSettings
+
+    return StreamingSettings.from_env(
+        bootstrap_servers=getattr(args, "broker", None),
+        app_id=getattr(args, "app_id", None),
+        partitions=getattr(args, "partitions", None),
+        **extra,
+    )
+
+
+def _json_arg(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({exc}): {text!r}") from None
+
+
+# -- settings -------------------------------------------------------------------
+def add_settings(subparsers: SubParsers) -> None:
+    parser = subparsers.add_parser(
+        "settings",
+        help="list the streaming settings, their env vars and defaults",
+        description="List every streaming setting: env var, type, default, meaning.",
+    )
+    parser.set_defaults(handler=_settings)
+
+
+async def _settings(args: argparse.Namespace) -> int:
+    from app.streaming.settings import StreamingSettings
+
+    for env, kind, default, doc in StreamingSettings.describe():
+        print(f"{env:<34} {kind:<6} {default:<18} {doc}")
+    return 0
+
+
+# -- topics ---------------------------------------------------------------------
+def add_topics(subparsers: SubParsers) -> None:
+    parser = subparsers.add_parser(
+        "topics",
+        help="create or check the deployment's topics",
+        description="Create the topics of the topology (idempotent) or check them.",
+    )
+    parser.add_argument("action", choices=["create", "check", "list"])
+    add_broker_options(parser)
+    parser.add_argument("--replication", type=int, metavar="R", help="replication factor")
+    parser.set_defaults(handler=_topics)
+
+
+async def _topics(args: argparse.Namespace) -> int:
+    from app.streaming.admin import check_topics, ensure_topics
+
+    settings = settings_from(args, replication=args.replication)
+    specs = settings.topology.specs()
+    if args.action == "list":
+        for spec in specs:
+            configs = ",".join(f"{k}={v}" for k, v in sorted(spec.configs.items()))
+            print(f"{spec.name}\t{spec.partitions}\t{configs}\t{spec.doc}")
+        return 0
+    if args.action == "create":
+        created = await ensure_topics(settings, specs)
+        print(f"created {len(created)} of {len(specs)} topics on {settings.bootstrap_servers}")
+        for name in created:
+            print(f"  {name}")
+    problems = await check_topics(settings, specs)
+    for problem in problems:
+        print(f"{args.prog}: {problem}", file=sys.stderr)
+    if args.action == "check" and not problems:
+        print(f"all {len(specs)} topics present on {settings.bootstrap_servers}")
+    return 1 if problems else 0
+
+
+# -- worker ---------------------------------------------------------------------
+def add_worker(subparsers: SubParsers) -> None:
+    parser = subparsers.add_parser(
+        "worker",
+        help="run a streaming worker (executor partitions and/or activities)",
+        description="Run a worker: consume the commands topic as executor partitions "
+        "and/or run activity tasks. MODULE names an importable module whose "
+        "`workflows` and `activities` lists say what this worker runs.",
+    )
+    add_broker_options(parser)
+    parser.add_argument("--app", required=True, metavar="MODULE", help="module with the lists")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--activities-only", action="store_true", help="only run activities")
+    mode.add_argument("--no-activities", action="store_true", help="only executor partitions")
+    parser.add_argument("--task-queue", metavar="Q", help="activity task queue to serve")
+    parser.add_argument("--metrics-port", type=int, metavar="PORT", help="/metrics port (0: off)")
+    parser.set_defaults(handler=_worker)
+
+
+def load_app_module(name: str) -> tuple[list[Any], list[Any]]:
+    """The ``workflows`` and ``activities`` lists of module ``name``."""
+    try:
+        module = importlib.import_module(name)
+    except ImportError as exc:
+        raise SystemExit(f"cannot import worker module {name!r}: {exc}") from None
+    workflows = getattr(module, "workflows", None)
+    activities = getattr(module, "activities", None)
+    if workflows is None and activities is None:
+        raise SystemExit(
+            f"module {name!r} has neither a `workflows` nor an `activities` list: "
+            "define them to say what this worker runs"
+        )
+    return list(workflows or ()), list(activities or ())
+
+
+async def _worker(args: argparse.Namespace) -> int:
+    from app.streaming import StreamingWorker
+    from app.streaming.admin import ensure_topics
+
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("app").setLevel(logging.INFO)
+    settings = settings_from(
+        args, task_queue=args.task_queue, metrics_port=args.metrics_port
+    )
+    workflows, activities = load_app_module(args.app)
+    await ensure_topics(settings)
+    worker = StreamingWorker(
+        settings,
+        workflows,
+        activities,
+        run_executor=not args.activities_only,
+        run_activities=not args.no_activities,
+    )
+    if settings.metrics_port:
+        worker.metrics.serve(settings.metrics_port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await worker.start()
+    logging.getLogger("app.streaming.worker").info(
+        "worker started: app id %s, broker %s, metrics port %s",
+        settings.topology.namespace, settings.bootstrap_servers, settings.metrics_port,
+    )
+    await stop.wait()
+    logging.getLogger("app.streaming.worker").info("stopping")
+    await worker.stop()
+    return 0
+
+
+# -- client commands ------------------------------------------------------------
+def add_start(subparsers: SubParsers) -> None:
+    parser = subparsers.add_parser(
+        "start", help="start a workflow on the workers", description="Start a workflow run."
+    )
+    parser.add_argument("workflow_type", metavar="WORKFLOW_TYPE")
+    parser.add_argument("--id", required=True, metavar="WORKFLOW_ID")
+    parser.add_argument("--input", type=_json_arg, metavar="JSON", help="input as JSON")
+    parser.add_argument("--timeout", type=float, metavar="SECONDS", help="workflow timeout")
+    parser.add_argument("--wait", action="store_true", help="wait for the result and print it")
+    add_broker_options(parser)
+    parser.set_defaults(handler=_start)
+
+
+def add_signal(subparsers: SubParsers) -> None:
+    parser = subparsers.add_parser(
+        "signal", help="send a signal to a running workflow", description="Send a signal."
+    )
+    parser.add_argument("workflow_id", metavar="WORKFLOW_ID")
+    parser.add_argument("name", metavar="SIGNAL")
+    parser.add_argument("--payload", type=_json_arg, metavar="JSON", help="payload as JSON")
+    parser.add_argument("--sender", default="", metavar="ID", help="sender id")
+    add_broker_options(parser)
+    parser.set_defaults(handler=_signal)
+
+
+def add_query(subparsers: SubParsers) -> None:
+    parser = subparsers.add_parser(
+        "query", help="query a workflow", description="Run a query and print its JSON answer."
+    )
+    parser.add_argument("workflow_id", metavar="WORKFLOW_ID")
+    parser.add_argument("name", metavar="QUERY")
+    add_broker_options(parser)
+    parser.set_defaults(handler=_query)
+
+
+def add_cancel(subparsers: SubParsers) -> None:
+    parser = subparsers.add_parser(
+        "cancel", help="cancel a running workflow", description="Cancel a running workflow."
+    )
+    parser.add_argument("workflow_id", metavar="WORKFLOW_ID")
+    add_broker_options(parser)
+    parser.set_defaults(handler=_cancel)
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from app.streaming import KafkaExecutor
+
+    return KafkaExecutor(settings=settings_from(args))
+
+
+async def _start(args: argparse.Namespace) -> int:
+    async with _client(args) as ex:
+        handle = await ex.execute(
+            args.workflow_type,
+            WorkflowOptions(id=args.id, input=args.input, timeout=args.timeout),
+        )
+        print(json.dumps({"workflow_id": handle.id, "run_id": handle.run_id}))
+        if args.wait:
+            print(json.dumps(await handle.result(), default=str))
+    return 0
+
+
+async def _signal(args: argparse.Namespace) -> int:
+    async with _client(args) as ex:
+        await ex.signal(
+            args.workflow_id, Signal(name=args.name, payload=args.payload, sender_id=args.sender)
+        )
+    print(f"signal {args.name!r} recorded for {args.workflow_id!r}")
+    return 0
+
+
+async def _query(args: argparse.Namespace) -> int:
+    async with _client(args) as ex:
+        answer = await ex.query(args.workflow_id, args.name)
+    if isinstance(answer, WorkflowStatus):
+        answer = answer.value
+    print(json.dumps(answer, default=str))
+    return 0
+
+
+async def _cancel(args: argparse.Namespace) -> int:
+    async with _client(args) as ex:
+        await ex.cancel(args.workflow_id)
+    print(f"cancel recorded for {args.workflow_id!r}")
+    return 0
+
+
+async def show_from_broker(args: argparse.Namespace) -> int:
+    async with _client(args) as ex:
+        state = await ex.describe(args.workflow_id)
+    print(render_state(state))
+    print(f"\nHistory ({len(state.history)} events)")
+    print(render_history(state.history))
+    return 0
+
+
+async def list_from_broker(args: argparse.Namespace) -> int:
+    """Every workflow's latest header, read from the ``workflows`` table's changelog."""
+    states = await read_headers(settings_from(args))
+    if args.status:
+        states = [s for s in states if s.status.value == args.status]
+    states.sort(key=lambda s: s.created_at, reverse=True)
+    if args.limit:
+        states = states[: args.limit]
+    if not states:
+        print("No workflows on the broker.")
+        return 0
+    print(render_workflow_list(states))
+    return 0
+
+
+async def read_headers(settings: Any) -> list[WorkflowState]:
+    """The latest header of every workflow in the state changelog (history left out)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    topic = settings.topology.changelog("workflows")
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers,
+        enable_auto_commit=False,
+        fetch_max_wait_ms=settings.fetch_wait_ms,
+    )
+    await consumer.start()
+    latest: dict[bytes, bytes | None] = {}
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        if not tps:
+            return []
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        remaining = {tp for tp in tps if ends[tp] > 0}
+        while remaining:
+            batches = await asyncio.wait_for(consumer.getmany(timeout_ms=500), 30)
+            for tp, messages in batches.items():
+                for message in messages:
+                    if message.key is not None:
+                        latest[message.key] = message.value
+                if messages and messages[-1].offset + 1 >= ends[tp]:
+                    remaining.discard(tp)
+            for tp in list(remaining):
+                if await consumer.position(tp) >= ends[tp]:
+                    remaining.discard(tp)
+    finally:
+        with contextlib.suppress(Exception):
+            await consumer.stop()
+    states = []
+    for value in latest.values():
+        if value is None:
+            continue
+        header = json.loads(value)
+        state = WorkflowState.model_validate({**header["state"], "history": []})
+        states.append(state)
+    return states
+
+
+COMMANDS = (add_worker, add_topics, add_start, add_signal, add_query, add_cancel, add_settings)
