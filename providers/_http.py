@@ -51,9 +51,8 @@ import httpx
 import pydantic
 
 from app.workflow._errors import InvalidArgumentError, PayloadError, WorkflowError
-from app.workflow._store import StoreConflictError
+from app.workflow._store import StoreClosedError, StoreConflictError
 from app.workflow._types import Duration, HistoryEvent, WorkflowFilter, WorkflowState, to_seconds
-from providers.sqlite import StoreClosedError
 
 __all__ = [
     "DEFAULT_RETRIES",

@@ -35,8 +35,8 @@ from typing import Any, Final, NoReturn, TypeVar
 
 import pydantic_core
 
-from app.workflow._errors import InvalidArgumentError, WorkflowError
-from app.workflow._store import StoreConflictError
+from app.workflow._errors import InvalidArgumentError
+from app.workflow._store import StoreClosedError, StoreConflictError
 from app.workflow._types import HistoryEvent, WorkflowFilter, WorkflowState, WorkflowStatus
 
 __all__ = ["DEFAULT_PATH", "ENV_PATH", "SQLiteStore", "StoreClosedError"]
@@ -58,10 +58,6 @@ _MICROSECOND: Final = timedelta(microseconds=1)
 log = logging.getLogger("providers.sqlite")
 
 _T = TypeVar("_T")
-
-
-class StoreClosedError(WorkflowError, RuntimeError):
-    """The store was closed, or its worker thread stopped: it takes no more calls."""
 
 
 _SCHEMA: Final = f"""

@@ -13,6 +13,10 @@ class StoreConflictError(WorkflowError):
     """A write lost a race: the stored run or history is not what the writer expected."""
 
 
+class StoreClosedError(WorkflowError, RuntimeError):
+    """The store was closed, or can no longer work (its worker stopped): it takes no more calls."""
+
+
 @runtime_checkable
 class WorkflowStore(Protocol):
     """Persists workflow state for recovery and auditing.

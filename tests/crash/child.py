@@ -1,6 +1,10 @@
-"""A child process that runs workflows on SQLite and SIGKILLs itself at one chosen point.
+"""A child process that runs workflows on one store and SIGKILLs itself at one chosen point.
 
-    python -m tests.crash.child --db PATH --log PATH --point POINT
+    python -m tests.crash.child --log PATH --point POINT --store sqlite --db PATH
+    python -m tests.crash.child --log PATH --point POINT --store kafka \
+        --bootstrap HOST:PORT --topic TOPIC
+    python -m tests.crash.child --log PATH --point POINT --store nats \
+        --nats-url nats://HOST:PORT --bucket BUCKET
 
 Points:
 * ``before:N`` / ``after:N`` — around the N-th store write of the target workflow
@@ -19,12 +23,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import builtins
 import json
 import os
 import signal
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from app.workflow import (
     DefaultExecutor,
@@ -38,7 +44,7 @@ from app.workflow import (
     WorkflowState,
     activity,
 )
-from providers.sqlite import SQLiteStore
+from app.workflow._store import AppendingStore
 
 TARGET = "target"
 WORKFLOW_IDS = [TARGET, "bystander-1", "bystander-2", "bystander-3"]
@@ -98,17 +104,67 @@ async def crash_flow(ctx: WorkflowContext, name: str) -> dict[str, Any]:
     return {"a": a, "b": b, "c": list(c), "d": d, "go": go, "e": e}
 
 
-class KillingStore(SQLiteStore):
-    """SQLite, plus a SIGKILL around the N-th write of the target workflow."""
+STORES = ("sqlite", "kafka", "nats")
 
-    def __init__(self, path: str, point: str) -> None:
-        super().__init__(path)
+
+class ClosableStore(AppendingStore, Protocol):
+    """An appending store with an async ``close`` (all stores under test have one)."""
+
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class StoreSpec:
+    """Which store a child (or the parent, to read histories) opens, and where."""
+
+    kind: str
+    db: str = ""
+    bootstrap: str = ""
+    topic: str = ""
+    nats_url: str = ""
+    bucket: str = ""
+
+    def open(self) -> ClosableStore:
+        """A new, not yet started store of this kind."""
+        # Each child imports only its own store's client library: faster to start.
+        if self.kind == "sqlite":
+            from providers.sqlite import SQLiteStore
+
+            return SQLiteStore(self.db)
+        if self.kind == "kafka":
+            from providers.kafka import KafkaStore
+
+            # Tansu answers a fetch only when its wait expires: keep the wait short.
+            return KafkaStore(
+                bootstrap_servers=self.bootstrap, topic=self.topic, fetch_max_wait=0.01
+            )
+        if self.kind == "nats":
+            from providers.nats import NatsStore
+
+            return NatsStore(self.nats_url, bucket=self.bucket)
+        raise ValueError(f"unknown store {self.kind!r}; expected one of {', '.join(STORES)}")
+
+    def args(self) -> list[str]:
+        """The command-line options that make a child open this store."""
+        options = {
+            "sqlite": ("--db", self.db),
+            "kafka": ("--bootstrap", self.bootstrap, "--topic", self.topic),
+            "nats": ("--nats-url", self.nats_url, "--bucket", self.bucket),
+        }[self.kind]
+        return ["--store", self.kind, *options]
+
+
+class KillingStore:
+    """Any appending store, plus a SIGKILL around the N-th write of the target workflow."""
+
+    def __init__(self, inner: ClosableStore, point: str) -> None:
+        self.inner = inner
         self.writes = 0
         when, _, n = point.partition(":")
         self.when = when if when in ("before", "after") else ""
         self.at = int(n) if self.when else 0
 
-    async def _around(self, workflow_id: str, write: Any) -> None:
+    async def _around(self, workflow_id: str, write: Awaitable[None]) -> None:
         if workflow_id != TARGET or not self.when:
             await write
             return
@@ -120,17 +176,36 @@ class KillingStore(SQLiteStore):
             _die()
 
     async def save(self, state: WorkflowState) -> None:
-        await self._around(state.workflow_id, super().save(state))
+        await self._around(state.workflow_id, self.inner.save(state))
 
     async def append(self, state: WorkflowState, events: Sequence[HistoryEvent]) -> None:
         if not events:  # header-only updates are not steps
-            await super().append(state, events)
+            await self.inner.append(state, events)
             return
-        await self._around(state.workflow_id, super().append(state, events))
+        await self._around(state.workflow_id, self.inner.append(state, events))
+
+    async def load(self, workflow_id: str) -> WorkflowState | None:
+        return await self.inner.load(workflow_id)
+
+    async def list(self, filter: WorkflowFilter) -> builtins.list[WorkflowState]:
+        return await self.inner.list(filter)
+
+    async def delete(self, workflow_id: str) -> None:
+        await self.inner.delete(workflow_id)
+
+    async def close(self) -> None:
+        await self.inner.close()
 
 
-async def run(db: str) -> dict[str, Any]:
-    store = KillingStore(db, POINT)
+async def run(spec: StoreSpec) -> dict[str, Any]:
+    store = KillingStore(spec.open(), POINT)
+    try:
+        return await _run(store)
+    finally:
+        await store.close()
+
+
+async def _run(store: KillingStore) -> dict[str, Any]:
     signaled: set[str] = set()
     pending: list[asyncio.Task[None]] = []
     executor: DefaultExecutor
@@ -178,12 +253,25 @@ async def run(db: str) -> dict[str, Any]:
 def main() -> None:
     global POINT, LOG_PATH
     parser = argparse.ArgumentParser()
-    parser.add_argument("--db", required=True)
     parser.add_argument("--log", required=True)
     parser.add_argument("--point", default="none")
+    parser.add_argument("--store", choices=STORES, default="sqlite")
+    parser.add_argument("--db", default="", help="SQLite file (--store sqlite)")
+    parser.add_argument("--bootstrap", default="", help="Kafka host:port (--store kafka)")
+    parser.add_argument("--topic", default="", help="Kafka topic (--store kafka)")
+    parser.add_argument("--nats-url", default="", help="NATS server URL (--store nats)")
+    parser.add_argument("--bucket", default="", help="NATS KV bucket (--store nats)")
     args = parser.parse_args()
+    needed = {"sqlite": ("db",), "kafka": ("bootstrap", "topic"), "nats": ("nats_url", "bucket")}
+    missing = [name for name in needed[args.store] if not getattr(args, name)]
+    if missing:
+        parser.error(
+            f"--store {args.store} needs "
+            + ", ".join("--" + name.replace("_", "-") for name in missing)
+        )
     POINT, LOG_PATH = args.point, args.log
-    results = asyncio.run(run(args.db))
+    spec = StoreSpec(args.store, args.db, args.bootstrap, args.topic, args.nats_url, args.bucket)
+    results = asyncio.run(run(spec))
     print(json.dumps(results, sort_keys=True))
 
 

@@ -1,9 +1,9 @@
 """SIGKILL a child process at 21 points of a workflow run; a new process must finish the job.
 
-Each case: a child runs four workflows on SQLite and is killed (SIGKILL, by
-itself, at a precise point: around a store write, inside an activity, during
-a durable sleep, while a signal arrives). A second child resumes from the
-same file and runs every workflow to its end. Then:
+Each case: a child runs four workflows on a store (SQLite, Kafka or NATS) and
+is killed (SIGKILL, by itself, at a precise point: around a store write,
+inside an activity, during a durable sleep, while a signal arrives). A second
+child resumes from the same store and runs every workflow to its end. Then:
 
 * every workflow completed with the right result;
 * no activity attempt whose completion (or failure) was recorded before the
@@ -11,15 +11,18 @@ same file and runs every workflow to its end. Then:
 * each history is well-formed: ids consecutive, one start per attempt, one
   result per step, one terminal event;
 * the sleep fired no earlier than its original due time.
+
+Histories are read back through the store's own ``load``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
-import sqlite3
 import subprocess
 import sys
+import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -27,7 +30,7 @@ from typing import Any
 import pytest
 
 from app.workflow import EventType, HistoryEvent
-from tests.crash.child import SLEEP, WORKFLOW_IDS
+from tests.crash.child import SLEEP, WORKFLOW_IDS, StoreSpec
 
 pytestmark = pytest.mark.crash
 
@@ -54,17 +57,59 @@ POINTS = [
     "before:21",  # the result is computed but the completion not recorded
     "after:21",  # completed
 ]
+# Every point runs on SQLite. A case on Kafka or NATS takes up to twice as
+# long (the store reads its topic or bucket at start, each write is a round
+# trip), so those run this subset, which keeps each kind of point: around store
+# writes, inside an activity, during a retry, during the durable sleep, around
+# a signal, and at the very end.
+SERVER_POINTS = [
+    "after:2",  # a store write: activity_started durable, activity not yet run
+    "before:3",  # a store write: activity ran, its completion lost
+    "activity:target:b",  # inside an async activity
+    "after:11",  # during a retry: an attempt failed, backoff pending
+    "sleep",  # during the durable sleep
+    "before:17",  # a signal arriving: not yet durable
+    "after:17",  # a signal arriving: durable, signal() not yet returned
+    "after:21",  # completed
+]
+CASES = [
+    *(pytest.param("sqlite", point, id=f"sqlite-{point}") for point in POINTS),
+    *(
+        pytest.param(kind, point, id=f"{kind}-{point}")
+        for kind in ("kafka", "nats")
+        for point in SERVER_POINTS
+    ),
+]
 TIMEOUT = 60
 
 
-def _run_child(db: Path, log: Path, point: str) -> subprocess.CompletedProcess[str]:
+@pytest.fixture
+def store_kind(request: pytest.FixtureRequest) -> str:
+    """The kind of store of the case (set by ``parametrize``)."""
+    kind: str = request.param
+    return kind
+
+
+@pytest.fixture
+def spec(store_kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> StoreSpec:
+    """A fresh store of the case's kind; the session's servers start only when needed."""
+    name = uuid.uuid4().hex[:12]
+    if store_kind == "kafka":
+        bootstrap: str = request.getfixturevalue("kafka_bootstrap")
+        return StoreSpec("kafka", bootstrap=bootstrap, topic=f"crash-{name}")
+    if store_kind == "nats":
+        url: str = request.getfixturevalue("nats_url")
+        return StoreSpec("nats", nats_url=url, bucket=f"crash_{name}")
+    return StoreSpec("sqlite", db=str(tmp_path / "wf.db"))
+
+
+def _run_child(spec: StoreSpec, log: Path, point: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [
             sys.executable,
             "-m",
             "tests.crash.child",
-            "--db",
-            str(db),
+            *spec.args(),
             "--log",
             str(log),
             "--point",
@@ -77,22 +122,20 @@ def _run_child(db: Path, log: Path, point: str) -> subprocess.CompletedProcess[s
     )
 
 
-def _histories(db: Path) -> dict[str, list[HistoryEvent]]:
-    if not db.exists():
-        return {}
-    conn = sqlite3.connect(db)
-    try:
-        rows = conn.execute(
-            "SELECT workflow_id, data FROM events ORDER BY workflow_id, id"
-        ).fetchall()
-    except sqlite3.OperationalError:  # killed before the schema existed
-        return {}
-    finally:
-        conn.close()
-    out: dict[str, list[HistoryEvent]] = {}
-    for wid, data in rows:
-        out.setdefault(wid, []).append(HistoryEvent.model_validate_json(data))
-    return out
+def _histories(spec: StoreSpec) -> dict[str, list[HistoryEvent]]:
+    if spec.kind == "sqlite" and not Path(spec.db).exists():
+        return {}  # killed before the file existed: do not create it here
+
+    async def load_all() -> dict[str, list[HistoryEvent]]:
+        store = spec.open()
+        try:
+            async with asyncio.timeout(TIMEOUT):
+                states = [await store.load(wid) for wid in WORKFLOW_IDS]
+        finally:
+            await store.close()
+        return {state.workflow_id: state.history for state in states if state is not None}
+
+    return asyncio.run(load_all())
 
 
 def _finished_attempts(history: list[HistoryEvent]) -> set[tuple[str, int]]:
@@ -138,26 +181,26 @@ def _check_history(wid: str, history: list[HistoryEvent]) -> None:
     assert (fired[0].timestamp - before_sleep.timestamp).total_seconds() >= SLEEP
 
 
-@pytest.mark.parametrize("point", POINTS)
-def test_sigkill_then_resume(point: str, tmp_path: Path) -> None:
-    db, log = tmp_path / "wf.db", tmp_path / "effects.log"
-    crashed = _run_child(db, log, point)
+@pytest.mark.parametrize(("store_kind", "point"), CASES, indirect=["store_kind"])
+def test_sigkill_then_resume(spec: StoreSpec, point: str, tmp_path: Path) -> None:
+    log = tmp_path / "effects.log"
+    crashed = _run_child(spec, log, point)
     assert crashed.returncode == -signal.SIGKILL, (
-        f"child was not killed at {point}: rc={crashed.returncode}\n"
+        f"child on {spec.kind} was not killed at {point}: rc={crashed.returncode}\n"
         f"{crashed.stdout}\n{crashed.stderr}"
     )
-    before = _histories(db)
+    before = _histories(spec)
     recorded = {wid: _finished_attempts(h) for wid, h in before.items()}
     crashed_pid_lines = log.read_text().splitlines() if log.exists() else []
 
-    resumed = _run_child(db, log, "none")
+    resumed = _run_child(spec, log, "none")
     assert resumed.returncode == 0, (
-        f"resume failed after {point}:\n{resumed.stdout}\n{resumed.stderr}"
+        f"resume on {spec.kind} failed after {point}:\n{resumed.stdout}\n{resumed.stderr}"
     )
     results = json.loads(resumed.stdout.strip().splitlines()[-1])
     assert results == {wid: _expected(wid) for wid in WORKFLOW_IDS}
 
-    after = _histories(db)
+    after = _histories(spec)
     for wid in WORKFLOW_IDS:
         _check_history(wid, after[wid])
     runs = Counter(tuple(line.split()[:2]) for line in log.read_text().splitlines())

@@ -5,7 +5,8 @@ A provider joins the suite by adding one :class:`StoreFactory` to
 it. A factory opens a store at a location (a per-test directory it may use or
 ignore) and lists its capabilities; a test that needs a capability the store
 lacks is skipped, by name, in the fixture that provides it. A factory whose
-backend is not reachable (a broker, a server) skips in ``open``, saying so.
+backend (a broker, a server) cannot be started or reached fails, saying so:
+it never skips.
 """
 
 from __future__ import annotations
