@@ -154,7 +154,7 @@ async def _worker(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    logging.getLogger("app").setLevel(logging.INFO)
+    logging.getLogger("app").setLevel(os.environ.get("STREAMFLOW_LOG_LEVEL", "INFO").upper())
     settings = settings_from(
         args, task_queue=args.task_queue, metrics_port=args.metrics_port
     )
@@ -173,6 +173,8 @@ async def _worker(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # SIGUSR1 logs what every task and thread is waiting on (a stuck worker's stacks)
+    loop.add_signal_handler(signal.SIGUSR1, _dump_stacks)
     await worker.start()
     logging.getLogger("app.streaming.worker").info(
         "worker started: app id %s, broker %s, metrics port %s",
@@ -182,6 +184,27 @@ async def _worker(args: argparse.Namespace) -> int:
     logging.getLogger("app.streaming.worker").info("stopping")
     await worker.stop()
     return 0
+
+
+def _dump_stacks() -> None:
+    import faulthandler
+    import io
+
+    out = io.StringIO()
+    for task in asyncio.all_tasks():
+        out.write(f"--- task {task.get_name()}\n")
+        # follow the chain of awaits down to where the task is suspended
+        awaitable: Any = task.get_coro()
+        depth = 0
+        while awaitable is not None and depth < 40:
+            frame = getattr(awaitable, "cr_frame", None) or getattr(awaitable, "gi_frame", None)
+            if frame is not None:
+                out.write(f"    {frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}\n")
+            awaitable = getattr(awaitable, "cr_await", None) or getattr(awaitable, "gi_yieldfrom", None)
+            depth += 1
+    logging.getLogger("app.streaming.worker").warning("task stacks:\n%s", out.getvalue())
+    faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+    logging.getLogger("app.streaming.worker").warning("end of stacks")
 
 
 # -- client commands ------------------------------------------------------------

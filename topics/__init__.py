@@ -104,8 +104,12 @@ class Topology:
     def activity_tasks(self, queue: str = DEFAULT_TASK_QUEUE) -> str:
         return f"{self.namespace}.activity-tasks.{queue}"
 
-    def changelog(self, table: str) -> str:
-        return f"{self.faust_id}-{table}-changelog"
+    def activity_group(self, queue: str = DEFAULT_TASK_QUEUE) -> str:
+        """The Faust app id (consumer group) of the activity workers of ``queue``."""
+        return f"{self.namespace}.activities.{queue}"
+
+    def changelog(self, table: str, app_id: str | None = None) -> str:
+        return f"{app_id or self.faust_id}-{table}-changelog"
 
     def next_generation(self, partitions: int) -> Topology:
         """The topology to grow into: same app, next generation, ``partitions`` partitions."""
@@ -141,7 +145,8 @@ class Topology:
                 "answers to client commands (start, signal, query); key = client id",
             ),
             TopicSpec(
-                self.dead_letter, n, r, {**delete, "retention.ms": str(30 * DAY_MS)},
+                self.dead_letter, n, r,
+                {**delete, "retention.ms": str(30 * DAY_MS), "max.message.bytes": str(16 << 20)},
                 "dead-letter", "commands that could not be decoded or applied, with the reason",
             ),
             TopicSpec(
@@ -156,10 +161,15 @@ class Topology:
                 self.changelog("timers"), n, r, {"cleanup.policy": "compact"}, "timers",
                 "due times of pending timers (Faust table changelog); key = workflow id",
             ),
+        ]
+        specs += [
             TopicSpec(
-                self.changelog("done-tasks"), n, r, {"cleanup.policy": "compact"}, "done-tasks",
-                "activity tasks already finished, so a redelivered task is not run again",
-            ),
+                self.changelog("done-tasks", self.activity_group(q)), n, r,
+                {"cleanup.policy": "compact"}, "done-tasks",
+                f"activity tasks of queue {q!r} already finished, so a redelivered task does "
+                "not run again",
+            )
+            for q in self.task_queues
         ]
         specs += [
             TopicSpec(

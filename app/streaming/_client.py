@@ -46,7 +46,7 @@ from app.workflow._types import (
 )
 
 from ._machine import DESCRIBE, Command, CommandKind, Reply, parked_error
-from ._messages import decode_history, decode_reply, encode_command
+from ._messages import MAX_PAYLOAD, decode_history, decode_reply, dump_payload, encode_command
 from .settings import StreamingSettings
 
 log = logging.getLogger("app.streaming.client")
@@ -354,6 +354,12 @@ class KafkaExecutor:
     def _command(self, kind: str, workflow_id: str, **fields: Any) -> Command:
         if not isinstance(workflow_id, str) or not workflow_id:
             raise InvalidArgumentError(f"workflow id must be a non-empty string, got {workflow_id!r}")
+        payload = dump_payload(fields.get("payload"))
+        if payload is not None and len(payload) > MAX_PAYLOAD:
+            raise InvalidArgumentError(
+                f"the {kind} payload of {workflow_id!r} is {len(payload)} bytes of JSON, over "
+                f"the limit of {MAX_PAYLOAD}: pass a reference (a key, a URL) instead"
+            )
         return Command(
             command_id=uuid.uuid4().hex,
             kind=kind,

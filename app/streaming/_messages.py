@@ -8,6 +8,7 @@ reason, and the worker sends the message to the dead-letter topic.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import UTC, datetime
 from typing import Any
@@ -18,8 +19,17 @@ from ._machine import Command, CommandKind, Reply, Task
 from ._wire import WireError, codec
 
 JSON = "application/json"
-MAX_PAYLOAD = 1024 * 1024
-"""Largest user payload accepted in a command (bytes of JSON)."""
+MAX_PAYLOAD = 256 * 1024
+"""Largest user payload accepted in a command (bytes of JSON).
+
+Payloads are kept in the run's history and repeated in table and topic
+records, so this stays well under the producers' maximum request size.
+"""
+MAX_ORIGINAL = 8 * 1024 * 1024
+"""Bytes of an original message kept in its dead letter (the rest is cut, and said so).
+
+The dead-letter topic accepts records of 16 MiB (``topics``), more than any
+command topic normally does, so a dead letter keeps its original whole."""
 
 
 class InvalidCommandError(ValueError):
@@ -263,6 +273,13 @@ def decode_reply(data: bytes) -> tuple[str, str, Reply]:
 def encode_dead_letter(
     reason: str, topic: str, partition: int, offset: int, original: bytes | None
 ) -> bytes:
+    if original is not None and len(original) > MAX_ORIGINAL:
+        digest = hashlib.sha256(original).hexdigest()
+        reason = (
+            f"{reason} (original is {len(original)} bytes, sha256 {digest}; "
+            f"only its first {MAX_ORIGINAL} bytes are kept here)"
+        )
+        original = original[:MAX_ORIGINAL]
     return codec("dead_letter").encode(
         {
             "reason": reason,

@@ -51,10 +51,10 @@ def load_raw(name: str, directory: Path | None = None) -> dict[str, Any]:
 
 def _fingerprint(raw: Mapping[str, Any]) -> bytes:
     # The reference implementation's Parsing Canonical Form (it drops logicalType, as
-    # Java's does) so that fingerprints match other languages' writers; the value comes
-    # big-endian and goes on the wire little-endian.
+    # Java's does) so that fingerprints match other languages' writers; it returns the
+    # CRC-64-AVRO value little-endian, as the single-object encoding puts it on the wire.
     parsed = avro.schema.parse(json.dumps(raw))
-    return bytes(parsed.fingerprint("CRC-64-AVRO"))[::-1]
+    return bytes(parsed.fingerprint("CRC-64-AVRO"))
 
 
 class Codec:

@@ -32,7 +32,6 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
@@ -43,7 +42,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from app.workflow import activity as _activity
 from app.workflow._activity_runner import run_attempt
 from app.workflow._names import FunctionTable, Registrable
-from app.workflow._types import TERMINAL_EVENTS, EventType, WorkflowState
+from app.workflow._types import FailureInfo, WorkflowState
 
 from ._machine import Command, CommandKind, Effects, Machine, Run, Task
 from ._messages import (
@@ -63,6 +62,7 @@ from .settings import StreamingSettings
 log = logging.getLogger("app.streaming.worker")
 
 _TAIL = 32  # events repeated in each run header
+_TAIL_BYTES = 1024 * 1024
 _FETCH_WAIT_ATTR = "_streamflow_fetch_wait_ms"
 _original_create_worker_consumer = faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer
 
@@ -78,6 +78,20 @@ def _create_worker_consumer(self: Any, transport: Any) -> Any:
 
 
 faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer = _create_worker_consumer  # type: ignore[method-assign]
+
+
+def _tail(history: list[Any]) -> list[dict[str, Any]]:
+    """The latest events, at most ``_TAIL`` of them and about ``_TAIL_BYTES`` of JSON."""
+    tail: list[dict[str, Any]] = []
+    size = 0
+    for event in reversed(history[-_TAIL:]):
+        dumped = event.model_dump(mode="json")
+        size += len(json.dumps(dumped))
+        if tail and size > _TAIL_BYTES:
+            break
+        tail.append(dumped)
+    tail.reverse()
+    return tail
 
 
 def _now() -> datetime:
@@ -114,6 +128,9 @@ class StreamingWorker:
         self.run_activities = run_activities
         self._cache: OrderedDict[str, Run] = OrderedDict()
         self._owned: set[int] = set()
+        self._resumed: set[str] = set()
+        self._resume_until = 0.0
+        self._next_resume_scan = 0.0
         self._fired: dict[tuple[str, int, int | None], float] = {}
         self._pool = ThreadPoolExecutor(settings.activity_threads, "activity")
         self._inflight: set[asyncio.Task[None]] = set()
@@ -140,6 +157,8 @@ class StreamingWorker:
             web_enabled=web_port != 0,
             web_port=web_port or 6066,
             stream_buffer_maxsize=max(4096, s.batch_size * 4),
+            # run headers repeat the latest events: leave room for large payloads
+            producer_max_request_size=16 * 1024 * 1024,
         )
         setattr(app, _FETCH_WAIT_ATTR, s.fetch_wait_ms)
         return app
@@ -189,6 +208,7 @@ class StreamingWorker:
         app = self._new_app(topo.activity_group(s.task_queue), 0)
         self.activity_tasks = self._raw_topic(app, topo.activity_tasks(s.task_queue))
         self.activity_results = self._raw_topic(app, topo.commands)
+        self.task_dead_letter = self._raw_topic(app, topo.dead_letter)
         self.done_table = app.Table(
             "done-tasks", key_type=bytes, value_type=bytes, partitions=s.partitions
         )
@@ -229,19 +249,34 @@ class StreamingWorker:
         async for event in stream.events():
             try:
                 await self._on_command(event)
-            except Exception:
+            except Exception as exc:
                 # A bug must not stop the partition: the command is kept with the reason.
                 log.exception("command at offset %s failed", event.message.offset)
-                await self._dead_letter(event, "internal error while applying the command")
+                try:
+                    await self._dead_letter(
+                        event, f"internal error while applying the command: {exc!r}"[:500]
+                    )
+                except Exception:
+                    log.exception("could not dead-letter offset %s", event.message.offset)
 
     async def _on_command(self, event: Any) -> None:
         message = event.message
+        if event.key is None:
+            await self._dead_letter(
+                event, "command has no key: commands must be keyed by workflow id so that "
+                "one partition owns each workflow"
+            )
+            return
         try:
             cmd = decode_command(event.value, event.key)
         except (WireError, InvalidCommandError) as exc:
             await self._dead_letter(event, str(exc))
             return
         partition = message.partition
+        log.debug(
+            "command %s %s for %s at %s@%s", cmd.kind, cmd.command_id, cmd.workflow_id,
+            partition, message.offset,
+        )
         self._observe_lag(message)
         run = self._load(cmd.workflow_id)
         if run is None and cmd.kind in (CommandKind.SIGNAL, CommandKind.CANCEL) or (
@@ -257,6 +292,8 @@ class StreamingWorker:
             await self._dead_letter(event, f"{cmd.kind} names an {reason}")
         before_status = run.state.status if run is not None else None
         run, fx = self.machine.handle(run, cmd)
+        if cmd.kind == CommandKind.START and fx.started:
+            self._resumed.add(cmd.workflow_id)  # a new run dispatches its own work
         self.metrics.commands.labels(cmd.kind, "duplicate" if fx.duplicate else "ok").inc()
         if fx.duplicate:
             self.metrics.duplicates.inc()
@@ -289,9 +326,9 @@ class StreamingWorker:
                     value=encode_history(wid, state.run_id, state.workflow_type, ev),
                     headers=headers,
                 )
-            now = _now()
-            for task in fx.tasks:
-                await self.tasks.send(key=task.task_id.encode(), value=encode_task(task, now))
+        now = _now()
+        for task in fx.tasks:  # a resume re-dispatches work without recording anything
+            await self.tasks.send(key=task.task_id.encode(), value=encode_task(task, now))
         self._write_timers(run, partition)
         if run.parked is not None:
             self.metrics.parked.inc()
@@ -337,7 +374,7 @@ class StreamingWorker:
                 # The latest events ride along in the header's own (atomic) write: the
                 # history table's writes of the last commands may not be acknowledged yet
                 # when the header's is, and a crash then would tear the run.
-                "tail": [e.model_dump(mode="json") for e in history[-_TAIL:]],
+                "tail": _tail(history),
                 "seen": list(run.seen),
                 "start": run.start_command,
                 "p": partition,
@@ -389,14 +426,14 @@ class StreamingWorker:
             old.close()
         self.metrics.cached_runs.set(len(self._cache))
 
-    async def _dead_letter(self, event: Any, reason: str) -> None:
+    async def _dead_letter(self, event: Any, reason: str, topic: Any = None) -> None:
         message = event.message
         log.warning(
             "dead letter from %s[%s]@%s: %s", message.topic, message.partition,
             message.offset, reason,
         )
         self.metrics.dead_letters.labels(reason.split(":")[0][:60]).inc()
-        await self.dead_letter.send(
+        await (topic or self.dead_letter).send(
             key=event.key,
             value=encode_dead_letter(
                 reason, message.topic, message.partition, message.offset, event.value
@@ -420,6 +457,7 @@ class StreamingWorker:
             if self._partition_of(wid) in lost:
                 run.close()
                 del self._cache[wid]
+        self._resumed = {w for w in self._resumed if self._partition_of(w) not in lost}
         self._owned -= lost
 
     def _partition_of(self, workflow_id: str) -> int | None:
@@ -428,21 +466,35 @@ class StreamingWorker:
 
     async def _on_rebalance_complete(self, sender: Any, **_: Any) -> None:
         active = self._active_partitions()
-        gained = active - self._owned
         if active != self._owned:
             log.info("executor partitions owned: %s", sorted(active))
+        if active - self._owned:
+            # Tables may still be catching up on the new partitions' changelogs, so
+            # the timer loop keeps looking for runs to resume for a while.
+            self._resume_until = time.monotonic() + self.settings.resume_window
         self._owned = active
-        if not gained:
+
+    async def _resume_new_runs(self) -> None:
+        """Resume the running workflows of owned partitions this worker has not resumed yet.
+
+        Through the commands topic, so each resume is applied in order with the
+        workflow's other commands, in the partition's own stream.
+        """
+        now = time.monotonic()
+        if now > self._resume_until or now < self._next_resume_scan:
             return
-        resumed = 0
+        self._next_resume_scan = now + 0.2
+        active = self._active_partitions()
+        resumed = []
         for key, raw in list(self.runs_table.items()):
-            header = json.loads(raw)
-            if header["p"] not in gained or header["state"]["status"] != "running":
-                continue
             wid = key.decode()
+            if wid in self._resumed:
+                continue
+            header = json.loads(raw)
+            if header["p"] not in active or header["state"]["status"] != "running":
+                continue
+            self._resumed.add(wid)
             self._cache.pop(wid, None)
-            # Through the commands topic, so the resume is applied in order with the
-            # workflow's other commands, in the partition's own stream.
             cmd = Command(
                 command_id=new_command_id(),
                 kind=CommandKind.RESUME,
@@ -450,12 +502,13 @@ class StreamingWorker:
                 issued_at=_now(),
             )
             await self.commands.send(key=key, value=encode_command(cmd))
-            resumed += 1
+            resumed.append(wid)
         if resumed:
-            log.info("resuming %d running workflows on partitions %s", resumed, sorted(gained))
+            log.info("resuming %d running workflows on partitions %s", len(resumed), sorted(active))
 
     # -- timers ------------------------------------------------------------------------
     async def _fire_timers(self) -> None:
+        await self._resume_new_runs()
         active = self._active_partitions()
         if not active:
             return
@@ -495,20 +548,27 @@ class StreamingWorker:
             try:
                 task = decode_task(event.value)
             except (WireError, InvalidCommandError) as exc:
-                await self._dead_letter(event, f"bad activity task: {exc}")
+                await self._dead_letter(event, f"bad activity task: {exc}", self.task_dead_letter)
                 continue
             key = task.task_id.encode()
-            if self.done_table.get(key) is not None:
-                continue  # redelivered after it finished: its result is already published
-            running = asyncio.ensure_future(self._run_task(task))
-            self._inflight.add(running)
-            try:
-                await running
-            finally:
-                self._inflight.discard(running)
-            self.done_table[key] = b"1"
+            done = self.done_table.get(key)
+            if done is None:
+                running = asyncio.ensure_future(self._run_task(task))
+                self._inflight.add(running)
+                try:
+                    done = await running
+                finally:
+                    self._inflight.discard(running)
+                # The outcome is durable before it is published: a task redelivered
+                # after a crash, or dispatched again by a new executor owner, then
+                # publishes the same outcome again instead of running a second time.
+                self.done_table[key] = done
+                assert self.activity_app is not None
+                await self.activity_app.producer.flush()
+            await self.activity_results.send(key=task.workflow_id.encode(), value=done)
 
-    async def _run_task(self, task: Task) -> None:
+    async def _run_task(self, task: Task) -> bytes:
+        """Run one attempt; returns its ``activity_result`` command, encoded."""
         fn = self.activities.get(task.activity_name)
         info = _activity.ActivityInfo(
             workflow_id=task.workflow_id,
@@ -518,11 +578,10 @@ class StreamingWorker:
             attempt=task.attempt,
             step=task.step,
         )
+        failure: FailureInfo | None
         if fn is None:
             known = ", ".join(self.activities.names()) or "none"
-            from app.workflow._types import FailureInfo
-
-            outcome_failure: Any = FailureInfo(
+            failure = FailureInfo(
                 type="app.workflow.ActivityNotRegisteredError",
                 message=f"activity {task.activity_name!r} is not registered on the workers of "
                 f"task queue {self.settings.task_queue!r} (registered: {known})",
@@ -530,24 +589,23 @@ class StreamingWorker:
             result, duration = None, 0.0
         else:
             done = await run_attempt(fn, task.input, info, self._pool)
-            result, outcome_failure, duration = done.result, done.failure, done.duration
+            result, failure, duration = done.result, done.failure, done.duration
         self.metrics.activity_seconds.labels(
-            task.activity_name, "ok" if outcome_failure is None else "failed"
+            task.activity_name, "ok" if failure is None else "failed"
         ).observe(duration)
-        cmd = Command(
-            command_id=f"result/{task.task_id}",
-            kind=CommandKind.ACTIVITY_RESULT,
-            workflow_id=task.workflow_id,
-            issued_at=_now(),
-            payload=result,
-            run_id=task.run_id,
-            step=task.step,
-            attempt=task.attempt,
-            duration=duration,
-            failure=outcome_failure,
-        )
-        await self.activity_results.send(
-            key=task.workflow_id.encode(), value=encode_command(cmd)
+        return encode_command(
+            Command(
+                command_id=f"result/{task.task_id}",
+                kind=CommandKind.ACTIVITY_RESULT,
+                workflow_id=task.workflow_id,
+                issued_at=_now(),
+                payload=result,
+                run_id=task.run_id,
+                step=task.step,
+                attempt=task.attempt,
+                duration=duration,
+                failure=failure,
+            )
         )
 
 
@@ -555,6 +613,3 @@ def new_command_id() -> str:
     return uuid.uuid4().hex
 
 
-TERMINAL = TERMINAL_EVENTS
-Callback = Callable[..., Any]
-_unused = (EventType, asyncio)

@@ -51,6 +51,10 @@ class StreamingSettings(BaseModel):
     timer_refire: float = Field(
         5.0, gt=0, description="A fired timer not yet applied is fired again after this (s)"
     )
+    resume_window: float = Field(
+        30.0, gt=0, description="After gaining partitions, how long (s) to look for running "
+        "workflows to resume while the tables catch up"
+    )
     batch_size: int = Field(256, ge=1, description="Commands per agent batch")
     batch_wait: float = Field(0.002, ge=0, description="Max wait to fill a batch (s)")
     cache_size: int = Field(10_000, ge=1, description="Running workflows kept in memory")
@@ -134,3 +138,6 @@ def test_settings(bootstrap_servers: str, **overrides: Any) -> StreamingSettings
     }
     values.update(overrides)
     return StreamingSettings.create(**values)
+
+
+test_settings.__test__ = False  # type: ignore[attr-defined]  # a factory, not a pytest test

@@ -52,8 +52,8 @@ def load_command_schema(schemas: Path) -> tuple[Any, bytes]:
     except OSError as exc:
         raise SystemExit(f"cannot read the command schema {path}: {exc}") from None
     # avro computes CRC-64-AVRO over the Parsing Canonical Form and returns it
-    # big-endian; the single-object encoding puts it on the wire little-endian.
-    fingerprint = bytes(avro.schema.parse(text).fingerprint("CRC-64-AVRO"))[::-1]
+    # little-endian, as the single-object encoding puts it on the wire.
+    fingerprint = bytes(avro.schema.parse(text).fingerprint("CRC-64-AVRO"))
     return fastavro.parse_schema(json.loads(text)), fingerprint
 
 

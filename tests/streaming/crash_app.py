@@ -1,0 +1,73 @@
+"""Workflows for the streaming crash and scale tests (imported by worker processes).
+
+Every activity run appends ``workflow step attempt started_at`` to the file
+named by ``$STREAMFLOW_TEST_RUNS`` before it works, so the test can count
+runs and compare them with what the history recorded. ``crash_once`` kills
+its own worker process with SIGKILL the first time it runs (a marker file
+makes it once per test).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+
+from app.workflow import RetryPolicy, WorkflowContext, activity
+
+
+def _log_run() -> None:
+    info = activity.info()
+    path = os.environ.get("STREAMFLOW_TEST_RUNS")
+    if path:
+        with open(path, "a") as f:
+            f.write(f"{info.workflow_id} {info.step} {info.attempt} {time.time():.6f}\n")
+
+
+async def work(x: int) -> int:
+    _log_run()
+    await asyncio.sleep(0.05)
+    return x + 1
+
+
+async def crash_once(x: int) -> int:
+    _log_run()
+    marker = Path(os.environ.get("STREAMFLOW_TEST_RUNS", "runs")).with_suffix(".crashed")
+    if not marker.exists():
+        marker.write_text("1")
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x * 10
+
+
+async def chain(ctx: WorkflowContext, n: int) -> int:
+    """n activities in a row, a durable sleep in the middle."""
+    value = 0
+    for i in range(n):
+        value = await ctx.execute_activity(work, value)
+        if i == n // 2:
+            await ctx.sleep(0.3)
+    return value
+
+
+async def crashing(ctx: WorkflowContext, x: int) -> int:
+    first = await ctx.execute_activity(work, x)
+    second = await ctx.execute_activity(
+        crash_once, first, retry=RetryPolicy(max_attempts=3, initial_interval=0.05)
+    )
+    return await ctx.execute_activity(work, second)
+
+
+async def signalled(ctx: WorkflowContext, n: int) -> list[int]:
+    """Activities, then waits for ``go`` signals; returns what it got."""
+    got: list[int] = []
+    value = await ctx.execute_activity(work, n)
+    for _ in range(2):
+        got.append(await ctx.receive_signal("go").receive())
+        value = await ctx.execute_activity(work, value)
+    return [value, *got]
+
+
+workflows = [chain, crashing, signalled]
+activities = [work, crash_once]
