@@ -47,6 +47,7 @@ def settings_from(args: argparse.Namespace, **extra: Any) -> Any:
         bootstrap_servers=getattr(args, "broker", None),
         app_id=getattr(args, "app_id", None),
         partitions=getattr(args, "partitions", None),
+        generation=getattr(args, "generation", None),
         **extra,
     )
 
@@ -83,9 +84,13 @@ def add_topics(subparsers: SubParsers) -> None:
         help="create or check the deployment's topics",
         description="Create the topics of the topology (idempotent) or check them.",
     )
-    parser.add_argument("action", choices=["create", "check", "list"])
+    parser.add_argument("action", choices=["create", "check", "list", "grow"])
     add_broker_options(parser)
     parser.add_argument("--replication", type=int, metavar="R", help="replication factor")
+    parser.add_argument(
+        "--generation", type=int, metavar="G", help="topic generation (default: 1)"
+    )
+    parser.add_argument("--to", type=int, metavar="N", help="grow: the new partition count")
     parser.set_defaults(handler=_topics)
 
 
@@ -93,6 +98,25 @@ async def _topics(args: argparse.Namespace) -> int:
     from app.streaming.admin import check_topics, ensure_topics
 
     settings = settings_from(args, replication=args.replication)
+    if args.action == "grow":
+        from app.streaming.admin import grow, read_generation
+
+        announced = await read_generation(settings)
+        if announced is not None and announced[0] > settings.generation:
+            settings = settings.model_copy(
+                update={"generation": announced[0], "partitions": announced[1]}
+            )
+        if args.to is None:
+            print(f"{args.prog}: topics grow needs --to N (the new partition count)",
+                  file=sys.stderr)
+            return 2
+        new = await grow(settings, args.to)
+        print(
+            f"generation {new.generation} ({args.to} partitions) created; generation "
+            f"{settings.generation} is handing its running workflows over. Start workers "
+            f"with STREAMFLOW_GENERATION={new.generation} STREAMFLOW_PARTITIONS={args.to}."
+        )
+        return 0
     specs = settings.topology.specs()
     if args.action == "list":
         for spec in specs:

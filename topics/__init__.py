@@ -1,9 +1,11 @@
 """The one source of topic names, partition counts, replication and cleanup policies.
 
-Every topic of a deployment derives from its *namespace* (``app_id`` plus the
-topic generation): ``<app_id>.g<generation>.<role>``. Growing the partition
-count on a broker that cannot add partitions in place is done by creating the
-next generation (see ``docs/architecture.md``). Faust names the changelog
+The topics a partition owns (commands, activity tasks, table changelogs)
+derive from the deployment's *namespace*, ``app_id`` plus the topic
+generation: ``<app_id>.g<generation>.<role>``. History, replies, dead letters
+and the control topic are ``<app_id>.<role>``, shared by every generation.
+The partition count grows by moving to the next generation (see
+``docs/architecture.md``). Faust names the changelog
 topics of its tables ``<faust app id>-<table>-changelog``; they are listed
 here too so ``check`` can verify them.
 """
@@ -84,21 +86,23 @@ class Topology:
     def commands(self) -> str:
         return f"{self.namespace}.commands"
 
+    # shared by every generation: downstream consumers and clients keep reading one
+    # topic when the partition count grows
     @property
     def history(self) -> str:
-        return f"{self.namespace}.history"
+        return f"{self.app_id}.history"
 
     @property
     def replies(self) -> str:
-        return f"{self.namespace}.replies"
+        return f"{self.app_id}.replies"
 
     @property
     def dead_letter(self) -> str:
-        return f"{self.namespace}.dead-letter"
+        return f"{self.app_id}.dead-letter"
 
     @property
     def control(self) -> str:
-        """Where the live generation is announced; not generation-scoped."""
+        """Where the live generation is announced (compacted, one partition)."""
         return f"{self.app_id}.control"
 
     def activity_tasks(self, queue: str = DEFAULT_TASK_QUEUE) -> str:

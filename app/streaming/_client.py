@@ -168,6 +168,16 @@ class KafkaExecutor:
             self._started = True
 
     async def _connect(self) -> None:
+        if self.settings.follow_generation:
+            from .admin import read_generation
+
+            announced = await read_generation(self.settings)
+            if announced is not None and announced[0] > self.settings.generation:
+                generation, partitions = announced
+                self.settings = self.settings.model_copy(
+                    update={"generation": generation, "partitions": partitions}
+                )
+                self.topology = self.settings.topology
         servers = self.settings.bootstrap_servers
         self._producer = AIOKafkaProducer(
             bootstrap_servers=servers, acks="all", linger_ms=0, client_id=self.client_id

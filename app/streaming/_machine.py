@@ -61,7 +61,11 @@ class CommandKind:
     TIMER_FIRED = "timer_fired"
     RESUME = "resume"
     """Engine-internal: a new owner rebuilds the run and dispatches its pending work."""
-    ALL = (START, SIGNAL, CANCEL, QUERY, ACTIVITY_RESULT, TIMER_FIRED, RESUME)
+    MIGRATE = "migrate"
+    """Engine-internal: this partition's workflows move to the generation in ``step``."""
+    HANDOVER = "handover"
+    """Engine-internal: a whole run (header and history) arriving from an older generation."""
+    ALL = (START, SIGNAL, CANCEL, QUERY, ACTIVITY_RESULT, TIMER_FIRED, RESUME, MIGRATE, HANDOVER)
 
 
 @dataclass(frozen=True)
@@ -137,6 +141,8 @@ class Run:
     parked_error: WorkflowError | None = None
     seen: deque[str] = field(default_factory=lambda: deque(maxlen=SEEN_LIMIT))
     start_command: str | None = None
+    moved_to: int | None = None
+    """The generation this run was handed over to; commands for it are forwarded there."""
 
     @property
     def running(self) -> bool:

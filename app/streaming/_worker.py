@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -61,6 +62,7 @@ from .settings import StreamingSettings
 
 log = logging.getLogger("app.streaming.worker")
 
+_MOVED_KEY = b"\x00moved/"  # runs-table key of a partition's new generation
 _TAIL = 32  # events repeated in each run header
 _TAIL_BYTES = 1024 * 1024
 _FETCH_WAIT_ATTR = "_streamflow_fetch_wait_ms"
@@ -129,6 +131,7 @@ class StreamingWorker:
         self._cache: OrderedDict[str, Run] = OrderedDict()
         self._owned: set[int] = set()
         self._resumed: set[str] = set()
+        self._generation_topics: dict[int, Any] = {}
         self._resume_until = 0.0
         self._next_resume_scan = 0.0
         self._fired: dict[tuple[str, int, int | None], float] = {}
@@ -278,7 +281,17 @@ class StreamingWorker:
             partition, message.offset,
         )
         self._observe_lag(message)
+        if cmd.kind == CommandKind.MIGRATE:
+            await self._migrate(cmd, partition)
+            return
+        if cmd.kind == CommandKind.HANDOVER:
+            await self._import(cmd, partition)
+            return
         run = self._load(cmd.workflow_id)
+        target = self._forward_target(cmd, run, partition)
+        if target is not None:
+            await self._forward(cmd, *target)
+            return
         if run is None and cmd.kind in (CommandKind.SIGNAL, CommandKind.CANCEL) or (
             cmd.kind == CommandKind.START and cmd.name and self.workflows.get(cmd.name) is None
         ):
@@ -309,6 +322,109 @@ class StreamingWorker:
                 key=cmd.reply_to.encode(),
                 value=encode_reply(cmd.command_id, cmd.reply_to, cmd.workflow_id, fx.reply),
             )
+
+    # -- growing into a new generation ------------------------------------------------
+    def _forward_target(
+        self, cmd: Command, run: Run | None, partition: int
+    ) -> tuple[int, int | None] | None:
+        """(generation, route) to forward ``cmd`` to, or None to handle it here."""
+        if cmd.kind == CommandKind.RESUME:
+            return None
+        if run is not None and run.moved_to is not None:
+            return run.moved_to, cmd.route  # handed over: its new owner decides
+        moved = self._moved_partition(partition)
+        if moved is not None and (run is None or cmd.kind == CommandKind.START):
+            if cmd.route is None or cmd.kind == CommandKind.START:
+                return moved, cmd.route  # new runs start in the new generation
+        generation = self.settings.generation
+        if run is None and cmd.route is None and generation > 1 and cmd.kind != CommandKind.START:
+            # maybe a workflow of the previous generation not handed over yet (or ended
+            # there): ask it, once; it answers or forwards the command back up
+            return generation - 1, generation
+        return None
+
+    def _moved_partition(self, partition: int) -> int | None:
+        raw = self.runs_table.get(_MOVED_KEY + str(partition).encode())
+        return None if raw is None else int(raw)
+
+    async def _forward(self, cmd: Command, generation: int, route: int | None) -> None:
+        topic = self._commands_of(generation)
+        forwarded = dataclasses.replace(cmd, route=route)
+        await topic.send(key=cmd.workflow_id.encode(), value=encode_command(forwarded))
+        self.metrics.commands.labels(cmd.kind, "forwarded").inc()
+
+    def _commands_of(self, generation: int) -> Any:
+        topic = self._generation_topics.get(generation)
+        if topic is None:
+            name = dataclasses.replace(self.topology, generation=generation).commands
+            topic = self._raw_topic(self.app, name)
+            self._generation_topics[generation] = topic
+        return topic
+
+    async def _migrate(self, cmd: Command, partition: int) -> None:
+        """Hand every running workflow of ``partition`` over to generation ``cmd.step``."""
+        target = int(cmd.step or 0)
+        if target <= self.settings.generation:
+            log.warning("ignoring a migrate to generation %s from generation %s", target,
+                        self.settings.generation)
+            return
+        self.runs_table[_MOVED_KEY + str(partition).encode()] = str(target).encode()
+        moved = 0
+        for key, raw in list(self.runs_table.items()):
+            if key.startswith(_MOVED_KEY):
+                continue
+            header = json.loads(raw)
+            if header["p"] != partition or header.get("moved") is not None:
+                continue
+            if header["state"]["status"] != "running":
+                continue
+            wid = key.decode()
+            run = self._load(wid)
+            if run is None:
+                continue
+            handover = Command(
+                command_id=f"handover/{wid}/{run.state.run_id[:8]}/{target}",
+                kind=CommandKind.HANDOVER,
+                workflow_id=wid,
+                issued_at=_now(),
+                payload={
+                    "header": json.loads(self._header(run, partition)),
+                    "history": [e.model_dump(mode="json") for e in run.state.history],
+                },
+                step=target,
+            )
+            await self._commands_of(target).send(key=key, value=encode_command(handover))
+            run.moved_to = target
+            run.close()
+            self.runs_table[key] = self._header(run, partition)
+            self.timers_table.pop(key, None)
+            self._cache.pop(wid, None)
+            moved += 1
+        log.info(
+            "partition %s moved to generation %s: %d running workflows handed over",
+            partition, target, moved,
+        )
+
+    async def _import(self, cmd: Command, partition: int) -> None:
+        """Take over a run handed over by the previous generation."""
+        if self._load(cmd.workflow_id) is not None:
+            return  # a redelivered handover
+        data = cmd.payload
+        header = data["header"]
+        state = WorkflowState.model_validate({**header["state"], "history": data["history"]})
+        run = Run(state=state, start_command=header.get("start"))
+        run.seen.extend(header.get("seen", []))
+        for event in state.history:
+            key = f"{cmd.workflow_id}#{event.id}".encode()
+            self.history_table[key] = event.model_dump_json().encode()
+        self._resumed.add(cmd.workflow_id)
+        self.metrics.replays.inc()
+        resume = dataclasses.replace(cmd, kind=CommandKind.RESUME, payload=None)
+        run, fx = self.machine.handle(run, resume)
+        assert run is not None
+        fx.started = True  # the header must be written here
+        await self._write(run, fx, partition, cmd)
+        self._remember(run)
 
     async def _write(self, run: Run, fx: Effects, partition: int, cmd: Command) -> None:
         state = run.state
@@ -378,6 +494,7 @@ class StreamingWorker:
                 "seen": list(run.seen),
                 "start": run.start_command,
                 "p": partition,
+                "moved": run.moved_to,
             }
         ).encode()
 
@@ -392,7 +509,7 @@ class StreamingWorker:
         if raw is None:
             return None
         run = self._decode_run(workflow_id, raw)
-        if run.running:
+        if run.running and run.moved_to is None:
             self.metrics.replays.inc()
             self.machine.restore(run)
         self._remember(run)
@@ -413,7 +530,7 @@ class StreamingWorker:
                 raise RuntimeError(f"event {i} of {workflow_id!r} is missing from the table")
             events.append(json.loads(data))
         state = WorkflowState.model_validate({**header["state"], "history": events})
-        run = Run(state=state, start_command=header.get("start"))
+        run = Run(state=state, start_command=header.get("start"), moved_to=header.get("moved"))
         run.seen.extend(header.get("seen", []))
         return run
 
@@ -461,7 +578,7 @@ class StreamingWorker:
         self._owned -= lost
 
     def _partition_of(self, workflow_id: str) -> int | None:
-        raw = self.runs_table.get(workflow_id.encode())
+        raw = None if workflow_id.startswith("\x00") else self.runs_table.get(workflow_id.encode())
         return None if raw is None else int(json.loads(raw)["p"])
 
     async def _on_rebalance_complete(self, sender: Any, **_: Any) -> None:
@@ -487,11 +604,15 @@ class StreamingWorker:
         active = self._active_partitions()
         resumed = []
         for key, raw in list(self.runs_table.items()):
+            if key.startswith(_MOVED_KEY):
+                continue
             wid = key.decode()
             if wid in self._resumed:
                 continue
             header = json.loads(raw)
             if header["p"] not in active or header["state"]["status"] != "running":
+                continue
+            if header.get("moved") is not None:
                 continue
             self._resumed.add(wid)
             self._cache.pop(wid, None)

@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
+from app.workflow._errors import InvalidArgumentError
 from topics import TopicSpec
 
+from ._machine import Command, CommandKind
+from ._messages import encode_command
 from .settings import StreamingSettings
+
+CONTROL_KEY = b"generation"
 
 
 @dataclass(frozen=True)
@@ -53,6 +61,79 @@ async def ensure_topics(settings: StreamingSettings, specs: list[TopicSpec] | No
         await admin.close()
 
 
+async def read_generation(settings: StreamingSettings) -> tuple[int, int] | None:
+    """(generation, partitions) announced on the control topic, or None if none is."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers,
+        enable_auto_commit=False,
+        fetch_max_wait_ms=settings.fetch_wait_ms,
+        request_timeout_ms=int(settings.request_timeout * 1000),
+    )
+    await asyncio.wait_for(consumer.start(), settings.request_timeout)
+    try:
+        topic = settings.topology.control
+        if not consumer.partitions_for_topic(topic):
+            return None
+        tp = TopicPartition(topic, 0)
+        consumer.assign([tp])
+        end = (await consumer.end_offsets([tp]))[tp]
+        if end == 0:
+            return None
+        found: tuple[int, int] | None = None
+        await consumer.seek_to_beginning(tp)
+        while await consumer.position(tp) < end:
+            batch = await asyncio.wait_for(consumer.getmany(tp, timeout_ms=200), 30)
+            for message in batch.get(tp, []):
+                if message.key == CONTROL_KEY and message.value:
+                    record = json.loads(message.value)
+                    found = int(record["generation"]), int(record["partitions"])
+        return found
+    finally:
+        await consumer.stop()
+
+
+async def grow(settings: StreamingSettings, partitions: int) -> StreamingSettings:
+    """Move the deployment to a new generation of topics with ``partitions`` partitions.
+
+    Creates the next generation's topics, asks every partition of the current
+    generation to hand its running workflows over (a ``migrate`` command, which
+    each partition owner applies in order with its other commands), and
+    announces the new generation on the control topic, where clients read it.
+    Workers of the new generation must be started (``STREAMFLOW_GENERATION``);
+    those of the old one forward what still reaches them until retired.
+    """
+    old = settings.topology
+    if partitions < old.partitions:
+        raise InvalidArgumentError(
+            f"a new generation cannot have fewer partitions ({partitions}) than the current "
+            f"one ({old.partitions})"
+        )
+    new = settings.model_copy(update={"generation": settings.generation + 1, "partitions": partitions})
+    await ensure_topics(new)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all")
+    await asyncio.wait_for(producer.start(), settings.request_timeout)
+    try:
+        for partition in range(old.partitions):
+            wid = f"__migrate__/{partition}"
+            cmd = Command(
+                command_id=f"migrate/{old.namespace}/{partition}/{new.generation}",
+                kind=CommandKind.MIGRATE,
+                workflow_id=wid,
+                issued_at=datetime.now(UTC),
+                step=new.generation,
+            )
+            await producer.send_and_wait(
+                old.commands, encode_command(cmd), key=wid.encode(), partition=partition
+            )
+        record = {"generation": new.generation, "partitions": partitions}
+        await producer.send_and_wait(
+            old.control, json.dumps(record).encode(), key=CONTROL_KEY, partition=0
+        )
+    finally:
+        await producer.stop()
+    return new
+
+
 async def check_topics(
     settings: StreamingSettings, specs: list[TopicSpec] | None = None
 ) -> list[TopicProblem]:
@@ -74,7 +155,8 @@ async def check_topics(
                 problems.append(TopicProblem(spec.name, "not described by the broker"))
                 continue
             count = len(info.get("partitions", []))
-            if count < spec.partitions:
+            generation_scoped = spec.name.startswith(settings.topology.namespace)
+            if generation_scoped and count < spec.partitions:
                 problems.append(
                     TopicProblem(spec.name, f"{count} partitions, expected {spec.partitions}")
                 )

@@ -55,6 +55,9 @@ class StreamingSettings(BaseModel):
         30.0, gt=0, description="After gaining partitions, how long (s) to look for running "
         "workflows to resume while the tables catch up"
     )
+    follow_generation: bool = Field(
+        True, description="Client: use the newest generation announced on the control topic"
+    )
     batch_size: int = Field(256, ge=1, description="Commands per agent batch")
     batch_wait: float = Field(0.002, ge=0, description="Max wait to fill a batch (s)")
     cache_size: int = Field(10_000, ge=1, description="Running workflows kept in memory")
