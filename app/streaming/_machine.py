@@ -143,6 +143,8 @@ class Run:
     start_command: str | None = None
     moved_to: int | None = None
     """The generation this run was handed over to; commands for it are forwarded there."""
+    partition: int | None = None
+    """The commands partition that owns the run (where its state is written)."""
 
     @property
     def running(self) -> bool:

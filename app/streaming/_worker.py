@@ -38,6 +38,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import faust
+from aiokafka.partitioner import murmur2
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from app.workflow import activity as _activity
@@ -94,6 +95,11 @@ def _tail(history: list[Any]) -> list[dict[str, Any]]:
         tail.append(dumped)
     tail.reverse()
     return tail
+
+
+def partition_for(workflow_id: str, partitions: int) -> int:
+    """The partition Kafka's default partitioner picks for a workflow id (murmur2)."""
+    return (murmur2(workflow_id.encode()) & 0x7FFFFFFF) % partitions
 
 
 def _now() -> datetime:
@@ -288,6 +294,17 @@ class StreamingWorker:
             await self._import(cmd, partition)
             return
         run = self._load(cmd.workflow_id)
+        if (
+            run is not None
+            and run.moved_to is None
+            and run.partition not in (None, partition)
+            and cmd.kind not in (CommandKind.START, CommandKind.RESUME)
+        ):
+            # The key hashes here now (partitions were added in place) but the run is
+            # owned by the partition it started on: the command goes there.
+            assert run.partition is not None
+            await self._forward(cmd, self.settings.generation, cmd.route, run.partition)
+            return
         target = self._forward_target(cmd, run, partition)
         if target is not None:
             await self._forward(cmd, *target)
@@ -328,8 +345,9 @@ class StreamingWorker:
         self, cmd: Command, run: Run | None, partition: int
     ) -> tuple[int, int | None] | None:
         """(generation, route) to forward ``cmd`` to, or None to handle it here."""
-        if cmd.kind == CommandKind.RESUME:
-            return None
+        if cmd.kind in (CommandKind.RESUME, CommandKind.START):
+            if cmd.kind == CommandKind.RESUME or self._moved_partition(partition) is None:
+                return None
         if run is not None and run.moved_to is not None:
             return run.moved_to, cmd.route  # handed over: its new owner decides
         moved = self._moved_partition(partition)
@@ -337,20 +355,42 @@ class StreamingWorker:
             if cmd.route is None or cmd.kind == CommandKind.START:
                 return moved, cmd.route  # new runs start in the new generation
         generation = self.settings.generation
+        if run is None and cmd.route is None and self._home_partition(cmd, partition) is not None:
+            return generation, generation  # routed within this topic: see _home_partition
         if run is None and cmd.route is None and generation > 1 and cmd.kind != CommandKind.START:
             # maybe a workflow of the previous generation not handed over yet (or ended
             # there): ask it, once; it answers or forwards the command back up
             return generation - 1, generation
         return None
 
+    def _home_partition(self, cmd: Command, partition: int) -> int | None:
+        """Where a workflow started before partitions were added in place lives.
+
+        After Apache Kafka grows a topic in place, a workflow id may hash to a new
+        partition while its run stays where it started. A command for a workflow
+        this partition does not know goes, once, to the partition the key hashed
+        to under ``previous_partitions``, which owns the run.
+        """
+        before = self.settings.previous_partitions
+        if before is None or cmd.kind == CommandKind.START:
+            return None
+        home = partition_for(cmd.workflow_id, before)
+        return None if home == partition else home
+
     def _moved_partition(self, partition: int) -> int | None:
         raw = self.runs_table.get(_MOVED_KEY + str(partition).encode())
         return None if raw is None else int(raw)
 
-    async def _forward(self, cmd: Command, generation: int, route: int | None) -> None:
+    async def _forward(
+        self, cmd: Command, generation: int, route: int | None, partition: int | None = None
+    ) -> None:
         topic = self._commands_of(generation)
         forwarded = dataclasses.replace(cmd, route=route)
-        await topic.send(key=cmd.workflow_id.encode(), value=encode_command(forwarded))
+        if partition is None and generation == self.settings.generation:
+            partition = self._home_partition(cmd, -1)
+        await topic.send(
+            key=cmd.workflow_id.encode(), value=encode_command(forwarded), partition=partition
+        )
         self.metrics.commands.labels(cmd.kind, "forwarded").inc()
 
     def _commands_of(self, generation: int) -> Any:
@@ -429,6 +469,7 @@ class StreamingWorker:
     async def _write(self, run: Run, fx: Effects, partition: int, cmd: Command) -> None:
         state = run.state
         wid = state.workflow_id
+        run.partition = partition
         if fx.changed:
             first_new = len(state.history) - len(fx.events) + 1
             for offset, ev in enumerate(fx.events):
@@ -530,7 +571,12 @@ class StreamingWorker:
                 raise RuntimeError(f"event {i} of {workflow_id!r} is missing from the table")
             events.append(json.loads(data))
         state = WorkflowState.model_validate({**header["state"], "history": events})
-        run = Run(state=state, start_command=header.get("start"), moved_to=header.get("moved"))
+        run = Run(
+            state=state,
+            start_command=header.get("start"),
+            moved_to=header.get("moved"),
+            partition=header.get("p"),
+        )
         run.seen.extend(header.get("seen", []))
         return run
 

@@ -55,6 +55,11 @@ class StreamingSettings(BaseModel):
         30.0, gt=0, description="After gaining partitions, how long (s) to look for running "
         "workflows to resume while the tables catch up"
     )
+    previous_partitions: int | None = Field(
+        None, ge=1, description="Partition count of the commands topic before partitions were "
+        "added in place (Apache Kafka): commands of workflows started before are routed to "
+        "the partition that owns them"
+    )
     follow_generation: bool = Field(
         True, description="Client: use the newest generation announced on the control topic"
     )

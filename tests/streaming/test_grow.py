@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import Counter
+from datetime import UTC, datetime
 
 from app.streaming import KafkaExecutor, StreamingWorker
 from app.streaming.admin import ensure_topics, grow, read_generation
@@ -79,3 +80,71 @@ async def test_grow_into_a_new_generation_keeps_running_workflows(kafka_bootstra
         if new_worker is not None:
             await new_worker.stop()
         await old_worker.stop()
+
+
+async def test_in_place_growth_routes_to_the_partition_that_owns_the_run(
+    kafka_bootstrap: str,
+) -> None:
+    """Apache Kafka can add partitions in place; workflow ids then hash elsewhere.
+
+    The test broker cannot, so the growth is simulated: the commands topic has 4
+    partitions, and workflows are started where 2 partitions would have put them
+    (as before the growth). The worker knows ``previous_partitions=2``: commands
+    for those runs, now hashed to another partition, are routed to their owner.
+    """
+    from aiokafka import AIOKafkaProducer
+
+    from app.streaming._machine import Command, CommandKind
+    from app.streaming._messages import encode_command
+    from app.streaming._worker import partition_for
+
+    app_id = f"inplace-{uuid.uuid4().hex[:10]}"
+    settings = test_settings(kafka_bootstrap, app_id=app_id, partitions=4)
+    await ensure_topics(settings)
+    worker = StreamingWorker(
+        settings.model_copy(update={"previous_partitions": 2}),
+        crash_app.workflows,
+        crash_app.activities,
+    )
+    await worker.start()
+    moved = [
+        w for w in (f"old-{i}" for i in range(40)) if partition_for(w, 4) != partition_for(w, 2)
+    ]
+    ids = moved[:6]
+    assert len(ids) == 6
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        async with KafkaExecutor(settings=settings, workflows=crash_app.workflows) as client:
+            for i, wid in enumerate(ids):  # started before the growth: hashed over 2
+                start = Command(
+                    command_id=uuid.uuid4().hex,
+                    kind=CommandKind.START,
+                    workflow_id=wid,
+                    issued_at=datetime.now(UTC),
+                    name="signalled",
+                    payload=i,
+                )
+                await producer.send_and_wait(
+                    settings.topology.commands,
+                    encode_command(start),
+                    key=wid.encode(),
+                    partition=partition_for(wid, 2),
+                )
+            for wid in ids:  # after the growth: the client hashes over 4
+                await client.signal(wid, Signal(name="go", payload=1))
+                await client.signal(wid, Signal(name="go", payload=2))
+            results = await asyncio.wait_for(
+                asyncio.gather(*(client.get_handle(w).result(timeout=WAIT) for w in ids)), WAIT
+            )
+            assert results == [[i + 3, 1, 2] for i in range(6)]
+            # a new workflow starts on the partition its id hashes to now
+            fresh = await client.execute(crash_app.chain, WorkflowOptions(id=moved[6], input=1))
+            assert await fresh.result(timeout=WAIT) == 1
+        forwarded = worker.metrics.registry.get_sample_value(
+            "streamflow_commands_total", {"kind": "signal", "outcome": "forwarded"}
+        )
+        assert forwarded is not None and forwarded >= 12
+    finally:
+        await producer.stop()
+        await worker.stop()
