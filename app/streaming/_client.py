@@ -16,6 +16,7 @@ import contextlib
 import inspect
 import logging
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -23,7 +24,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from app.workflow._converter import decode_failure, signature_of, to_payload
+from app.workflow._converter import decode_failure, from_payload, signature_of, to_payload
 from app.workflow._errors import (
     InvalidArgumentError,
     QueryNotFoundError,
@@ -53,6 +54,7 @@ log = logging.getLogger("app.streaming.client")
 
 _TERMINAL = {EventType.WORKFLOW_COMPLETED, EventType.WORKFLOW_FAILED, EventType.WORKFLOW_CANCELED}
 _SEEN_LIMIT = 100_000
+_NOT_ENDED = object()
 
 
 class BrokerUnavailableError(WorkflowError, ConnectionError):
@@ -136,6 +138,7 @@ class KafkaExecutor:
         self._tasks: list[asyncio.Task[None]] = []
         self._pending: dict[str, asyncio.Future[Reply]] = {}
         self._watchers: dict[str, list[asyncio.Event]] = {}
+        self._ended: OrderedDict[str, tuple[str, HistoryEvent]] = OrderedDict()
         self._seen_events: dict[tuple[str, str, int], None] = {}
         self._hook_queue: asyncio.Queue[tuple[Any, tuple[Any, ...]]] = asyncio.Queue()
         self._started = False
@@ -284,6 +287,10 @@ class KafkaExecutor:
             retry = any(k == "retry" for k, _ in (message.headers or ()))
             self._queue_hooks(wid, event, retry)
             if event.type in _TERMINAL:
+                self._ended[wid] = (run_id, event)
+                self._ended.move_to_end(wid)
+                if len(self._ended) > _SEEN_LIMIT:
+                    self._ended.popitem(last=False)
                 for waiter in self._watchers.get(wid, []):
                     waiter.set()
 
@@ -464,6 +471,17 @@ class KafkaExecutor:
         """The latest run of ``workflow_id``: status, result or error, and its history."""
         return (await self._state(workflow_id, None))[0]
 
+    def _ended_value(self, workflow_id: str, run_id: str, fn: Callable[..., Any] | None) -> Any:
+        """The run's value from its terminal history event, if seen; a failure raises."""
+        ended = self._ended.get(workflow_id)
+        if ended is None or ended[0] != run_id:
+            return _NOT_ENDED
+        event = ended[1]
+        if event.type is not EventType.WORKFLOW_COMPLETED:
+            return _NOT_ENDED  # failures and cancels: the full state builds the error
+        hint = signature_of(fn, 1).return_hint if fn is not None else None
+        return from_payload(event.result, hint, "workflow result")
+
     @staticmethod
     def _raise_for(workflow_id: str, reply: Reply) -> None:
         if reply.ok:
@@ -497,23 +515,33 @@ class KafkaExecutor:
         ended = asyncio.Event()
         self._watchers.setdefault(workflow_id, []).append(ended)
         try:
+            look = True
             while True:
-                state, parked = await self._state(workflow_id, run_id)
-                if state.status is not WorkflowStatus.RUNNING:
-                    fn = fn or self._workflows.get(state.workflow_type)
-                    return outcome_value(state, None, fn)
-                if parked is not None:
-                    raise parked_error(workflow_id, parked)
                 ended.clear()
-                # a terminal event wakes us at once; the periodic look also notices a
-                # run that got stuck (parked) on a worker after a deploy
+                # only once the run is known: an earlier run of the id may have ended
+                value = _NOT_ENDED if run_id is None else self._ended_value(workflow_id, run_id, fn)
+                if value is not _NOT_ENDED:
+                    return value
+                if look:
+                    state, parked = await self._state(workflow_id, run_id)
+                    run_id = run_id or state.run_id
+                    if state.status is not WorkflowStatus.RUNNING:
+                        fn = fn or self._workflows.get(state.workflow_type)
+                        return outcome_value(state, None, fn)
+                    if parked is not None:
+                        raise parked_error(workflow_id, parked)
+                # The terminal event on the history topic wakes us; a look at the state
+                # now and then also notices a run that got stuck (parked) on a worker.
                 wait = 1.0 if deadline is None else min(1.0, deadline - loop.time())
                 if wait <= 0:
                     raise TimeoutError(
                         f"workflow {workflow_id!r} did not end within {timeout:g}s"
                     )
-                with contextlib.suppress(TimeoutError):
+                try:
                     await asyncio.wait_for(ended.wait(), wait)
+                    look = False
+                except TimeoutError:
+                    look = True
         finally:
             waiters = self._watchers.get(workflow_id, [])
             if ended in waiters:

@@ -145,6 +145,8 @@ class Run:
     """The generation this run was handed over to; commands for it are forwarded there."""
     partition: int | None = None
     """The commands partition that owns the run (where its state is written)."""
+    archived: int = 0
+    """Events up to this id are in the worker's history table (later ones in the header)."""
 
     @property
     def running(self) -> bool:

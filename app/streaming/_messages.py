@@ -270,7 +270,8 @@ def decode_reply(data: bytes) -> tuple[str, str, Reply]:
         error_type=record["error_type"],
         error=record["error"],
         run_id=record["run_id"],
-        payload=load_payload(record["payload"], record["content_type"], "reply payload"),
+        # a describe reply carries a whole history; replies come from our own workers
+        payload=load_payload(record["payload"], record["content_type"], "reply payload", None),
     )
     return record["command_id"], record["client_id"], reply
 

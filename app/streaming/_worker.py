@@ -457,6 +457,7 @@ class StreamingWorker:
         for event in state.history:
             key = f"{cmd.workflow_id}#{event.id}".encode()
             self.history_table[key] = event.model_dump_json().encode()
+        run.archived = len(state.history)
         self._resumed.add(cmd.workflow_id)
         self.metrics.replays.inc()
         resume = dataclasses.replace(cmd, kind=CommandKind.RESUME, payload=None)
@@ -471,10 +472,7 @@ class StreamingWorker:
         wid = state.workflow_id
         run.partition = partition
         if fx.changed:
-            first_new = len(state.history) - len(fx.events) + 1
-            for offset, ev in enumerate(fx.events):
-                key = f"{wid}#{first_new + offset}".encode()
-                self.history_table[key] = ev.model_dump_json().encode()
+            self._archive(run)
             self.runs_table[wid.encode()] = self._header(run, partition)
             for ev in fx.events:
                 headers = [("retry", b"1")] if ev.id in fx.retries else []
@@ -519,6 +517,19 @@ class StreamingWorker:
                 self.timers_table.pop(key, None)
             else:
                 self.timers_table[key] = value
+
+    def _archive(self, run: Run) -> None:
+        """Write the events that no longer fit in the header's tail to the history table.
+
+        Recent events travel only in the header (one write per step); an event
+        reaches the history table once, when it leaves the tail.
+        """
+        history = run.state.history
+        keep = len(_tail(history))
+        wid = run.state.workflow_id
+        for event in history[run.archived : len(history) - keep]:
+            self.history_table[f"{wid}#{event.id}".encode()] = event.model_dump_json().encode()
+        run.archived = max(run.archived, len(history) - keep)
 
     @staticmethod
     def _header(run: Run, partition: int) -> bytes:
@@ -576,6 +587,7 @@ class StreamingWorker:
             start_command=header.get("start"),
             moved_to=header.get("moved"),
             partition=header.get("p"),
+            archived=count - len(tail),
         )
         run.seen.extend(header.get("seen", []))
         return run

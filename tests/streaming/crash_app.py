@@ -69,5 +69,19 @@ async def signalled(ctx: WorkflowContext, n: int) -> list[int]:
     return [value, *got]
 
 
-workflows = [chain, crashing, signalled]
+async def ticking(ctx: WorkflowContext, interval: float) -> int:
+    """An activity and a durable sleep, over and over until a ``stop`` signal.
+
+    Returns the number of activities run, so it spans whatever happens to the
+    workers while it runs (a rebalance, a worker leaving).
+    """
+    stop = ctx.receive_signal("stop")
+    value = 0
+    while not stop.pending():
+        value = await ctx.execute_activity(work, value)
+        await ctx.sleep(interval)
+    return value
+
+
+workflows = [chain, crashing, signalled, ticking]
 activities = [work, crash_once]

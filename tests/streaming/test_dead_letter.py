@@ -560,6 +560,7 @@ def settings_env(settings: StreamingSettings) -> dict[str, str]:
         for name, (env, *_) in zip(
             StreamingSettings.model_fields, StreamingSettings.describe(), strict=True
         )
+        if values[name] is not None
     }
 
 
