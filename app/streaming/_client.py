@@ -139,6 +139,7 @@ class KafkaExecutor:
         self._pending: dict[str, asyncio.Future[Reply]] = {}
         self._watchers: dict[str, list[asyncio.Event]] = {}
         self._ended: OrderedDict[str, tuple[str, HistoryEvent]] = OrderedDict()
+        self._started_here: OrderedDict[str, None] = OrderedDict()
         self._seen_events: dict[tuple[str, str, int], None] = {}
         self._hook_queue: asyncio.Queue[tuple[Any, tuple[Any, ...]]] = asyncio.Queue()
         self._started = False
@@ -200,8 +201,8 @@ class KafkaExecutor:
             (self._replies, self.topology.replies),
             (self._history, self.topology.history),
         ):
-            partitions = await self._partitions(consumer, topic)
-            tps = [TopicPartition(topic, p) for p in partitions]
+            partition_ids = await self._partitions(consumer, topic)
+            tps = [TopicPartition(topic, p) for p in partition_ids]
             consumer.assign(tps)
             await consumer.seek_to_end(*tps)
             # resolve the end offsets now: what is published after start() returns is seen
@@ -370,7 +371,9 @@ class KafkaExecutor:
 
     def _command(self, kind: str, workflow_id: str, **fields: Any) -> Command:
         if not isinstance(workflow_id, str) or not workflow_id:
-            raise InvalidArgumentError(f"workflow id must be a non-empty string, got {workflow_id!r}")
+            raise InvalidArgumentError(
+                f"workflow id must be a non-empty string, got {workflow_id!r}"
+            )
         payload = dump_payload(fields.get("payload"))
         if payload is not None and len(payload) > MAX_PAYLOAD:
             raise InvalidArgumentError(
@@ -386,9 +389,7 @@ class KafkaExecutor:
             **fields,
         )
 
-    async def execute(
-        self, fn: Callable[..., Any] | str, options: WorkflowOptions
-    ) -> KafkaHandle:
+    async def execute(self, fn: Callable[..., Any] | str, options: WorkflowOptions) -> KafkaHandle:
         """Start ``fn`` (or the workflow type named ``fn``) as a new run on the workers."""
         if not isinstance(options, WorkflowOptions):
             raise InvalidArgumentError(
@@ -427,6 +428,9 @@ class KafkaExecutor:
             if reply.error_type == "already_running":
                 raise WorkflowAlreadyRunningError(options.id, reply.run_id or "")
             raise WorkflowError(f"cannot start {options.id!r}: {reply.error}")
+        self._started_here[options.id] = None
+        if len(self._started_here) > _SEEN_LIMIT:
+            self._started_here.popitem(last=False)
         return KafkaHandle(self, options.id, reply.run_id, function)
 
     def get_handle(self, workflow_id: str) -> KafkaHandle:
@@ -515,7 +519,9 @@ class KafkaExecutor:
         ended = asyncio.Event()
         self._watchers.setdefault(workflow_id, []).append(ended)
         try:
-            look = True
+            # A run this client started is followed from its first event: wait for its
+            # terminal event, and look at its state only if that takes a while.
+            look = run_id is None or workflow_id not in self._started_here
             while True:
                 ended.clear()
                 # only once the run is known: an earlier run of the id may have ended
@@ -534,9 +540,7 @@ class KafkaExecutor:
                 # now and then also notices a run that got stuck (parked) on a worker.
                 wait = 1.0 if deadline is None else min(1.0, deadline - loop.time())
                 if wait <= 0:
-                    raise TimeoutError(
-                        f"workflow {workflow_id!r} did not end within {timeout:g}s"
-                    )
+                    raise TimeoutError(f"workflow {workflow_id!r} did not end within {timeout:g}s")
                 try:
                     await asyncio.wait_for(ended.wait(), wait)
                     look = False

@@ -181,7 +181,11 @@ def encode_history(workflow_id: str, run_id: str, workflow_type: str, event: His
     )
 
 
-_RESULT_TYPES = (EventType.WORKFLOW_COMPLETED, EventType.WORKFLOW_FAILED, EventType.WORKFLOW_CANCELED)
+_RESULT_TYPES = (
+    EventType.WORKFLOW_COMPLETED,
+    EventType.WORKFLOW_FAILED,
+    EventType.WORKFLOW_CANCELED,
+)
 
 
 def decode_history(data: bytes) -> tuple[str, str, str, HistoryEvent]:

@@ -16,19 +16,25 @@ class WorkerMetrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.commands = Counter(
-            "streamflow_commands_total", "Commands processed, by kind and outcome",
-            ["kind", "outcome"], registry=r,
+            "streamflow_commands_total",
+            "Commands processed, by kind and outcome",
+            ["kind", "outcome"],
+            registry=r,
         )
         self.workflows_started = Counter(
             "streamflow_workflows_started_total", "Workflow runs started", registry=r
         )
         self.workflows_ended = Counter(
-            "streamflow_workflows_ended_total", "Workflow runs ended, by status",
-            ["status"], registry=r,
+            "streamflow_workflows_ended_total",
+            "Workflow runs ended, by status",
+            ["status"],
+            registry=r,
         )
         self.activity_seconds = Histogram(
-            "streamflow_activity_seconds", "Activity attempt duration, by activity and outcome",
-            ["activity", "outcome"], registry=r,
+            "streamflow_activity_seconds",
+            "Activity attempt duration, by activity and outcome",
+            ["activity", "outcome"],
+            registry=r,
         )
         self.replays = Counter(
             "streamflow_replays_total", "Workflow instances rebuilt from history", registry=r
@@ -40,22 +46,29 @@ class WorkerMetrics:
             "streamflow_cached_runs", "Running workflows held in memory", registry=r
         )
         self.timer_lag = Histogram(
-            "streamflow_timer_lag_seconds", "How late a timer fired after its due time",
-            registry=r, buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            "streamflow_timer_lag_seconds",
+            "How late a timer fired after its due time",
+            registry=r,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
         self.consumer_lag = Gauge(
-            "streamflow_consumer_lag", "Commands not yet processed, by partition",
-            ["partition"], registry=r,
+            "streamflow_consumer_lag",
+            "Commands not yet processed, by partition",
+            ["partition"],
+            registry=r,
         )
         self.dead_letters = Counter(
-            "streamflow_dead_letters_total", "Messages sent to the dead-letter topic",
-            ["reason"], registry=r,
+            "streamflow_dead_letters_total",
+            "Messages sent to the dead-letter topic",
+            ["reason"],
+            registry=r,
         )
         self.duplicates = Counter(
             "streamflow_duplicate_commands_total", "Redelivered commands dropped", registry=r
         )
         self.parked = Gauge(
-            "streamflow_parked_runs", "Runs stuck on a non-determinism or unknown type",
+            "streamflow_parked_runs",
+            "Runs stuck on a non-determinism or unknown type",
             registry=r,
         )
 

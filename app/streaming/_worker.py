@@ -33,6 +33,7 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
@@ -40,6 +41,7 @@ from typing import Any
 import faust
 from aiokafka.partitioner import murmur2
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP, TableT, TopicT
 
 from app.workflow import activity as _activity
 from app.workflow._activity_runner import run_attempt
@@ -97,9 +99,34 @@ def _tail(history: list[Any]) -> list[dict[str, Any]]:
     return tail
 
 
+class Outbox:
+    """A topic a worker only writes to, straight through its app's producer.
+
+    Faust's ``Topic.send`` adds serialization and a producer-start check that
+    yields to the event loop three times per message; our values are bytes
+    already, and this is the hot path of every step.
+    """
+
+    def __init__(self, app: faust.App, name: str) -> None:
+        self.app = app
+        self.name = name
+
+    async def send(
+        self,
+        *,
+        key: bytes | None,
+        value: bytes,
+        partition: int | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
+        # returns once the record is buffered; the flush before each commit waits for it
+        await self.app.producer.send(self.name, key, value, partition, None, headers)
+
+
 def partition_for(workflow_id: str, partitions: int) -> int:
     """The partition Kafka's default partitioner picks for a workflow id (murmur2)."""
-    return (murmur2(workflow_id.encode()) & 0x7FFFFFFF) % partitions
+    hashed: int = murmur2(workflow_id.encode())
+    return (hashed & 0x7FFFFFFF) % partitions
 
 
 def _now() -> datetime:
@@ -142,7 +169,7 @@ class StreamingWorker:
         self._next_resume_scan = 0.0
         self._fired: dict[tuple[str, int, int | None], float] = {}
         self._pool = ThreadPoolExecutor(settings.activity_threads, "activity")
-        self._inflight: set[asyncio.Task[None]] = set()
+        self._inflight: set[asyncio.Task[bytes]] = set()
         self.app = self._build_app()
         self.activity_app = self._build_activity_app() if run_activities else None
 
@@ -172,7 +199,7 @@ class StreamingWorker:
         setattr(app, _FETCH_WAIT_ATTR, s.fetch_wait_ms)
         return app
 
-    def _raw_topic(self, app: faust.App, name: str) -> Any:
+    def _raw_topic(self, app: faust.App, name: str) -> TopicT:
         s = self.settings
         return app.topic(
             name,
@@ -184,22 +211,23 @@ class StreamingWorker:
             value_serializer="raw",
         )
 
+    def _raw_table(self, app: faust.App, name: str) -> TableT[bytes, bytes]:
+        s = self.settings
+        return app.Table(name, key_type=bytes, value_type=bytes, partitions=s.partitions)
+
     def _build_app(self) -> faust.App:
         """The executor partitions: one consumer group on the commands topic."""
         s, topo = self.settings, self.topology
         app = self._new_app(topo.faust_id, s.web_port)
-        raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw",
-               "value_serializer": "raw"}
-        n, r = s.partitions, s.replication
-        self.commands = app.topic(topo.commands, partitions=n, replicas=r, **raw)
-        self.history = app.topic(topo.history, partitions=n, replicas=r, **raw)
-        self.replies = app.topic(topo.replies, partitions=n, replicas=r, **raw)
-        self.dead_letter = app.topic(topo.dead_letter, partitions=n, replicas=r, **raw)
-        self.tasks = app.topic(topo.activity_tasks(s.task_queue), partitions=n, replicas=r, **raw)
-        table = {"key_type": bytes, "value_type": bytes, "partitions": n}  # raw bytes
-        self.runs_table = app.Table("workflows", **table)
-        self.history_table = app.Table("history", **table)
-        self.timers_table = app.Table("timers", **table)
+        self.commands = self._raw_topic(app, topo.commands)
+        self.commands_out = Outbox(app, topo.commands)
+        self.history = Outbox(app, topo.history)
+        self.replies = Outbox(app, topo.replies)
+        self.dead_letter = Outbox(app, topo.dead_letter)
+        self.tasks = Outbox(app, topo.activity_tasks(s.task_queue))
+        self.runs_table = self._raw_table(app, "workflows")
+        self.history_table = self._raw_table(app, "history")
+        self.timers_table = self._raw_table(app, "timers")
         if self.run_executor:
             app.agent(self.commands, name=f"{topo.faust_id}.executor")(self._executor_agent)
             app.timer(s.timer_tick, name=f"{topo.faust_id}.timers")(self._fire_timers)
@@ -216,11 +244,9 @@ class StreamingWorker:
         s, topo = self.settings, self.topology
         app = self._new_app(topo.activity_group(s.task_queue), 0)
         self.activity_tasks = self._raw_topic(app, topo.activity_tasks(s.task_queue))
-        self.activity_results = self._raw_topic(app, topo.commands)
-        self.task_dead_letter = self._raw_topic(app, topo.dead_letter)
-        self.done_table = app.Table(
-            "done-tasks", key_type=bytes, value_type=bytes, partitions=s.partitions
-        )
+        self.activity_results = Outbox(app, topo.commands)
+        self.task_dead_letter = Outbox(app, topo.dead_letter)
+        self.done_table = self._raw_table(app, "done-tasks")
         app.agent(
             self.activity_tasks,
             name=f"{topo.faust_id}.activities",
@@ -272,8 +298,9 @@ class StreamingWorker:
         message = event.message
         if event.key is None:
             await self._dead_letter(
-                event, "command has no key: commands must be keyed by workflow id so that "
-                "one partition owns each workflow"
+                event,
+                "command has no key: commands must be keyed by workflow id so that "
+                "one partition owns each workflow",
             )
             return
         try:
@@ -283,8 +310,12 @@ class StreamingWorker:
             return
         partition = message.partition
         log.debug(
-            "command %s %s for %s at %s@%s", cmd.kind, cmd.command_id, cmd.workflow_id,
-            partition, message.offset,
+            "command %s %s for %s at %s@%s",
+            cmd.kind,
+            cmd.command_id,
+            cmd.workflow_id,
+            partition,
+            message.offset,
         )
         self._observe_lag(message)
         if cmd.kind == CommandKind.MIGRATE:
@@ -309,7 +340,7 @@ class StreamingWorker:
         if target is not None:
             await self._forward(cmd, *target)
             return
-        if run is None and cmd.kind in (CommandKind.SIGNAL, CommandKind.CANCEL) or (
+        if (run is None and cmd.kind in (CommandKind.SIGNAL, CommandKind.CANCEL)) or (
             cmd.kind == CommandKind.START and cmd.name and self.workflows.get(cmd.name) is None
         ):
             # Named an unknown workflow or type: the client gets the error and the
@@ -345,15 +376,19 @@ class StreamingWorker:
         self, cmd: Command, run: Run | None, partition: int
     ) -> tuple[int, int | None] | None:
         """(generation, route) to forward ``cmd`` to, or None to handle it here."""
-        if cmd.kind in (CommandKind.RESUME, CommandKind.START):
-            if cmd.kind == CommandKind.RESUME or self._moved_partition(partition) is None:
-                return None
+        if cmd.kind in (CommandKind.RESUME, CommandKind.START) and (
+            cmd.kind == CommandKind.RESUME or self._moved_partition(partition) is None
+        ):
+            return None
         if run is not None and run.moved_to is not None:
             return run.moved_to, cmd.route  # handed over: its new owner decides
         moved = self._moved_partition(partition)
-        if moved is not None and (run is None or cmd.kind == CommandKind.START):
-            if cmd.route is None or cmd.kind == CommandKind.START:
-                return moved, cmd.route  # new runs start in the new generation
+        if (
+            moved is not None
+            and (run is None or cmd.kind == CommandKind.START)
+            and (cmd.route is None or cmd.kind == CommandKind.START)
+        ):
+            return moved, cmd.route  # new runs start in the new generation
         generation = self.settings.generation
         if run is None and cmd.route is None and self._home_partition(cmd, partition) is not None:
             return generation, generation  # routed within this topic: see _home_partition
@@ -397,7 +432,7 @@ class StreamingWorker:
         topic = self._generation_topics.get(generation)
         if topic is None:
             name = dataclasses.replace(self.topology, generation=generation).commands
-            topic = self._raw_topic(self.app, name)
+            topic = Outbox(self.app, name)
             self._generation_topics[generation] = topic
         return topic
 
@@ -405,8 +440,11 @@ class StreamingWorker:
         """Hand every running workflow of ``partition`` over to generation ``cmd.step``."""
         target = int(cmd.step or 0)
         if target <= self.settings.generation:
-            log.warning("ignoring a migrate to generation %s from generation %s", target,
-                        self.settings.generation)
+            log.warning(
+                "ignoring a migrate to generation %s from generation %s",
+                target,
+                self.settings.generation,
+            )
             return
         self.runs_table[_MOVED_KEY + str(partition).encode()] = str(target).encode()
         moved = 0
@@ -442,7 +480,9 @@ class StreamingWorker:
             moved += 1
         log.info(
             "partition %s moved to generation %s: %d running workflows handed over",
-            partition, target, moved,
+            partition,
+            target,
+            moved,
         )
 
     async def _import(self, cmd: Command, partition: int) -> None:
@@ -461,8 +501,9 @@ class StreamingWorker:
         self._resumed.add(cmd.workflow_id)
         self.metrics.replays.inc()
         resume = dataclasses.replace(cmd, kind=CommandKind.RESUME, payload=None)
-        run, fx = self.machine.handle(run, resume)
-        assert run is not None
+        handled, fx = self.machine.handle(run, resume)
+        assert handled is not None
+        run = handled
         fx.started = True  # the header must be written here
         await self._write(run, fx, partition, cmd)
         self._remember(run)
@@ -604,8 +645,11 @@ class StreamingWorker:
     async def _dead_letter(self, event: Any, reason: str, topic: Any = None) -> None:
         message = event.message
         log.warning(
-            "dead letter from %s[%s]@%s: %s", message.topic, message.partition,
-            message.offset, reason,
+            "dead letter from %s[%s]@%s: %s",
+            message.topic,
+            message.partition,
+            message.offset,
+            reason,
         )
         self.metrics.dead_letters.labels(reason.split(":")[0][:60]).inc()
         await (topic or self.dead_letter).send(
@@ -624,7 +668,10 @@ class StreamingWorker:
             if tp.topic == self.topology.commands
         }
 
-    async def _on_partitions_revoked(self, sender: Any, revoked: Any, **_: Any) -> None:
+    async def _on_partitions_revoked(self, sender: Any, /, *args: Any, **kwargs: Any) -> None:
+        # A Faust signal handler: (sender, *args, signal=..., **kwargs), where the one
+        # argument after the sender is the set of revoked partitions.
+        revoked: Iterable[TP] = args[0]
         lost = {tp.partition for tp in revoked if tp.topic == self.topology.commands}
         if not lost:
             return
@@ -639,7 +686,7 @@ class StreamingWorker:
         raw = None if workflow_id.startswith("\x00") else self.runs_table.get(workflow_id.encode())
         return None if raw is None else int(json.loads(raw)["p"])
 
-    async def _on_rebalance_complete(self, sender: Any, **_: Any) -> None:
+    async def _on_rebalance_complete(self, sender: Any, /, *args: Any, **kwargs: Any) -> None:
         active = self._active_partitions()
         if active != self._owned:
             log.info("executor partitions owned: %s", sorted(active))
@@ -680,7 +727,7 @@ class StreamingWorker:
                 workflow_id=wid,
                 issued_at=_now(),
             )
-            await self.commands.send(key=key, value=encode_command(cmd))
+            await self.commands_out.send(key=key, value=encode_command(cmd))
             resumed.append(wid)
         if resumed:
             log.info("resuming %d running workflows on partitions %s", len(resumed), sorted(active))
@@ -716,7 +763,7 @@ class StreamingWorker:
                     step=step,
                     attempt=attempt,
                 )
-                await self.commands.send(key=wid.encode(), value=encode_command(cmd))
+                await self.commands_out.send(key=wid.encode(), value=encode_command(cmd))
         if len(self._fired) > 10_000:
             cutoff = now - refire
             self._fired = {k: v for k, v in self._fired.items() if v > cutoff}
@@ -790,5 +837,3 @@ class StreamingWorker:
 
 def new_command_id() -> str:
     return uuid.uuid4().hex
-
-

@@ -39,7 +39,9 @@ def _admin(settings: StreamingSettings) -> AIOKafkaAdminClient:
     )
 
 
-async def ensure_topics(settings: StreamingSettings, specs: list[TopicSpec] | None = None) -> list[str]:
+async def ensure_topics(
+    settings: StreamingSettings, specs: list[TopicSpec] | None = None
+) -> list[str]:
     """Create the topics of ``settings.topology`` that do not exist; returns those created."""
     specs = specs if specs is not None else settings.topology.specs()
     admin = _admin(settings)
@@ -51,7 +53,11 @@ async def ensure_topics(settings: StreamingSettings, specs: list[TopicSpec] | No
         for spec in missing:
             try:
                 await admin.create_topics(
-                    [NewTopic(spec.name, spec.partitions, spec.replication, topic_configs=spec.configs)]
+                    [
+                        NewTopic(
+                            spec.name, spec.partitions, spec.replication, topic_configs=spec.configs
+                        )
+                    ]
                 )
                 created.append(spec.name)
             except TopicAlreadyExistsError:
@@ -108,7 +114,9 @@ async def grow(settings: StreamingSettings, partitions: int) -> StreamingSetting
             f"a new generation cannot have fewer partitions ({partitions}) than the current "
             f"one ({old.partitions})"
         )
-    new = settings.model_copy(update={"generation": settings.generation + 1, "partitions": partitions})
+    new = settings.model_copy(
+        update={"generation": settings.generation + 1, "partitions": partitions}
+    )
     await ensure_topics(new)
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all")
     await asyncio.wait_for(producer.start(), settings.request_timeout)

@@ -34,31 +34,40 @@ class StreamingSettings(BaseModel):
     replication: int = Field(1, ge=1, description="Replication factor of created topics")
     task_queue: str = Field(DEFAULT_TASK_QUEUE, description="Activity task queue of this worker")
     session_timeout: float = Field(
-        10.0, gt=0, description="Consumer group session timeout (s): how soon a dead worker's "
-        "partitions move"
+        10.0,
+        gt=0,
+        description="Consumer group session timeout (s): how soon a dead worker's partitions move",
     )
     heartbeat_interval: float = Field(1.0, gt=0, description="Consumer heartbeat interval (s)")
     rebalance_timeout: float = Field(20.0, gt=0, description="Rebalance timeout (s)")
     fetch_wait_ms: int = Field(
-        100, ge=0, description="Max fetch long-poll (ms); the test broker needs ~10 "
-        "(it does not wake a fetch on new data)"
+        100,
+        ge=0,
+        description="Max fetch long-poll (ms); the test broker needs ~10 "
+        "(it does not wake a fetch on new data)",
     )
     commit_interval: float = Field(
-        0.5, gt=0, description="Offset commit interval (s); a commit always follows a flush of "
-        "the state and history it covers"
+        0.5,
+        gt=0,
+        description="Offset commit interval (s); a commit always follows a flush of "
+        "the state and history it covers",
     )
     timer_tick: float = Field(0.05, gt=0, description="How often due timers are fired (s)")
     timer_refire: float = Field(
         5.0, gt=0, description="A fired timer not yet applied is fired again after this (s)"
     )
     resume_window: float = Field(
-        30.0, gt=0, description="After gaining partitions, how long (s) to look for running "
-        "workflows to resume while the tables catch up"
+        30.0,
+        gt=0,
+        description="After gaining partitions, how long (s) to look for running "
+        "workflows to resume while the tables catch up",
     )
     previous_partitions: int | None = Field(
-        None, ge=1, description="Partition count of the commands topic before partitions were "
+        None,
+        ge=1,
+        description="Partition count of the commands topic before partitions were "
         "added in place (Apache Kafka): commands of workflows started before are routed to "
-        "the partition that owns them"
+        "the partition that owns them",
     )
     follow_generation: bool = Field(
         True, description="Client: use the newest generation announced on the control topic"

@@ -73,8 +73,9 @@ async def _run_with_a_kill(
     await ensure_topics(settings)
     env = {"STREAMFLOW_TEST_RUNS": str(runs_file)}
     workers = [
-        WorkerProcess(f"w{i}", kafka_bootstrap, app_id, "tests.streaming.crash_app", tmp_path,
-                      extra_env=env)
+        WorkerProcess(
+            f"w{i}", kafka_bootstrap, app_id, "tests.streaming.crash_app", tmp_path, extra_env=env
+        )
         for i in range(2)
     ]
     completions = 0
