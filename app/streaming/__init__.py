@@ -1,9 +1,15 @@
 """The streaming runtime: Faust workers on Kafka, and the ``KafkaExecutor`` client.
 
-Needs the ``kafka`` extra (``pip install -e '.[kafka]'``).
+Needs the ``kafka`` extra (``pip install -e '.[kafka]'``). Importing it
+registers the ``"streaming"`` provider: ``new("streaming", Config(extra=
+{"bootstrap_servers": "kafka:9092"}))`` gives a :class:`KafkaExecutor`.
 """
 
 from __future__ import annotations
+
+from app.workflow._errors import InvalidArgumentError
+from app.workflow._executor import DurableExecutor
+from app.workflow._registry import Config, register
 
 from ._client import BrokerUnavailableError, KafkaExecutor, KafkaHandle
 from ._worker import StreamingWorker
@@ -16,3 +22,23 @@ __all__ = [
     "StreamingSettings",
     "StreamingWorker",
 ]
+
+_EXTRA_KEYS = frozenset({"bootstrap_servers", "settings", "hooks", "workflows", "client_id"})
+
+
+def _factory(config: Config) -> DurableExecutor:
+    unknown = set(config.extra) - _EXTRA_KEYS
+    if unknown:
+        raise InvalidArgumentError(
+            f"unknown Config.extra keys for provider 'streaming': {', '.join(sorted(unknown))} "
+            f"(accepted: {', '.join(sorted(_EXTRA_KEYS))})"
+        )
+    if config.store is not None:
+        raise InvalidArgumentError(
+            "provider 'streaming' keeps its state in Kafka (Faust tables): Config.store must "
+            "be None"
+        )
+    return KafkaExecutor(**config.extra)
+
+
+register("streaming", _factory)

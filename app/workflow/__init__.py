@@ -5,7 +5,13 @@ and activities as plain or ``async`` functions; run them on
 :class:`DefaultExecutor` (embedded, SQLite by default) or any registered
 provider. Every step is recorded; after a crash or restart the workflow is
 replayed from its history and nothing that was done is done again.
+
+:class:`KafkaExecutor` is the client of the streaming runtime (workers on
+Kafka, :mod:`app.streaming`); it is imported on first use and needs the
+``kafka`` extra.
 """
+
+from typing import TYPE_CHECKING, Any
 
 from . import activity
 from ._core import SignalChannel, WorkflowContext
@@ -46,6 +52,9 @@ from ._types import (
     default_retry_policy,
 )
 
+if TYPE_CHECKING:
+    from app.streaming import KafkaExecutor
+
 __all__ = [
     "ActivityError",
     "AppendingStore",
@@ -62,6 +71,7 @@ __all__ = [
     "HumanManager",
     "InteractionRequest",
     "InvalidArgumentError",
+    "KafkaExecutor",
     "Middleware",
     "NonDeterminismError",
     "NonRetryableError",
@@ -100,3 +110,12 @@ __all__ = [
     "with_hooks",
     "with_tracing",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # lazy: the embedded runtime must not need Kafka's libraries
+    if name == "KafkaExecutor":
+        from app.streaming import KafkaExecutor
+
+        return KafkaExecutor
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -236,6 +236,7 @@ PUBLIC_NAMES = [
     "HumanManager",
     "InteractionRequest",
     "InvalidArgumentError",
+    "KafkaExecutor",
     "Middleware",
     "NonDeterminismError",
     "NonRetryableError",

@@ -14,6 +14,8 @@ import uuid
 from collections import Counter
 from datetime import UTC, datetime
 
+import pytest
+
 from app.streaming import KafkaExecutor, StreamingWorker
 from app.streaming.admin import ensure_topics, grow, read_generation
 from app.streaming.settings import test_settings
@@ -148,3 +150,23 @@ async def test_in_place_growth_routes_to_the_partition_that_owns_the_run(
     finally:
         await producer.stop()
         await worker.stop()
+
+
+async def test_streaming_provider_in_the_registry(kafka_bootstrap: str) -> None:
+    from app.workflow import Config, InvalidArgumentError, list_providers, new
+
+    assert "streaming" in list_providers()
+    settings = test_settings(kafka_bootstrap, app_id=f"reg-{uuid.uuid4().hex[:8]}")
+    await ensure_topics(settings)
+    worker = StreamingWorker(settings, crash_app.workflows, crash_app.activities)
+    await worker.start()
+    try:
+        executor = new("streaming", Config(extra={"settings": settings}))
+        assert isinstance(executor, KafkaExecutor)
+        async with executor:
+            handle = await executor.execute(crash_app.chain, WorkflowOptions(id="r", input=2))
+            assert await handle.result(timeout=WAIT) == 2
+    finally:
+        await worker.stop()
+    with pytest.raises(InvalidArgumentError, match="bogus"):
+        new("streaming", Config(extra={"bogus": 1}))
