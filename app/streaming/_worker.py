@@ -30,6 +30,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import time
 import uuid
 from collections import OrderedDict
@@ -178,6 +179,7 @@ class StreamingWorker:
         s = self.settings
         app = faust.App(
             app_id,
+            datadir=os.path.join(s.data_dir, app_id),
             broker=[f"kafka://{server.strip()}" for server in s.bootstrap_servers.split(",")],
             store="memory://",
             processing_guarantee="at_least_once",

@@ -9,6 +9,7 @@ them. Invalid values fail at construction, naming the setting.
 from __future__ import annotations
 
 import os
+import tempfile
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -78,6 +79,9 @@ class StreamingSettings(BaseModel):
     activity_concurrency: int = Field(32, ge=1, description="Activity tasks run at once")
     activity_threads: int = Field(32, ge=1, description="Threads for plain (sync) activities")
     request_timeout: float = Field(30.0, gt=0, description="Client: max wait for a reply (s)")
+    data_dir: str = Field(
+        "streamflow-data", description="Directory for the workers' local table data"
+    )
     metrics_port: int = Field(
         9464, ge=0, le=65535, description="Worker /metrics port (0: no metrics server)"
     )
@@ -152,6 +156,7 @@ def test_settings(bootstrap_servers: str, **overrides: Any) -> StreamingSettings
         "metrics_port": 0,
         "web_port": 0,
         "request_timeout": 20.0,
+        "data_dir": os.path.join(tempfile.gettempdir(), "streamflow-test-data"),
     }
     values.update(overrides)
     return StreamingSettings.create(**values)
