@@ -177,6 +177,7 @@ class StreamingWorker:
     # -- the Faust apps --------------------------------------------------------------
     def _new_app(self, app_id: str, web_port: int) -> faust.App:
         s = self.settings
+        os.makedirs(s.data_dir, exist_ok=True)  # Faust creates only the last level
         app = faust.App(
             app_id,
             datadir=os.path.join(s.data_dir, app_id),
