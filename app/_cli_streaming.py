@@ -87,9 +87,7 @@ def add_topics(subparsers: SubParsers) -> None:
     parser.add_argument("action", choices=["create", "check", "list", "grow"])
     add_broker_options(parser)
     parser.add_argument("--replication", type=int, metavar="R", help="replication factor")
-    parser.add_argument(
-        "--generation", type=int, metavar="G", help="topic generation (default: 1)"
-    )
+    parser.add_argument("--generation", type=int, metavar="G", help="topic generation (default: 1)")
     parser.add_argument("--to", type=int, metavar="N", help="grow: the new partition count")
     parser.set_defaults(handler=_topics)
 
@@ -107,8 +105,9 @@ async def _topics(args: argparse.Namespace) -> int:
                 update={"generation": announced[0], "partitions": announced[1]}
             )
         if args.to is None:
-            print(f"{args.prog}: topics grow needs --to N (the new partition count)",
-                  file=sys.stderr)
+            print(
+                f"{args.prog}: topics grow needs --to N (the new partition count)", file=sys.stderr
+            )
             return 2
         new = await grow(settings, args.to)
         print(
@@ -179,9 +178,7 @@ async def _worker(args: argparse.Namespace) -> int:
         level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("app").setLevel(os.environ.get("STREAMFLOW_LOG_LEVEL", "INFO").upper())
-    settings = settings_from(
-        args, task_queue=args.task_queue, metrics_port=args.metrics_port
-    )
+    settings = settings_from(args, task_queue=args.task_queue, metrics_port=args.metrics_port)
     workflows, activities = load_app_module(args.app)
     await ensure_topics(settings)
     worker = StreamingWorker(
@@ -202,7 +199,9 @@ async def _worker(args: argparse.Namespace) -> int:
     await worker.start()
     logging.getLogger("app.streaming.worker").info(
         "worker started: app id %s, broker %s, metrics port %s",
-        settings.topology.namespace, settings.bootstrap_servers, settings.metrics_port,
+        settings.topology.namespace,
+        settings.bootstrap_servers,
+        settings.metrics_port,
     )
     await stop.wait()
     logging.getLogger("app.streaming.worker").info("stopping")
@@ -223,8 +222,12 @@ def _dump_stacks() -> None:
         while awaitable is not None and depth < 40:
             frame = getattr(awaitable, "cr_frame", None) or getattr(awaitable, "gi_frame", None)
             if frame is not None:
-                out.write(f"    {frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}\n")
-            awaitable = getattr(awaitable, "cr_await", None) or getattr(awaitable, "gi_yieldfrom", None)
+                out.write(
+                    f"    {frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}\n"
+                )
+            awaitable = getattr(awaitable, "cr_await", None) or getattr(
+                awaitable, "gi_yieldfrom", None
+            )
             depth += 1
     logging.getLogger("app.streaming.worker").warning("task stacks:\n%s", out.getvalue())
     faulthandler.dump_traceback(file=sys.stderr, all_threads=True)

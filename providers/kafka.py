@@ -54,14 +54,12 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Final, TypeVar
 
-# aiokafka ships no type information (no py.typed); its names are used untyped.
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # type: ignore[import-untyped]
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
-from aiokafka.admin.config_resource import (  # type: ignore[import-untyped]
-    ConfigResource,
-    ConfigResourceType,
-)
-from aiokafka.errors import KafkaError, KafkaTimeoutError  # type: ignore[import-untyped]
+# aiokafka ships no type information (no py.typed): its names are untyped (see the
+# mypy override in pyproject.toml).
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import KafkaError, KafkaTimeoutError
 
 from app.workflow._errors import InvalidArgumentError, WorkflowError
 from app.workflow._registry import register, store_backed_factory

@@ -136,40 +136,69 @@ class Topology:
         delete = {"cleanup.policy": "delete"}
         specs = [
             TopicSpec(
-                self.commands, n, r, {**delete, "retention.ms": str(7 * DAY_MS)}, "commands",
+                self.commands,
+                n,
+                r,
+                {**delete, "retention.ms": str(7 * DAY_MS)},
+                "commands",
                 "start, signal, cancel, query, activity result, timer fired; key = workflow id",
             ),
             TopicSpec(
-                self.history, n, r,
-                {**delete, "retention.ms": str(self.history_retention_ms)}, "history",
+                self.history,
+                n,
+                r,
+                {**delete, "retention.ms": str(self.history_retention_ms)},
+                "history",
                 "every HistoryEvent, for downstream consumers; key = workflow id",
             ),
             TopicSpec(
-                self.replies, n, r, {**delete, "retention.ms": str(3600 * 1000)}, "replies",
+                self.replies,
+                n,
+                r,
+                {**delete, "retention.ms": str(3600 * 1000)},
+                "replies",
                 "answers to client commands (start, signal, query); key = client id",
             ),
             TopicSpec(
-                self.dead_letter, n, r,
+                self.dead_letter,
+                n,
+                r,
                 {**delete, "retention.ms": str(30 * DAY_MS), "max.message.bytes": str(16 << 20)},
-                "dead-letter", "commands that could not be decoded or applied, with the reason",
+                "dead-letter",
+                "commands that could not be decoded or applied, with the reason",
             ),
             TopicSpec(
-                self.changelog("workflows"), n, r, {"cleanup.policy": "compact"}, "state",
+                self.changelog("workflows"),
+                n,
+                r,
+                {"cleanup.policy": "compact"},
+                "state",
                 "workflow state snapshots (Faust table changelog); key = workflow id",
             ),
             TopicSpec(
-                self.changelog("history"), n, r, {"cleanup.policy": "compact"}, "history-table",
+                self.changelog("history"),
+                n,
+                r,
+                {"cleanup.policy": "compact"},
+                "history-table",
                 "each run's events (Faust table changelog); key = workflow id # event id",
             ),
             TopicSpec(
-                self.changelog("timers"), n, r, {"cleanup.policy": "compact"}, "timers",
+                self.changelog("timers"),
+                n,
+                r,
+                {"cleanup.policy": "compact"},
+                "timers",
                 "due times of pending timers (Faust table changelog); key = workflow id",
             ),
         ]
         specs += [
             TopicSpec(
-                self.changelog("done-tasks", self.activity_group(q)), n, r,
-                {"cleanup.policy": "compact"}, "done-tasks",
+                self.changelog("done-tasks", self.activity_group(q)),
+                n,
+                r,
+                {"cleanup.policy": "compact"},
+                "done-tasks",
                 f"activity tasks of queue {q!r} already finished, so a redelivered task does "
                 "not run again",
             )
@@ -177,8 +206,12 @@ class Topology:
         ]
         specs += [
             TopicSpec(
-                self.activity_tasks(q), n, r, {**delete, "retention.ms": str(7 * DAY_MS)},
-                "activity-tasks", f"work for activity workers of task queue {q!r}",
+                self.activity_tasks(q),
+                n,
+                r,
+                {**delete, "retention.ms": str(7 * DAY_MS)},
+                "activity-tasks",
+                f"work for activity workers of task queue {q!r}",
             )
             for q in self.task_queues
         ]
