@@ -1,0 +1,668 @@
+"""Throughput and latency of the streaming runtime (Faust worker, KafkaExecutor) on Tansu.
+
+Usage::
+
+    python -m bench.streaming [--quick] [--only RT,W1,W3] [--partitions N]
+        [--activity-concurrency N] [--fetch-wait-ms MS] [--profile DIR]
+
+One Tansu broker (memory storage) serves the whole run. Every workload gets
+its own topic namespace (``app_id``) on it, a fresh :class:`StreamingWorker`
+and a fresh :class:`KafkaExecutor`, both in one event loop of this process,
+with the settings of ``test_settings`` (fetch long-poll of 10 ms):
+
+- RT: the raw broker round trip, aiokafka producer -> consumer (manual
+  assignment, the same partitions and fetch wait), one message at a time.
+  Every workflow step costs several such hops (command -> executor, task ->
+  activity worker, result -> executor, history -> client), so the step
+  times below are also printed as multiples of its p50.
+- W1: many short workflows (3 sequential activities), bounded concurrency.
+- W2: fan-out: each workflow gathers many activities at once.
+- W3: signal round trip: signal, the workflow runs an activity, the client
+  hears of its completion through a hook (from the history topic). Also the
+  bare ``signal()`` latency (command -> executor -> reply).
+- W4: one long workflow: per-step cost at the start vs. the end of its history.
+- W5: many workflows sleeping on durable timers at the same time.
+
+W1 also reports the CPU time spent per workflow by this process (worker and
+client) and by the broker: on a small machine the runtime is CPU-bound.
+Targets are only printed: timing never makes the script fail. It exits 1
+only when a workload raises (the runtime or the broker broke).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import gc
+import itertools
+import math
+import os
+import platform
+import pstats
+import shutil
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from app.streaming import KafkaExecutor, StreamingSettings, StreamingWorker
+from app.streaming.admin import ensure_topics
+from app.streaming.settings import test_settings
+from app.workflow import Hooks, Signal, WorkflowContext, WorkflowOptions
+from tests import servers
+from topics import TopicSpec
+
+# Generous bound on any single wait: only a hung runtime reaches it, never a slow one.
+WAIT_S = 120.0
+W3_WARMUP = 10  # round trips left out of W3's numbers (first-call costs, group settling)
+RT_WARMUP = 20  # broker round trips left out likewise
+RT_VALUE_BYTES = 200  # about the size of an encoded command
+W1_STEPS = 3  # activities per W1 workflow
+
+
+# -- workflows and activities ---------------------------------------------------
+async def tiny(x: int) -> int:
+    """The smallest activity: async, so it runs on the loop without a thread hop."""
+    return x + 1
+
+
+async def three_steps(ctx: WorkflowContext, x: int) -> int:
+    a = await ctx.execute_activity(tiny, x)
+    b = await ctx.execute_activity(tiny, a)
+    c: int = await ctx.execute_activity(tiny, b)
+    return c
+
+
+async def fan_out(ctx: WorkflowContext, n: int) -> int:
+    return sum(await asyncio.gather(*(ctx.execute_activity(tiny, i) for i in range(n))))
+
+
+async def signal_echo(ctx: WorkflowContext, n: int) -> int:
+    pings = ctx.receive_signal("ping", int)
+    for _ in range(n):
+        await ctx.execute_activity(tiny, await pings.receive())
+    return n
+
+
+async def chain(ctx: WorkflowContext, n: int) -> int:
+    total = 0
+    for i in range(n):
+        total += await ctx.execute_activity(tiny, i)
+    return total
+
+
+async def nap(ctx: WorkflowContext, seconds: float) -> str:
+    await ctx.sleep(seconds)
+    return "rested"
+
+
+WORKFLOWS = [three_steps, fan_out, signal_echo, chain, nap]
+ACTIVITIES = [tiny]
+
+
+# -- sizes, metrics, targets ----------------------------------------------------
+@dataclass(frozen=True)
+class Sizes:
+    rt_messages: int
+    w1_workflows: int
+    w1_concurrency: int
+    w2_workflows: int
+    w2_fan_out: int
+    w3_round_trips: int
+    w4_steps: int
+    w4_window: int
+    w5_workflows: int
+    w5_sleep_s: float
+
+
+FULL = Sizes(
+    rt_messages=200,
+    w1_workflows=500,
+    w1_concurrency=50,
+    w2_workflows=50,
+    w2_fan_out=20,
+    w3_round_trips=200,
+    w4_steps=500,
+    w4_window=100,
+    w5_workflows=200,
+    w5_sleep_s=1.0,
+)
+QUICK = Sizes(
+    rt_messages=50,
+    w1_workflows=40,
+    w1_concurrency=20,
+    w2_workflows=5,
+    w2_fan_out=10,
+    w3_round_trips=20,
+    w4_steps=60,
+    w4_window=20,
+    w5_workflows=20,
+    w5_sleep_s=1.0,
+)
+
+
+@dataclass(frozen=True)
+class Target:
+    """A bound a result should meet on this machine."""
+
+    bound: float
+    at_least: bool  # True: the value must reach the bound; False: stay at or under it
+
+    def met(self, value: float) -> bool:
+        return value >= self.bound if self.at_least else value <= self.bound
+
+    def __str__(self) -> str:
+        return f"{'>=' if self.at_least else '<='} {self.bound:g}"
+
+
+@dataclass(frozen=True)
+class Metric:
+    workload: str
+    key: str
+    label: str
+    target: Target | None = None
+    per_rt: bool = False  # a step time in ms: also shown as a multiple of the broker p50
+
+
+METRICS = [
+    Metric("RT", "p50", "produce -> consume p50 (ms)"),
+    Metric("RT", "p99", "produce -> consume p99 (ms)"),
+    Metric("W1", "rate", "workflows/s", Target(100, at_least=True)),
+    Metric("W1", "p50", "workflow latency p50 (ms)"),
+    Metric("W1", "p99", "workflow latency p99 (ms)"),
+    # Under W1's concurrency this includes queueing; W4's first window is the bare step.
+    Metric("W1", "step", f"latency p50 / {W1_STEPS} activities (ms)", per_rt=True),
+    Metric("W1", "cpu", "CPU per workflow, worker + client (ms)"),
+    Metric("W1", "broker_cpu", "CPU per workflow, broker (ms)"),
+    Metric("W2", "rate", "workflows/s"),
+    Metric("W2", "activities", "activities/s"),
+    Metric("W3", "rt_p50", "round trip p50 (ms)", Target(25, at_least=False), per_rt=True),
+    Metric("W3", "rt_p99", "round trip p99 (ms)", per_rt=True),
+    Metric("W3", "sig_p50", "signal() p50 (ms)", per_rt=True),
+    Metric("W3", "sig_p99", "signal() p99 (ms)", per_rt=True),
+    Metric("W4", "first", "first-window step (ms)", per_rt=True),
+    Metric("W4", "last", "last-window step (ms)", per_rt=True),
+    Metric("W4", "ratio", "last/first (means)"),
+    Metric("W4", "median", "last/first (medians)"),
+    Metric("W5", "wall", "wall, first start to all done (s)"),
+    Metric("W5", "started", "all started after (s)"),
+]
+
+
+def percentile(samples: Sequence[float], fraction: float) -> float:
+    """Nearest-rank percentile: always one of the samples."""
+    ordered = sorted(samples)
+    return ordered[max(1, math.ceil(fraction * len(ordered))) - 1]
+
+
+def _ms(seconds: float) -> float:
+    return seconds * 1000.0
+
+
+def process_cpu(pid: int | None = None) -> float:
+    """CPU seconds used so far by process ``pid`` (this one by default); NaN if unknown."""
+    if pid is None:
+        return time.process_time()
+    try:
+        # Linux: utime and stime are fields 14 and 15, counted after the "(comm)" field.
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return math.nan
+
+
+def _check(what: str, got: Any, expected: Any) -> None:
+    # A wrong result means the runtime is broken, and its timings are meaningless.
+    if got != expected:
+        raise RuntimeError(f"{what}: expected {expected!r}, got {got!r}")
+
+
+# -- the runtime under test -----------------------------------------------------
+@dataclass(frozen=True)
+class Env:
+    """What every workload needs: the broker and the settings it starts from."""
+
+    bootstrap: str
+    base: StreamingSettings
+    broker_pid: int | None = None
+
+    def settings(self, workload: str) -> StreamingSettings:
+        # A namespace of its own: no topic, group or table of another workload is seen.
+        app_id = f"bench-{workload.lower()}-{uuid.uuid4().hex[:8]}"
+        return self.base.model_copy(update={"app_id": app_id})
+
+
+Opener = Callable[[Hooks | None], AbstractAsyncContextManager[KafkaExecutor]]
+
+
+def opener(settings: StreamingSettings) -> Opener:
+    """Opens a worker and a client on ``settings``; both are stopped on exit."""
+
+    @asynccontextmanager
+    async def open_runtime(hooks: Hooks | None) -> AsyncIterator[KafkaExecutor]:
+        await ensure_topics(settings)
+        worker = StreamingWorker(settings, WORKFLOWS, ACTIVITIES)
+        await worker.start()
+        try:
+            async with KafkaExecutor(settings=settings, hooks=hooks) as executor:
+                # The first command waits until the worker owns its partitions
+                # (group join); that is start-up, not the workload, so pay it here.
+                await warm_up(executor)
+                yield executor
+        finally:
+            await worker.stop()
+
+    return open_runtime
+
+
+async def warm_up(executor: KafkaExecutor) -> None:
+    handle = await executor.execute(three_steps, WorkflowOptions(id="warm-up", input=0))
+    _check("warm-up", await handle.result(timeout=WAIT_S), W1_STEPS)
+
+
+# -- workloads ------------------------------------------------------------------
+async def run_rt(env: Env, sizes: Sizes) -> dict[str, float]:
+    """Produce one keyed message, wait until the consumer has it; repeat.
+
+    The topic has as many partitions as the runtime's and the keys spread over
+    them, as workflow ids do; producer and consumer are set up like the client's.
+    """
+    settings = env.settings("rt")
+    topic = f"{settings.app_id}.ping"
+    partitions = settings.partitions
+    await ensure_topics(settings, [TopicSpec(topic, partitions, settings.replication)])
+    producer = AIOKafkaProducer(bootstrap_servers=env.bootstrap, acks="all", linger_ms=0)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=env.bootstrap,
+        enable_auto_commit=False,
+        fetch_max_wait_ms=settings.fetch_wait_ms,
+    )
+    await producer.start()
+    try:
+        await consumer.start()
+        try:
+            tps = [TopicPartition(topic, p) for p in range(partitions)]
+            consumer.assign(tps)
+            await consumer.seek_to_end(*tps)
+            for tp in tps:
+                await consumer.position(tp)  # resolve now: the first message must be seen
+            samples: list[float] = []
+            filler = bytes(RT_VALUE_BYTES)
+            for i in range(RT_WARMUP + sizes.rt_messages):
+                key = f"rt-{i}".encode()
+                began = time.perf_counter()
+                await producer.send_and_wait(topic, filler, key=key)
+                message = await asyncio.wait_for(consumer.getone(), WAIT_S)
+                done = time.perf_counter()
+                _check("rt message key", message.key, key)
+                if i >= RT_WARMUP:
+                    samples.append(done - began)
+        finally:
+            await consumer.stop()
+    finally:
+        await producer.stop()
+    return {"p50": _ms(percentile(samples, 0.50)), "p99": _ms(percentile(samples, 0.99))}
+
+
+async def run_w1(env: Env, sizes: Sizes) -> dict[str, float]:
+    """Short workflows, at most ``w1_concurrency`` in flight."""
+    latencies: list[float] = []
+    todo = iter(range(sizes.w1_workflows))
+    async with opener(env.settings("w1"))(None) as executor:
+
+        async def client() -> None:
+            for i in todo:
+                began = time.perf_counter()
+                handle = await executor.execute(three_steps, WorkflowOptions(id=f"w1-{i}", input=i))
+                result = await handle.result(timeout=WAIT_S)
+                latencies.append(time.perf_counter() - began)
+                _check(f"w1-{i}", result, i + W1_STEPS)
+
+        began = time.perf_counter()
+        cpu, broker_cpu = process_cpu(), process_cpu(env.broker_pid)
+        async with asyncio.TaskGroup() as group:
+            for _ in range(sizes.w1_concurrency):
+                group.create_task(client())
+        wall = time.perf_counter() - began
+        cpu, broker_cpu = process_cpu() - cpu, process_cpu(env.broker_pid) - broker_cpu
+    p50 = percentile(latencies, 0.50)
+    n = sizes.w1_workflows
+    return {
+        "rate": n / wall,
+        "p50": _ms(p50),
+        "p99": _ms(percentile(latencies, 0.99)),
+        "step": _ms(p50) / W1_STEPS,
+        "cpu": _ms(cpu) / n,
+        "broker_cpu": _ms(broker_cpu) / n,
+    }
+
+
+async def run_w2(env: Env, sizes: Sizes) -> dict[str, float]:
+    """Fan-out workflows, all started at once."""
+    n = sizes.w2_fan_out
+    expected = sum(range(1, n + 1))
+    async with opener(env.settings("w2"))(None) as executor:
+
+        async def one(i: int) -> None:
+            handle = await executor.execute(fan_out, WorkflowOptions(id=f"w2-{i}", input=n))
+            _check(f"w2-{i}", await handle.result(timeout=WAIT_S), expected)
+
+        began = time.perf_counter()
+        async with asyncio.TaskGroup() as group:
+            for i in range(sizes.w2_workflows):
+                group.create_task(one(i))
+        wall = time.perf_counter() - began
+    return {
+        "rate": sizes.w2_workflows / wall,
+        "activities": sizes.w2_workflows * n / wall,
+    }
+
+
+async def run_w3(env: Env, sizes: Sizes) -> dict[str, float]:
+    """Sequential signal round trips to one workflow, timed from the client."""
+    loop = asyncio.get_running_loop()
+    processed: asyncio.Future[None] = loop.create_future()
+
+    def activity_done(workflow_id: str, result: Any) -> None:
+        # The hook runs when the completion reaches the history topic: the client now knows.
+        if workflow_id == "w3" and not processed.done():
+            processed.set_result(None)
+
+    total = W3_WARMUP + sizes.w3_round_trips
+    round_trips: list[float] = []
+    signal_calls: list[float] = []
+    open_runtime = opener(env.settings("w3"))
+    async with open_runtime(Hooks(on_activity_complete=activity_done)) as executor:
+        handle = await executor.execute(signal_echo, WorkflowOptions(id="w3", input=total))
+        for i in range(total):
+            processed = loop.create_future()
+            began = time.perf_counter()
+            await executor.signal("w3", Signal(name="ping", payload=i))
+            signaled = time.perf_counter()
+            await asyncio.wait_for(processed, WAIT_S)
+            done = time.perf_counter()
+            if i >= W3_WARMUP:
+                signal_calls.append(signaled - began)
+                round_trips.append(done - began)
+        _check("w3", await handle.result(timeout=WAIT_S), total)
+    return {
+        "rt_p50": _ms(percentile(round_trips, 0.50)),
+        "rt_p99": _ms(percentile(round_trips, 0.99)),
+        "sig_p50": _ms(percentile(signal_calls, 0.50)),
+        "sig_p99": _ms(percentile(signal_calls, 0.99)),
+    }
+
+
+async def run_w4(env: Env, sizes: Sizes) -> dict[str, float]:
+    """One workflow of many sequential steps, timed by the client's hook."""
+    stamps: list[float] = []
+    n, window = sizes.w4_steps, sizes.w4_window
+    all_heard = asyncio.Event()
+
+    def activity_done(workflow_id: str, result: Any) -> None:
+        if workflow_id == "w4":
+            stamps.append(time.perf_counter())
+            if len(stamps) >= n:
+                all_heard.set()
+
+    async with opener(env.settings("w4"))(Hooks(on_activity_complete=activity_done)) as executor:
+        handle = await executor.execute(chain, WorkflowOptions(id="w4", input=n))
+        _check("w4", await handle.result(timeout=WAIT_S), sum(range(1, n + 1)))
+        # The hooks run behind the history tail: wait until the last one has.
+        await asyncio.wait_for(all_heard.wait(), WAIT_S)
+    _check("w4 completed activities", len(stamps), n)
+    # Steps between consecutive completions: the first one, which also pays
+    # for starting the workflow, is left out.
+    steps = [later - earlier for earlier, later in itertools.pairwise(stamps)]
+    first, last = statistics.fmean(steps[:window]), statistics.fmean(steps[-window:])
+    # Medians shrug off a stray pause (GC, a commit, another process on the CPU).
+    median_ratio = statistics.median(steps[-window:]) / statistics.median(steps[:window])
+    return {"first": _ms(first), "last": _ms(last), "ratio": last / first, "median": median_ratio}
+
+
+async def run_w5(env: Env, sizes: Sizes) -> dict[str, float]:
+    """Many workflows sleeping on durable timers, all started at once."""
+    async with opener(env.settings("w5"))(None) as executor:
+        began = time.perf_counter()
+        handles = await asyncio.gather(
+            *(
+                executor.execute(nap, WorkflowOptions(id=f"w5-{i}", input=sizes.w5_sleep_s))
+                for i in range(sizes.w5_workflows)
+            )
+        )
+        started = time.perf_counter()
+        results = await asyncio.gather(*(h.result(timeout=WAIT_S) for h in handles))
+        wall = time.perf_counter() - began
+    _check("w5 results", set(results), {"rested"})
+    return {"wall": wall, "started": started - began}
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    summary: Callable[[Sizes], str]
+    run: Callable[[Env, Sizes], Coroutine[Any, Any, dict[str, float]]]
+
+
+WORKLOADS = {
+    w.name: w
+    for w in [
+        Workload(
+            "RT",
+            lambda s: f"{s.rt_messages} raw messages produced and consumed one at a time",
+            run_rt,
+        ),
+        Workload(
+            "W1",
+            lambda s: (
+                f"{s.w1_workflows} workflows x {W1_STEPS} activities, {s.w1_concurrency} at once"
+            ),
+            run_w1,
+        ),
+        Workload(
+            "W2",
+            lambda s: f"{s.w2_workflows} workflows gathering {s.w2_fan_out} activities each",
+            run_w2,
+        ),
+        Workload(
+            "W3",
+            lambda s: f"{s.w3_round_trips} sequential signal -> activity round trips",
+            run_w3,
+        ),
+        Workload(
+            "W4",
+            lambda s: f"1 workflow x {s.w4_steps} sequential activities, windows of {s.w4_window}",
+            run_w4,
+        ),
+        Workload(
+            "W5",
+            lambda s: f"{s.w5_workflows} workflows sleeping {s.w5_sleep_s:g}s, started at once",
+            run_w5,
+        ),
+    ]
+}
+
+
+# -- running --------------------------------------------------------------------
+def run_one(
+    env: Env, workload: Workload, sizes: Sizes, profile_dir: Path | None
+) -> dict[str, float]:
+    # Garbage left by the previous workload must not be collected on this one's clock.
+    gc.collect()
+    # A loop per workload: no task of one (consumer, timer loop) can slow down the next.
+    if profile_dir is None:
+        return asyncio.run(workload.run(env, sizes))
+    # CPU time of the loop's thread: the runtime is CPU-bound long before it waits on I/O.
+    profiler = cProfile.Profile(time.thread_time)
+    try:
+        return profiler.runcall(asyncio.run, workload.run(env, sizes))
+    finally:
+        path = profile_dir / f"{workload.name}.prof"
+        profiler.dump_stats(path)
+        print(f"  profile of {workload.name} in {path}; its top functions (own time):")
+        stats = pstats.Stats(str(path))
+        stats.sort_stats("tottime").print_stats(12)
+
+
+def _load() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "unknown"
+
+
+def _fmt(value: float) -> str:
+    if math.isnan(value):
+        return "n/a"
+    if abs(value) >= 100:
+        return f"{value:,.1f}"
+    return f"{value:.2f}" if abs(value) >= 10 else f"{value:.3f}"
+
+
+def render_table(
+    results: dict[str, dict[str, float]], errors: dict[str, str], selected: Sequence[str]
+) -> str:
+    """The results as an aligned text table: value, multiple of the broker p50, target."""
+    header = ["workload", "metric", "value", "x broker p50", "target"]
+    rows = [header]
+    broker_p50 = results.get("RT", {}).get("p50")
+    for metric in METRICS:
+        if metric.workload not in selected:
+            continue
+        row = [metric.workload, metric.label]
+        if metric.workload in errors:
+            rows.append([*row, "error", "", ""])
+            continue
+        value = results[metric.workload][metric.key]
+        ratio = f"{value / broker_p50:.1f}x" if metric.per_rt and broker_p50 else ""
+        target = ""
+        if metric.target is not None:
+            target = f"{metric.target}  {'PASS' if metric.target.met(value) else 'FAIL'}"
+        rows.append([*row, _fmt(value), ratio, target])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = []
+    for n, row in enumerate(rows):
+        cells = [
+            # Text columns left-aligned, numbers right-aligned.
+            cell.ljust(width) if i < 2 or i == len(row) - 1 else cell.rjust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append("  ".join(cells).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.streaming", description=__doc__.splitlines()[0] if __doc__ else None
+    )
+    parser.add_argument("--quick", action="store_true", help="smaller counts, for a smoke run")
+    parser.add_argument(
+        "--only",
+        default=",".join(WORKLOADS),
+        help="comma-separated workloads to run (default: all); RT, the broker round trip, "
+        "always runs",
+    )
+    parser.add_argument("--partitions", type=int, help="partitions per topic (default: 4)")
+    parser.add_argument(
+        "--activity-concurrency", type=int, help="activity tasks run at once (default: 32)"
+    )
+    parser.add_argument(
+        "--fetch-wait-ms", type=int, help="consumers' fetch long-poll in ms (default: 10)"
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="profile each workload (CPU time of the loop's thread, start-up included) into "
+        "DIR/<workload>.prof and print its top functions",
+    )
+    args = parser.parse_args(argv)
+    args.only = [name.strip().upper() for name in args.only.split(",") if name.strip()]
+    unknown = [name for name in args.only if name not in WORKLOADS]
+    if unknown:
+        parser.error(
+            f"unknown workload(s) {', '.join(unknown)}; choose from {', '.join(WORKLOADS)}"
+        )
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    sizes = QUICK if args.quick else FULL
+    # The broker round trip is cheap and every ratio needs it: it always runs.
+    selected = [name for name in WORKLOADS if name in args.only or name == "RT"]
+    if args.profile is not None:
+        args.profile.mkdir(parents=True, exist_ok=True)
+    overrides = {
+        key: value
+        for key, value in (
+            ("partitions", args.partitions),
+            ("activity_concurrency", args.activity_concurrency),
+            ("fetch_wait_ms", args.fetch_wait_ms),
+        )
+        if value is not None
+    }
+
+    scratch = servers.scratch_dir("bench-streaming")
+    broker = servers.tansu(scratch)
+    # Faust keeps an app directory per app id under the working directory: keep
+    # them with the broker's log, out of the checkout.
+    cwd = Path.cwd()
+    errors: dict[str, str] = {}
+    results: dict[str, dict[str, float]] = {}
+    try:
+        broker.start()
+        os.chdir(scratch)
+        bootstrap = f"127.0.0.1:{broker.port}"
+        pid = broker.process.pid if broker.process is not None else None
+        env = Env(bootstrap, test_settings(bootstrap, **overrides), pid)
+        s = env.base
+        print(
+            f"streaming runtime benchmark ({'quick' if args.quick else 'full'}): "
+            f"Python {platform.python_version()}, {os.cpu_count()} CPUs, "
+            f"{platform.system()} {platform.machine()}"
+        )
+        print(
+            f"Tansu broker at {bootstrap} (memory storage); worker and client in this process; "
+            f"{s.partitions} partitions, fetch wait {s.fetch_wait_ms} ms, "
+            f"activity concurrency {s.activity_concurrency}"
+        )
+        for name in selected:
+            print(f"  {name}: {WORKLOADS[name].summary(sizes)}")
+        print(f"load average at start: {_load()}")
+        print()
+        for name in selected:
+            began = time.perf_counter()
+            try:
+                values = run_one(env, WORKLOADS[name], sizes, args.profile)
+            except Exception as exc:
+                errors[name] = f"{type(exc).__name__}: {exc}"
+                print(f"{name} FAILED: {errors[name]}", flush=True)
+                continue
+            results[name] = values
+            shown = ", ".join(f"{key}={_fmt(value)}" for key, value in values.items())
+            print(f"{name} ({time.perf_counter() - began:.1f}s): {shown}", flush=True)
+    finally:
+        os.chdir(cwd)
+        broker.stop()
+        shutil.rmtree(scratch, ignore_errors=True)
+
+    print()
+    print(render_table(results, errors, selected))
+    # Other processes on the machine slow every hop: say how busy it was.
+    print(f"\nload average at end: {_load()} ({os.cpu_count()} CPUs)")
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

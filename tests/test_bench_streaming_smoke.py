@@ -1,0 +1,28 @@
+"""The streaming benchmark runs end to end on its own broker; its numbers are never checked here."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.timeout(240)  # above the subprocess's own 180 s, so that one reports first
+def test_quick_streaming_benchmark_runs_every_workload() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.streaming", "--quick"],
+        cwd=ROOT,  # bench is not an installed package: it is found from the repository root
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for workload in ("RT", "W1", "W2", "W3", "W4", "W5"):
+        # Each workload prints its own line of results as it finishes.
+        assert f"\n{workload} (" in proc.stdout, f"{workload} missing from:\n{proc.stdout}"
+    assert "x broker p50" in proc.stdout, proc.stdout
