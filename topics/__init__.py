@@ -215,6 +215,16 @@ class Topology:
             )
             for q in self.task_queues
         ]
+        specs.append(
+            TopicSpec(
+                self.control,
+                1,
+                r,
+                {"cleanup.policy": "compact"},
+                "control",
+                "the current generation (key 'generation'), read by clients at start",
+            )
+        )
         return specs
 
     def spec(self, role: str) -> TopicSpec:

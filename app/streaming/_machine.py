@@ -147,6 +147,8 @@ class Run:
     """The commands partition that owns the run (where its state is written)."""
     archived: int = 0
     """Events up to this id are in the worker's history table (later ones in the header)."""
+    encoded: dict[int, str] = field(default_factory=dict)
+    """JSON of the events in the header's tail, by id (serialized once)."""
 
     @property
     def running(self) -> bool:

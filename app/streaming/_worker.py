@@ -40,6 +40,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import faust
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.partitioner import murmur2
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, TableT, TopicT
@@ -84,20 +85,6 @@ def _create_worker_consumer(self: Any, transport: Any) -> Any:
 
 
 faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer = _create_worker_consumer  # type: ignore[method-assign]
-
-
-def _tail(history: list[Any]) -> list[dict[str, Any]]:
-    """The latest events, at most ``_TAIL`` of them and about ``_TAIL_BYTES`` of JSON."""
-    tail: list[dict[str, Any]] = []
-    size = 0
-    for event in reversed(history[-_TAIL:]):
-        dumped = event.model_dump(mode="json")
-        size += len(json.dumps(dumped))
-        if tail and size > _TAIL_BYTES:
-            break
-        tail.append(dumped)
-    tail.reverse()
-    return tail
 
 
 class Outbox:
@@ -165,6 +152,7 @@ class StreamingWorker:
         self._cache: OrderedDict[str, Run] = OrderedDict()
         self._owned: set[int] = set()
         self._resumed: set[str] = set()
+        self._task_partitions: set[int] = set()
         self._generation_topics: dict[int, Any] = {}
         self._resume_until = 0.0
         self._next_resume_scan = 0.0
@@ -195,7 +183,7 @@ class StreamingWorker:
             table_standby_replicas=0,
             web_enabled=web_port != 0,
             web_port=web_port or 6066,
-            stream_buffer_maxsize=max(4096, s.batch_size * 4),
+            stream_buffer_maxsize=s.stream_buffer,
             # run headers repeat the latest events: leave room for large payloads
             producer_max_request_size=16 * 1024 * 1024,
         )
@@ -250,6 +238,8 @@ class StreamingWorker:
         self.activity_results = Outbox(app, topo.commands)
         self.task_dead_letter = Outbox(app, topo.dead_letter)
         self.done_table = self._raw_table(app, "done-tasks")
+        app.on_rebalance_complete.connect(self._on_activities_rebalanced)
+        app.on_partitions_revoked.connect(self._on_task_partitions_revoked)
         app.agent(
             self.activity_tasks,
             name=f"{topo.faust_id}.activities",
@@ -516,7 +506,7 @@ class StreamingWorker:
         wid = state.workflow_id
         run.partition = partition
         if fx.changed:
-            self._archive(run)
+            await self._archive(run)
             self.runs_table[wid.encode()] = self._header(run, partition)
             for ev in fx.events:
                 headers = [("retry", b"1")] if ev.id in fx.retries else []
@@ -562,37 +552,51 @@ class StreamingWorker:
             else:
                 self.timers_table[key] = value
 
-    def _archive(self, run: Run) -> None:
-        """Write the events that no longer fit in the header's tail to the history table.
+    async def _archive(self, run: Run) -> None:
+        """Move the oldest events of a full header tail to the history table.
 
-        Recent events travel only in the header (one write per step); an event
-        reaches the history table once, when it leaves the tail.
+        Recent events travel only in the header (one atomic write per step).
+        When the tail holds ``2 * _TAIL`` events (or ``_TAIL_BYTES`` of JSON),
+        all but the last ``_TAIL`` go to the history table, and the producer is
+        flushed before the header that drops them is written: a header never
+        points at an event whose record might be lost. One flush per ``_TAIL``
+        steps.
         """
         history = run.state.history
-        keep = len(_tail(history))
+        tail = history[run.archived :]
+        size = sum(len(run.encoded.get(e.id, "")) for e in tail)
+        if len(tail) < 2 * _TAIL and (len(tail) <= 1 or size <= _TAIL_BYTES):
+            return
+        keep = min(_TAIL, len(tail) - 1)
         wid = run.state.workflow_id
         for event in history[run.archived : len(history) - keep]:
             self.history_table[f"{wid}#{event.id}".encode()] = event.model_dump_json().encode()
-        run.archived = max(run.archived, len(history) - keep)
+        await self.app.producer.flush()
+        run.archived = len(history) - keep
+        run.encoded = {i: v for i, v in run.encoded.items() if i > run.archived}
 
     @staticmethod
     def _header(run: Run, partition: int) -> bytes:
         header = run.state.model_dump(mode="json", exclude={"history"})
         history = run.state.history
-        return json.dumps(
+        fields = json.dumps(
             {
                 "state": header,
                 "events": len(history),
-                # The latest events ride along in the header's own (atomic) write: the
-                # history table's writes of the last commands may not be acknowledged yet
-                # when the header's is, and a crash then would tear the run.
-                "tail": _tail(history),
                 "seen": list(run.seen),
                 "start": run.start_command,
                 "p": partition,
                 "moved": run.moved_to,
             }
-        ).encode()
+        )
+        # The latest events ride along in the header's own (atomic) write; each is
+        # serialized once and kept, as it is repeated in every header until archived.
+        encoded = run.encoded
+        for event in history[run.archived :]:
+            if event.id not in encoded:
+                encoded[event.id] = event.model_dump_json()
+        tail = ",".join(encoded[e.id] for e in history[run.archived :])
+        return f'{fields[:-1]}, "tail": [{tail}]}}'.encode()
 
     def _load(self, workflow_id: str) -> Run | None:
         run = self._cache.get(workflow_id)
@@ -689,8 +693,88 @@ class StreamingWorker:
         raw = None if workflow_id.startswith("\x00") else self.runs_table.get(workflow_id.encode())
         return None if raw is None else int(json.loads(raw)["p"])
 
+    async def _catch_up(
+        self, tables: list[tuple[TableT[bytes, bytes], str]], partitions: set[int]
+    ) -> None:
+        """Make sure ``tables`` hold every changelog record of ``partitions``.
+
+        Faust's own recovery decides it is done from the changelog highwater it
+        saw; on the test broker it was seen to stop short, and the new owner
+        then acted on an old state (an activity whose completion was recorded
+        ran again). This reads each changelog partition to its end offset, as
+        the broker reports it now, and applies what the table lacks. Faust
+        resumes the streams only after this handler returns.
+        """
+        if not partitions:
+            return
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.bootstrap_servers,
+            enable_auto_commit=False,
+            fetch_max_wait_ms=self.settings.fetch_wait_ms,
+            max_partition_fetch_bytes=16 * 1024 * 1024,
+        )
+        await consumer.start()
+        try:
+            by_tp = {TopicPartition(name, p): table for table, name in tables for p in partitions}
+            tps = list(by_tp)
+            consumer.assign(tps)
+            ends = await consumer.end_offsets(tps)
+            remaining = {tp for tp in tps if ends[tp] > 0}
+            if remaining:
+                await consumer.seek_to_beginning(*remaining)
+            deadline = time.monotonic() + self.settings.rebalance_timeout * 6
+            while remaining:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"could not read changelogs {sorted(map(str, remaining))} to their end"
+                    )
+                batches = await consumer.getmany(*remaining, timeout_ms=200)
+                for tp, messages in batches.items():
+                    store: Any = by_tp[tp].data
+                    for message in messages:
+                        if message.key is None:
+                            continue
+                        if message.value is None:
+                            store.data.pop(message.key, None)
+                        else:
+                            store.data[message.key] = message.value
+                            if hasattr(store, "_key_partition"):
+                                store._key_partition[message.key] = tp.partition
+                for tp in list(remaining):
+                    if await consumer.position(tp) >= ends[tp]:
+                        remaining.discard(tp)
+        finally:
+            await consumer.stop()
+
+    async def _on_task_partitions_revoked(self, sender: Any, /, *args: Any, **kwargs: Any) -> None:
+        revoked: Iterable[TP] = args[0] if args else ()
+        queue = self.topology.activity_tasks(self.settings.task_queue)
+        self._task_partitions -= {tp.partition for tp in revoked if tp.topic == queue}
+
+    async def _on_activities_rebalanced(self, sender: Any, /, *args: Any, **kwargs: Any) -> None:
+        assert self.activity_app is not None
+        active = {
+            tp.partition
+            for tp in self.activity_app.assignor.assigned_actives()
+            if tp.topic == self.topology.activity_tasks(self.settings.task_queue)
+        }
+        gained = active - self._task_partitions
+        self._task_partitions = active
+        name = self.topology.changelog(
+            "done-tasks", self.topology.activity_group(self.settings.task_queue)
+        )
+        await self._catch_up([(self.done_table, name)], gained)
+
     async def _on_rebalance_complete(self, sender: Any, /, *args: Any, **kwargs: Any) -> None:
         active = self._active_partitions()
+        await self._catch_up(
+            [
+                (self.runs_table, self.topology.changelog("workflows")),
+                (self.history_table, self.topology.changelog("history")),
+                (self.timers_table, self.topology.changelog("timers")),
+            ],
+            active - self._owned,
+        )
         if active != self._owned:
             log.info("executor partitions owned: %s", sorted(active))
         if active - self._owned:

@@ -73,8 +73,9 @@ class StreamingSettings(BaseModel):
     follow_generation: bool = Field(
         True, description="Client: use the newest generation announced on the control topic"
     )
-    batch_size: int = Field(256, ge=1, description="Commands per agent batch")
-    batch_wait: float = Field(0.002, ge=0, description="Max wait to fill a batch (s)")
+    stream_buffer: int = Field(
+        4096, ge=1, description="Messages buffered per stream ahead of the agent"
+    )
     cache_size: int = Field(10_000, ge=1, description="Running workflows kept in memory")
     activity_concurrency: int = Field(32, ge=1, description="Activity tasks run at once")
     activity_threads: int = Field(32, ge=1, description="Threads for plain (sync) activities")
