@@ -153,6 +153,7 @@ class StreamingWorker:
         self._owned: set[int] = set()
         self._resumed: set[str] = set()
         self._task_partitions: set[int] = set()
+        self._stopping = False
         self._generation_topics: dict[int, Any] = {}
         self._resume_until = 0.0
         self._next_resume_scan = 0.0
@@ -260,6 +261,7 @@ class StreamingWorker:
 
     async def stop(self) -> None:
         """Stop consuming; in-flight activities are cancelled (they run again elsewhere)."""
+        self._stopping = True
         for task in list(self._inflight):
             task.cancel()
         for app in self.apps:
@@ -870,6 +872,10 @@ class StreamingWorker:
                 self._inflight.add(running)
                 try:
                     done = await running
+                except asyncio.CancelledError:
+                    if self._stopping:
+                        return  # not acked: the task is redelivered to the next owner
+                    raise
                 finally:
                     self._inflight.discard(running)
                 # The outcome is durable before it is published: a task redelivered
