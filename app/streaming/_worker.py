@@ -31,10 +31,11 @@ import dataclasses
 import json
 import logging
 import os
+import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
@@ -85,6 +86,42 @@ def _create_worker_consumer(self: Any, transport: Any) -> Any:
 
 
 faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer = _create_worker_consumer  # type: ignore[method-assign]
+
+
+class _LoopNudger:
+    """Wakes the worker's event loops from a thread every ``interval`` seconds.
+
+    Faust runs its Kafka consumer in a thread with its own event loop and
+    passes requests to it across threads. Under load, that loop was seen
+    asleep in ``select()`` with work waiting until any other event woke it
+    (a signal to the process did, at once): a missed cross-thread wake-up,
+    which stalled a worker for tens of seconds. A periodic no-op callback on
+    each loop bounds such a stall to ``interval``.
+    """
+
+    def __init__(
+        self,
+        loops: Callable[[], list[asyncio.AbstractEventLoop]],
+        interval: float = 0.05,
+    ) -> None:
+        self._loops = loops
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="loop-nudger", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            for loop in self._loops():
+                with contextlib.suppress(RuntimeError):  # a loop that is closed
+                    loop.call_soon_threadsafe(_noop)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def _noop() -> None:
+    pass
 
 
 class Outbox:
@@ -154,6 +191,7 @@ class StreamingWorker:
         self._resumed: set[str] = set()
         self._task_partitions: set[int] = set()
         self._stopping = False
+        self._nudger: _LoopNudger | None = None
         self._generation_topics: dict[int, Any] = {}
         self._resume_until = 0.0
         self._next_resume_scan = 0.0
@@ -257,11 +295,25 @@ class StreamingWorker:
 
     async def start(self) -> None:
         """Start the worker's Faust apps in this event loop."""
+        loops = [asyncio.get_running_loop()]
+        self._nudger = _LoopNudger(lambda: loops)
         await asyncio.gather(*(app.start() for app in self.apps))
+        loops.extend(self._thread_loops())  # read here, not from the nudger's thread
+
+    def _thread_loops(self) -> list[asyncio.AbstractEventLoop]:
+        loops = []
+        for app in self.apps:
+            thread = getattr(app.consumer, "_thread", None)
+            loop = getattr(thread, "thread_loop", None)
+            if isinstance(loop, asyncio.AbstractEventLoop) and not loop.is_closed():
+                loops.append(loop)
+        return loops
 
     async def stop(self) -> None:
         """Stop consuming; in-flight activities are cancelled (they run again elsewhere)."""
         self._stopping = True
+        if self._nudger is not None:
+            self._nudger.stop()
         for task in list(self._inflight):
             task.cancel()
         for app in self.apps:
@@ -703,9 +755,9 @@ class StreamingWorker:
         Faust's own recovery decides it is done from the changelog highwater it
         saw; on the test broker it was seen to stop short, and the new owner
         then acted on an old state (an activity whose completion was recorded
-        ran again). This reads each changelog partition to its end offset, as
-        the broker reports it now, and applies what the table lacks. Faust
-        resumes the streams only after this handler returns.
+        ran again). This reads each changelog partition to its end (until a
+        fetch past the reported end brings nothing) and applies what the table
+        lacks. Faust resumes the streams only after this handler returns.
         """
         if not partitions:
             return
@@ -721,7 +773,7 @@ class StreamingWorker:
             tps = list(by_tp)
             consumer.assign(tps)
             ends = await consumer.end_offsets(tps)
-            remaining = {tp for tp in tps if ends[tp] > 0}
+            remaining = set(tps)
             if remaining:
                 await consumer.seek_to_beginning(*remaining)
             deadline = time.monotonic() + self.settings.rebalance_timeout * 6
@@ -743,7 +795,10 @@ class StreamingWorker:
                             if hasattr(store, "_key_partition"):
                                 store._key_partition[message.key] = tp.partition
                 for tp in list(remaining):
-                    if await consumer.position(tp) >= ends[tp]:
+                    # The test broker under-reports end offsets (the last batch's first
+                    # offset + 1), so reaching the reported end is not enough: a partition
+                    # is done once it is there and a fetch brought nothing more.
+                    if await consumer.position(tp) >= ends[tp] and not batches.get(tp):
                         remaining.discard(tp)
         finally:
             await consumer.stop()

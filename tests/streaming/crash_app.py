@@ -83,5 +83,17 @@ async def ticking(ctx: WorkflowContext, interval: float) -> int:
     return value
 
 
-workflows = [chain, crashing, signalled, ticking]
-activities = [work, crash_once]
+async def linger(seconds: float) -> float:
+    _log_run()
+    await asyncio.sleep(seconds)
+    return seconds
+
+
+async def lingering(ctx: WorkflowContext, seconds: float) -> float:
+    """One activity that takes ``seconds``: in flight when its worker is stopped."""
+    result: float = await ctx.execute_activity(linger, seconds)
+    return result
+
+
+workflows = [chain, crashing, signalled, ticking, lingering]
+activities = [work, crash_once, linger]
