@@ -56,7 +56,6 @@ Importing this module registers the ``"temporal"`` provider.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import re
 import uuid
@@ -122,7 +121,12 @@ from app.workflow import (
 )
 from app.workflow import activity as beluga_activity
 from app.workflow._activity_runner import run_attempt
-from app.workflow._converter import decode_failure, describe_failure, encode_failure, signature_of
+from app.workflow._converter import (
+    check_workflow_call,
+    decode_failure,
+    describe_failure,
+    encode_failure,
+)
 from app.workflow._converter import to_payload as to_json
 from app.workflow._core import Outcome, PendingActivity, PendingTimer, TimerKind, WorkflowInstance
 from app.workflow._handle import failure_error, outcome_value
@@ -1509,20 +1513,7 @@ class TemporalExecutor:
     # -- the DurableExecutor API ---------------------------------------------
     async def execute(self, fn: Callable[..., Any], options: WorkflowOptions) -> TemporalHandle:
         """Start ``fn`` as a new Temporal workflow run and return its handle."""
-        if not isinstance(options, WorkflowOptions):
-            raise InvalidArgumentError(
-                f"options must be WorkflowOptions, got {type(options).__name__}"
-            )
-        if not inspect.iscoroutinefunction(fn):
-            raise InvalidArgumentError(
-                f"workflow {fn!r} must be an `async def` function taking (ctx, input)"
-            )
-        sig = signature_of(fn, 1)
-        if sig.required > 1 or inspect.signature(fn).parameters.keys() == set():
-            raise InvalidArgumentError(
-                f"workflow {fn!r} must take (ctx) or (ctx, input): "
-                "pass several values as one dataclass, model or dict"
-            )
+        check_workflow_call(fn, options)
         name = self._workflows.name_of(fn)
         payload = to_json(options.input, "workflow input")
         await self.start()

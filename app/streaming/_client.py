@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import uuid
 from collections import OrderedDict
@@ -24,7 +23,13 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from app.workflow._converter import decode_failure, from_payload, signature_of, to_payload
+from app.workflow._converter import (
+    check_workflow_call,
+    decode_failure,
+    from_payload,
+    signature_of,
+    to_payload,
+)
 from app.workflow._errors import (
     InvalidArgumentError,
     QueryNotFoundError,
@@ -402,16 +407,7 @@ class KafkaExecutor:
             name = fn
             function = self._workflows.get(name)
         else:
-            if not inspect.iscoroutinefunction(fn):
-                raise InvalidArgumentError(
-                    f"workflow {fn!r} must be an `async def` function taking (ctx, input)"
-                )
-            sig = signature_of(fn, 1)
-            if sig.required > 1 or not inspect.signature(fn).parameters:
-                raise InvalidArgumentError(
-                    f"workflow {fn!r} must take (ctx) or (ctx, input): "
-                    "pass several values as one dataclass, model or dict"
-                )
+            check_workflow_call(fn, options)
             name = self._workflows.name_of(fn)
             function = fn
         payload = to_payload(options.input, "workflow input")

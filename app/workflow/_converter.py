@@ -181,3 +181,25 @@ def describe_failure(info: FailureInfo) -> str:
             f"{'attempt' if n == 1 else 'attempts'}: {info.message}"
         )
     return f"{short}: {info.message}" if info.message else short
+
+
+def check_workflow_call(fn: Callable[..., Any], options: Any) -> None:
+    """Fail at the call when ``fn`` cannot be a workflow or ``options`` are not options.
+
+    Shared by every executor's ``execute``.
+    """
+    from ._errors import InvalidArgumentError
+    from ._types import WorkflowOptions
+
+    if not isinstance(options, WorkflowOptions):
+        raise InvalidArgumentError(f"options must be WorkflowOptions, got {type(options).__name__}")
+    if not inspect.iscoroutinefunction(fn):
+        raise InvalidArgumentError(
+            f"workflow {fn!r} must be an `async def` function taking (ctx, input)"
+        )
+    sig = signature_of(fn, 1)
+    if sig.required > 1 or not inspect.signature(fn).parameters:
+        raise InvalidArgumentError(
+            f"workflow {fn!r} must take (ctx) or (ctx, input): "
+            "pass several values as one dataclass, model or dict"
+        )

@@ -15,7 +15,6 @@ never runs again.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -25,7 +24,12 @@ from typing import Any
 
 from . import activity as _activity
 from ._activity_runner import run_attempt
-from ._converter import decode_failure, describe_failure, signature_of, to_payload
+from ._converter import (
+    check_workflow_call,
+    decode_failure,
+    describe_failure,
+    to_payload,
+)
 from ._core import Outcome, PendingActivity, PendingTimer, TimerKind, WorkflowInstance
 from ._errors import (
     InvalidArgumentError,
@@ -230,20 +234,7 @@ class DefaultExecutor:
     # -- the DurableExecutor API ---------------------------------------------
     async def execute(self, fn: Callable[..., Any], options: WorkflowOptions) -> EmbeddedHandle:
         """Start ``fn`` as a new workflow run and return its handle."""
-        if not isinstance(options, WorkflowOptions):
-            raise InvalidArgumentError(
-                f"options must be WorkflowOptions, got {type(options).__name__}"
-            )
-        if not inspect.iscoroutinefunction(fn):
-            raise InvalidArgumentError(
-                f"workflow {fn!r} must be an `async def` function taking (ctx, input)"
-            )
-        sig = signature_of(fn, 1)
-        if sig.required > 1 or inspect.signature(fn).parameters.keys() == set():
-            raise InvalidArgumentError(
-                f"workflow {fn!r} must take (ctx) or (ctx, input): "
-                "pass several values as one dataclass, model or dict"
-            )
+        check_workflow_call(fn, options)
         name = self._workflows.name_of(fn)
         payload = to_payload(options.input, "workflow input")
         await self.start()
