@@ -190,7 +190,6 @@ class StreamingWorker:
         self._owned: set[int] = set()
         self._resumed: set[str] = set()
         self._task_partitions: set[int] = set()
-        self._stale: set[int] = set()
         self._stopping = False
         self._nudger: _LoopNudger | None = None
         self._generation_topics: dict[int, Any] = {}
@@ -366,11 +365,6 @@ class StreamingWorker:
             message.offset,
         )
         self._observe_lag(message)
-        if partition in self._stale:
-            self._stale.discard(partition)
-            await self._catch_up(self._executor_tables(), {partition})
-            for wid in [w for w, r in self._cache.items() if r.partition == partition]:
-                self._cache.pop(wid).close()
         if cmd.kind == CommandKind.MIGRATE:
             await self._migrate(cmd, partition)
             return
@@ -747,7 +741,6 @@ class StreamingWorker:
                 run.close()
                 del self._cache[wid]
         self._resumed = {w for w in self._resumed if self._partition_of(w) not in lost}
-        self._stale -= lost
         self._owned -= lost
 
     def _partition_of(self, workflow_id: str) -> int | None:
@@ -829,20 +822,16 @@ class StreamingWorker:
         )
         await self._catch_up([(self.done_table, name)], gained)
 
-    def _executor_tables(self) -> list[tuple[TableT[bytes, bytes], str]]:
-        return [
-            (self.runs_table, self.topology.changelog("workflows")),
-            (self.history_table, self.topology.changelog("history")),
-            (self.timers_table, self.topology.changelog("timers")),
-        ]
-
     async def _on_rebalance_complete(self, sender: Any, /, *args: Any, **kwargs: Any) -> None:
         active = self._active_partitions()
-        gained = active - self._owned
-        await self._catch_up(self._executor_tables(), gained)
-        # Faust's own recovery may still apply older records after this handler;
-        # the first command of each gained partition reads the changelogs again.
-        self._stale |= gained
+        await self._catch_up(
+            [
+                (self.runs_table, self.topology.changelog("workflows")),
+                (self.history_table, self.topology.changelog("history")),
+                (self.timers_table, self.topology.changelog("timers")),
+            ],
+            active - self._owned,
+        )
         if active != self._owned:
             log.info("executor partitions owned: %s", sorted(active))
         if active - self._owned:
