@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import importlib
 import json
 import logging
@@ -348,46 +347,25 @@ async def list_from_broker(args: argparse.Namespace) -> int:
 
 async def read_headers(settings: Any) -> list[WorkflowState]:
     """The latest header of every workflow in the state changelog (history left out)."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from app.streaming._tables import ChangelogTable, partitions_of, recover
 
-    topic = settings.topology.changelog("workflows")
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
-        enable_auto_commit=False,
-        fetch_max_wait_ms=settings.fetch_wait_ms,
+    table = ChangelogTable(settings.topology.changelog("workflows"))
+    partitions = await partitions_of(
+        settings.bootstrap_servers, table.topic, settings.request_timeout
     )
-    await consumer.start()
-    latest: dict[bytes, bytes | None] = {}
-    try:
-        partitions = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        if not tps:
-            return []
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        remaining = {tp for tp in tps if ends[tp] > 0}
-        while remaining:
-            batches = await asyncio.wait_for(consumer.getmany(timeout_ms=500), 30)
-            for tp, messages in batches.items():
-                for message in messages:
-                    if message.key is not None:
-                        latest[message.key] = message.value
-                if messages and messages[-1].offset + 1 >= ends[tp]:
-                    remaining.discard(tp)
-            for tp in list(remaining):
-                if await consumer.position(tp) >= ends[tp]:
-                    remaining.discard(tp)
-    finally:
-        with contextlib.suppress(Exception):
-            await consumer.stop()
+    await recover(
+        settings.bootstrap_servers,
+        [table],
+        partitions,
+        fetch_wait_ms=settings.fetch_wait_ms,
+        timeout=settings.request_timeout,
+    )
     states = []
-    for value in latest.values():
-        if value is None:
-            continue
+    for key, value in table.items():
+        if key.startswith(b"\x00"):
+            continue  # a partition's own record, not a workflow
         header = json.loads(value)
-        state = WorkflowState.model_validate({**header["state"], "history": []})
-        states.append(state)
+        states.append(WorkflowState.model_validate({**header["state"], "history": []}))
     return states
 
 

@@ -41,10 +41,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import faust
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.partitioner import murmur2
 from faust.transport.drivers import aiokafka as faust_aiokafka
-from faust.types import TP, TableT, TopicT
+from faust.types import TP, TopicT
 
 from app.workflow import activity as _activity
 from app.workflow._activity_runner import run_attempt
@@ -63,6 +62,7 @@ from ._messages import (
     encode_task,
 )
 from ._metrics import WorkerMetrics
+from ._tables import ChangelogTable, recover
 from ._wire import WireError
 from .settings import StreamingSettings
 
@@ -197,7 +197,7 @@ class StreamingWorker:
         self._next_resume_scan = 0.0
         self._fired: dict[tuple[str, int, int | None], float] = {}
         self._pool = ThreadPoolExecutor(settings.activity_threads, "activity")
-        self._inflight: set[asyncio.Task[bytes]] = set()
+        self._inflight: set[asyncio.Future[None]] = set()
         self.app = self._build_app()
         self.activity_app = self._build_activity_app() if run_activities else None
 
@@ -241,9 +241,13 @@ class StreamingWorker:
             value_serializer="raw",
         )
 
-    def _raw_table(self, app: faust.App, name: str) -> TableT[bytes, bytes]:
-        s = self.settings
-        return app.Table(name, key_type=bytes, value_type=bytes, partitions=s.partitions)
+    @staticmethod
+    def _table(app: faust.App, topic: str) -> ChangelogTable:
+        async def send(topic: str, key: bytes, value: bytes | None, partition: int) -> None:
+            # buffered; the flush before each offset commit waits for it
+            await app.producer.send(topic, key, value, partition, None, None)
+
+        return ChangelogTable(topic, send)
 
     def _build_app(self) -> faust.App:
         """The executor partitions: one consumer group on the commands topic."""
@@ -255,9 +259,9 @@ class StreamingWorker:
         self.replies = Outbox(app, topo.replies)
         self.dead_letter = Outbox(app, topo.dead_letter)
         self.tasks = Outbox(app, topo.activity_tasks(s.task_queue))
-        self.runs_table = self._raw_table(app, "workflows")
-        self.history_table = self._raw_table(app, "history")
-        self.timers_table = self._raw_table(app, "timers")
+        self.runs_table = self._table(app, topo.changelog("workflows"))
+        self.history_table = self._table(app, topo.changelog("history"))
+        self.timers_table = self._table(app, topo.changelog("timers"))
         if self.run_executor:
             app.agent(self.commands, name=f"{topo.faust_id}.executor")(self._executor_agent)
             app.timer(s.timer_tick, name=f"{topo.faust_id}.timers")(self._fire_timers)
@@ -276,7 +280,9 @@ class StreamingWorker:
         self.activity_tasks = self._raw_topic(app, topo.activity_tasks(s.task_queue))
         self.activity_results = Outbox(app, topo.commands)
         self.task_dead_letter = Outbox(app, topo.dead_letter)
-        self.done_table = self._raw_table(app, "done-tasks")
+        self.done_table = self._table(
+            app, topo.changelog("done-tasks", topo.activity_group(s.task_queue))
+        )
         app.on_rebalance_complete.connect(self._on_activities_rebalanced)
         app.on_partitions_revoked.connect(self._on_task_partitions_revoked)
         app.agent(
@@ -314,8 +320,12 @@ class StreamingWorker:
         self._stopping = True
         if self._nudger is not None:
             self._nudger.stop()
-        for task in list(self._inflight):
-            task.cancel()
+        if self._inflight:
+            # Let running activities finish and report: a thread cannot be called
+            # back, so an attempt cut short here would still have run once.
+            _, late = await asyncio.wait(self._inflight, timeout=self.settings.drain_timeout)
+            for task in late:
+                task.cancel()
         for app in self.apps:
             # write out what was processed so that a restart finds it in the changelogs
             with contextlib.suppress(Exception):
@@ -493,7 +503,9 @@ class StreamingWorker:
                 self.settings.generation,
             )
             return
-        self.runs_table[_MOVED_KEY + str(partition).encode()] = str(target).encode()
+        await self.runs_table.set(
+            _MOVED_KEY + str(partition).encode(), str(target).encode(), partition
+        )
         moved = 0
         for key, raw in list(self.runs_table.items()):
             if key.startswith(_MOVED_KEY):
@@ -521,8 +533,8 @@ class StreamingWorker:
             await self._commands_of(target).send(key=key, value=encode_command(handover))
             run.moved_to = target
             run.close()
-            self.runs_table[key] = self._header(run, partition)
-            self.timers_table.pop(key, None)
+            await self.runs_table.set(key, self._header(run, partition), partition)
+            await self.timers_table.delete(key, partition)
             self._cache.pop(wid, None)
             moved += 1
         log.info(
@@ -543,7 +555,7 @@ class StreamingWorker:
         run.seen.extend(header.get("seen", []))
         for event in state.history:
             key = f"{cmd.workflow_id}#{event.id}".encode()
-            self.history_table[key] = event.model_dump_json().encode()
+            await self.history_table.set(key, event.model_dump_json().encode(), partition)
         run.archived = len(state.history)
         self._resumed.add(cmd.workflow_id)
         self.metrics.replays.inc()
@@ -561,7 +573,7 @@ class StreamingWorker:
         run.partition = partition
         if fx.changed:
             await self._archive(run)
-            self.runs_table[wid.encode()] = self._header(run, partition)
+            await self.runs_table.set(wid.encode(), self._header(run, partition), partition)
             for ev in fx.events:
                 headers = [("retry", b"1")] if ev.id in fx.retries else []
                 await self.history.send(
@@ -572,7 +584,7 @@ class StreamingWorker:
         now = _now()
         for task in fx.tasks:  # a resume re-dispatches work without recording anything
             await self.tasks.send(key=task.task_id.encode(), value=encode_task(task, now))
-        self._write_timers(run, partition)
+        await self._write_timers(run, partition)
         if run.parked is not None:
             self.metrics.parked.inc()
 
@@ -584,7 +596,7 @@ class StreamingWorker:
                 lag = max(0, highwater - message.offset - 1)
                 self.metrics.consumer_lag.labels(str(tp.partition)).set(lag)
 
-    def _write_timers(self, run: Run, partition: int) -> None:
+    async def _write_timers(self, run: Run, partition: int) -> None:
         wid = run.state.workflow_id
         wanted = self.machine.pending_timers(run)
         key = wid.encode()
@@ -602,9 +614,9 @@ class StreamingWorker:
         )
         if value != current:
             if value is None:
-                self.timers_table.pop(key, None)
+                await self.timers_table.delete(key, partition)
             else:
-                self.timers_table[key] = value
+                await self.timers_table.set(key, value, partition)
 
     async def _archive(self, run: Run) -> None:
         """Move the oldest events of a full header tail to the history table.
@@ -623,8 +635,11 @@ class StreamingWorker:
             return
         keep = min(_TAIL, len(tail) - 1)
         wid = run.state.workflow_id
+        assert run.partition is not None
         for event in history[run.archived : len(history) - keep]:
-            self.history_table[f"{wid}#{event.id}".encode()] = event.model_dump_json().encode()
+            await self.history_table.set(
+                f"{wid}#{event.id}".encode(), event.model_dump_json().encode(), run.partition
+            )
         await self.app.producer.flush()
         run.archived = len(history) - keep
         run.encoded = {i: v for i, v in run.encoded.items() if i > run.archived}
@@ -725,7 +740,7 @@ class StreamingWorker:
     def _active_partitions(self) -> set[int]:
         return {
             tp.partition
-            for tp in self.app.assignor.assigned_actives()
+            for tp in self.app.consumer.assignment()
             if tp.topic == self.topology.commands
         }
 
@@ -742,95 +757,53 @@ class StreamingWorker:
                 del self._cache[wid]
         self._resumed = {w for w in self._resumed if self._partition_of(w) not in lost}
         self._owned -= lost
+        for table in (self.runs_table, self.history_table, self.timers_table):
+            table.drop(lost)
 
     def _partition_of(self, workflow_id: str) -> int | None:
         raw = None if workflow_id.startswith("\x00") else self.runs_table.get(workflow_id.encode())
         return None if raw is None else int(json.loads(raw)["p"])
 
-    async def _catch_up(
-        self, tables: list[tuple[TableT[bytes, bytes], str]], partitions: set[int]
-    ) -> None:
-        """Make sure ``tables`` hold every changelog record of ``partitions``.
-
-        Faust's own recovery decides it is done from the changelog highwater it
-        saw; on the test broker it was seen to stop short, and the new owner
-        then acted on an old state (an activity whose completion was recorded
-        ran again). This reads each changelog partition to its end (until a
-        fetch past the reported end brings nothing) and applies what the table
-        lacks. Faust resumes the streams only after this handler returns.
-        """
-        if not partitions:
-            return
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.bootstrap_servers,
-            enable_auto_commit=False,
-            fetch_max_wait_ms=self.settings.fetch_wait_ms,
-            max_partition_fetch_bytes=16 * 1024 * 1024,
+    async def _recover(self, tables: list[ChangelogTable], partitions: set[int]) -> None:
+        s = self.settings
+        started = time.monotonic()
+        read = await recover(
+            s.bootstrap_servers,
+            tables,
+            partitions,
+            fetch_wait_ms=s.fetch_wait_ms,
+            timeout=s.rebalance_timeout * 6,
         )
-        await consumer.start()
-        try:
-            by_tp = {TopicPartition(name, p): table for table, name in tables for p in partitions}
-            tps = list(by_tp)
-            consumer.assign(tps)
-            ends = await consumer.end_offsets(tps)
-            remaining = set(tps)
-            if remaining:
-                await consumer.seek_to_beginning(*remaining)
-            deadline = time.monotonic() + self.settings.rebalance_timeout * 6
-            while remaining:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"could not read changelogs {sorted(map(str, remaining))} to their end"
-                    )
-                batches = await consumer.getmany(*remaining, timeout_ms=200)
-                for tp, messages in batches.items():
-                    store: Any = by_tp[tp].data
-                    for message in messages:
-                        if message.key is None:
-                            continue
-                        if message.value is None:
-                            store.data.pop(message.key, None)
-                        else:
-                            store.data[message.key] = message.value
-                            if hasattr(store, "_key_partition"):
-                                store._key_partition[message.key] = tp.partition
-                for tp in list(remaining):
-                    # The test broker under-reports end offsets (the last batch's first
-                    # offset + 1), so reaching the reported end is not enough: a partition
-                    # is done once it is there and a fetch brought nothing more.
-                    if await consumer.position(tp) >= ends[tp] and not batches.get(tp):
-                        remaining.discard(tp)
-        finally:
-            await consumer.stop()
+        log.info(
+            "recovered partitions %s of %s: %d records in %.2fs",
+            sorted(partitions),
+            ", ".join(t.topic for t in tables),
+            read,
+            time.monotonic() - started,
+        )
 
     async def _on_task_partitions_revoked(self, sender: Any, /, *args: Any, **kwargs: Any) -> None:
         revoked: Iterable[TP] = args[0] if args else ()
         queue = self.topology.activity_tasks(self.settings.task_queue)
-        self._task_partitions -= {tp.partition for tp in revoked if tp.topic == queue}
+        lost = {tp.partition for tp in revoked if tp.topic == queue}
+        self._task_partitions -= lost
+        self.done_table.drop(lost)
 
     async def _on_activities_rebalanced(self, sender: Any, /, *args: Any, **kwargs: Any) -> None:
         assert self.activity_app is not None
         active = {
             tp.partition
-            for tp in self.activity_app.assignor.assigned_actives()
+            for tp in self.activity_app.consumer.assignment()
             if tp.topic == self.topology.activity_tasks(self.settings.task_queue)
         }
         gained = active - self._task_partitions
         self._task_partitions = active
-        name = self.topology.changelog(
-            "done-tasks", self.topology.activity_group(self.settings.task_queue)
-        )
-        await self._catch_up([(self.done_table, name)], gained)
+        await self._recover([self.done_table], gained)
 
     async def _on_rebalance_complete(self, sender: Any, /, *args: Any, **kwargs: Any) -> None:
         active = self._active_partitions()
-        await self._catch_up(
-            [
-                (self.runs_table, self.topology.changelog("workflows")),
-                (self.history_table, self.topology.changelog("history")),
-                (self.timers_table, self.topology.changelog("timers")),
-            ],
-            active - self._owned,
+        await self._recover(
+            [self.runs_table, self.history_table, self.timers_table], active - self._owned
         )
         if active != self._owned:
             log.info("executor partitions owned: %s", sorted(active))
@@ -915,31 +888,37 @@ class StreamingWorker:
     # -- activities --------------------------------------------------------------------
     async def _activity_agent(self, stream: Any) -> None:
         async for event in stream.events():
+            if self._stopping:
+                return  # not acked: the next owner runs it
             try:
                 task = decode_task(event.value)
             except (WireError, InvalidCommandError) as exc:
                 await self._dead_letter(event, f"bad activity task: {exc}", self.task_dead_letter)
                 continue
-            key = task.task_id.encode()
-            done = self.done_table.get(key)
-            if done is None:
-                running = asyncio.ensure_future(self._run_task(task))
-                self._inflight.add(running)
-                try:
-                    done = await running
-                except asyncio.CancelledError:
-                    if self._stopping:
-                        return  # not acked: the task is redelivered to the next owner
-                    raise
-                finally:
-                    self._inflight.discard(running)
-                # The outcome is durable before it is published: a task redelivered
-                # after a crash, or dispatched again by a new executor owner, then
-                # publishes the same outcome again instead of running a second time.
-                self.done_table[key] = done
-                assert self.activity_app is not None
-                await self.activity_app.producer.flush()
-            await self.activity_results.send(key=task.workflow_id.encode(), value=done)
+            handling = asyncio.ensure_future(self._handle_task(task, event.message.partition))
+            self._inflight.add(handling)
+            try:
+                await asyncio.shield(handling)
+            except asyncio.CancelledError:
+                if self._stopping:
+                    return  # not acked: the task is redelivered to the next owner
+                raise
+            finally:
+                if handling.done():
+                    self._inflight.discard(handling)
+
+    async def _handle_task(self, task: Task, partition: int) -> None:
+        key = task.task_id.encode()
+        done = self.done_table.get(key)
+        if done is None:
+            done = await self._run_task(task)
+            # The outcome is durable before it is published: a task redelivered
+            # after a crash, or dispatched again by a new executor owner, then
+            # publishes the same outcome again instead of running a second time.
+            await self.done_table.set(key, done, partition)
+            assert self.activity_app is not None
+            await self.activity_app.producer.flush()
+        await self.activity_results.send(key=task.workflow_id.encode(), value=done)
 
     async def _run_task(self, task: Task) -> bytes:
         """Run one attempt; returns its ``activity_result`` command, encoded."""

@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
@@ -16,6 +16,7 @@ from topics import TopicSpec
 
 from ._machine import Command, CommandKind
 from ._messages import encode_command
+from ._tables import ChangelogTable, partitions_of, recover
 from .settings import StreamingSettings
 
 CONTROL_KEY = b"generation"
@@ -69,33 +70,24 @@ async def ensure_topics(
 
 async def read_generation(settings: StreamingSettings) -> tuple[int, int] | None:
     """(generation, partitions) announced on the control topic, or None if none is."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
-        enable_auto_commit=False,
-        fetch_max_wait_ms=settings.fetch_wait_ms,
-        request_timeout_ms=int(settings.request_timeout * 1000),
+    control = ChangelogTable(settings.topology.control)
+    if not await partitions_of(settings.bootstrap_servers, control.topic, settings.request_timeout):
+        return None
+    await asyncio.wait_for(
+        recover(
+            settings.bootstrap_servers,
+            [control],
+            {0},
+            fetch_wait_ms=settings.fetch_wait_ms,
+            timeout=settings.request_timeout,
+        ),
+        settings.request_timeout * 2,
     )
-    await asyncio.wait_for(consumer.start(), settings.request_timeout)
-    try:
-        topic = settings.topology.control
-        if not consumer.partitions_for_topic(topic):
-            return None
-        tp = TopicPartition(topic, 0)
-        consumer.assign([tp])
-        end = (await consumer.end_offsets([tp]))[tp]
-        if end == 0:
-            return None
-        found: tuple[int, int] | None = None
-        await consumer.seek_to_beginning(tp)
-        while await consumer.position(tp) < end:
-            batch = await asyncio.wait_for(consumer.getmany(tp, timeout_ms=200), 30)
-            for message in batch.get(tp, []):
-                if message.key == CONTROL_KEY and message.value:
-                    record = json.loads(message.value)
-                    found = int(record["generation"]), int(record["partitions"])
-        return found
-    finally:
-        await consumer.stop()
+    raw = control.get(CONTROL_KEY)
+    if not raw:
+        return None
+    record = json.loads(raw)
+    return int(record["generation"]), int(record["partitions"])
 
 
 async def grow(settings: StreamingSettings, partitions: int) -> StreamingSettings:

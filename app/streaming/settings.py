@@ -79,6 +79,11 @@ class StreamingSettings(BaseModel):
     cache_size: int = Field(10_000, ge=1, description="Running workflows kept in memory")
     activity_concurrency: int = Field(32, ge=1, description="Activity tasks run at once")
     activity_threads: int = Field(32, ge=1, description="Threads for plain (sync) activities")
+    drain_timeout: float = Field(
+        30.0,
+        ge=0,
+        description="On stop, how long running activities may finish and report (s)",
+    )
     request_timeout: float = Field(30.0, gt=0, description="Client: max wait for a reply (s)")
     data_dir: str = Field(
         "streamflow-data", description="Directory for the workers' local table data"
@@ -157,6 +162,7 @@ def test_settings(bootstrap_servers: str, **overrides: Any) -> StreamingSettings
         "metrics_port": 0,
         "web_port": 0,
         "request_timeout": 20.0,
+        "drain_timeout": 3.0,
         "data_dir": os.path.join(tempfile.gettempdir(), "streamflow-test-data"),
     }
     values.update(overrides)
