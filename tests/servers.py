@@ -12,6 +12,7 @@ needs a private server (to stop and restart it) calls a launcher itself.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
 import signal
@@ -25,6 +26,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 START_TIMEOUT = 60.0
+
+_PR_SET_PDEATHSIG = 1
+try:
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before any fork
+except (OSError, AttributeError):  # not Linux: the fixtures' own cleanup still runs
+    _prctl = None
+
+
+def die_with_parent() -> None:
+    """``preexec_fn``: the child is SIGKILLed if the test process dies first.
+
+    A test run that is itself killed (a CI timeout, Ctrl-C twice) runs no
+    fixture teardown; without this its servers and workers would keep running.
+    """
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class ServerStartError(RuntimeError):
@@ -104,6 +121,7 @@ class Server:
                 cwd=self.workdir,
                 env={**os.environ, **self.env},
                 start_new_session=True,
+                preexec_fn=die_with_parent,
             )
         deadline = time.monotonic() + timeout
         while not _accepts(self.port):

@@ -193,8 +193,6 @@ class StreamingWorker:
         self._stopping = False
         self._nudger: _LoopNudger | None = None
         self._generation_topics: dict[int, Any] = {}
-        self._resume_until = 0.0
-        self._next_resume_scan = 0.0
         self._fired: dict[tuple[str, int, int | None], float] = {}
         self._pool = ThreadPoolExecutor(settings.activity_threads, "activity")
         self._inflight: set[asyncio.Future[None]] = set()
@@ -807,23 +805,15 @@ class StreamingWorker:
         )
         if active != self._owned:
             log.info("executor partitions owned: %s", sorted(active))
-        if active - self._owned:
-            # Tables may still be catching up on the new partitions' changelogs, so
-            # the timer loop keeps looking for runs to resume for a while.
-            self._resume_until = time.monotonic() + self.settings.resume_window
         self._owned = active
+        await self._resume_runs(active)
 
-    async def _resume_new_runs(self) -> None:
+    async def _resume_runs(self, active: set[int]) -> None:
         """Resume the running workflows of owned partitions this worker has not resumed yet.
 
         Through the commands topic, so each resume is applied in order with the
         workflow's other commands, in the partition's own stream.
         """
-        now = time.monotonic()
-        if now > self._resume_until or now < self._next_resume_scan:
-            return
-        self._next_resume_scan = now + 0.2
-        active = self._active_partitions()
         resumed = []
         for key, raw in list(self.runs_table.items()):
             if key.startswith(_MOVED_KEY):
@@ -851,7 +841,6 @@ class StreamingWorker:
 
     # -- timers ------------------------------------------------------------------------
     async def _fire_timers(self) -> None:
-        await self._resume_new_runs()
         active = self._active_partitions()
         if not active:
             return

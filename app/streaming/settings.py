@@ -57,12 +57,6 @@ class StreamingSettings(BaseModel):
     timer_refire: float = Field(
         5.0, gt=0, description="A fired timer not yet applied is fired again after this (s)"
     )
-    resume_window: float = Field(
-        30.0,
-        gt=0,
-        description="After gaining partitions, how long (s) to look for running "
-        "workflows to resume while the tables catch up",
-    )
     previous_partitions: int | None = Field(
         None,
         ge=1,

@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.servers import die_with_parent
+
 FAST_ENV = {
     "STREAMFLOW_SESSION_TIMEOUT": "3",
     "STREAMFLOW_HEARTBEAT_INTERVAL": "0.5",
@@ -74,6 +76,7 @@ class WorkerProcess:
                 cwd=self.logdir,
                 env=env,
                 start_new_session=True,
+                preexec_fn=die_with_parent,
             )
         return self
 

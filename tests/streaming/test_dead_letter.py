@@ -53,6 +53,7 @@ from app.streaming.settings import test_settings
 from app.workflow import WorkflowError, WorkflowOptions
 from app.workflow._types import EventType, HistoryEvent
 from tests.conformance import workflows as suite
+from tests.servers import die_with_parent
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -577,6 +578,7 @@ def worker_process(settings: StreamingSettings, logdir: Path) -> Iterator[subpro
             cwd=Path(__file__).resolve().parents[2],
             env={**os.environ, **settings_env(settings)},
             start_new_session=True,
+            preexec_fn=die_with_parent,
         )
     try:
         yield process
