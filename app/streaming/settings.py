@@ -80,7 +80,7 @@ class StreamingSettings(BaseModel):
     )
     request_timeout: float = Field(30.0, gt=0, description="Client: max wait for a reply (s)")
     data_dir: str = Field(
-        "streamflow-data", description="Directory for the workers' local table data"
+        "streamflow-data", description="Directory for the Faust apps' local data"
     )
     metrics_port: int = Field(
         9464, ge=0, le=65535, description="Worker /metrics port (0: no metrics server)"

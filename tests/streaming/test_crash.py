@@ -140,14 +140,6 @@ async def test_kill_inside_an_activity(tmp_path: Path, kafka_bootstrap: str) -> 
     await _run_with_a_kill(tmp_path, kafka_bootstrap, None, crashing=2)
 
 
-# Known defect, open: under load, about one run in four of this file, a worker
-# taking over stops receiving commands for more than the client's 20 s request
-# timeout and resumes when the process gets a signal; the cause is not found yet
-# (see docs/architecture.md, "Known limits"). Not strict: a pass is the goal.
-STALL = "intermittent worker stall after a takeover (open defect, see docs/architecture.md)"
-
-
-@pytest.mark.xfail(strict=False, reason=STALL)
 @pytest.mark.parametrize("kill_after", [1, 12, 30])
 async def test_kill_after_some_completions(
     tmp_path: Path, kafka_bootstrap: str, kill_after: int

@@ -245,17 +245,6 @@ async def _join_then_leave(tmp_path: Path, kafka_bootstrap: str, leave: str) -> 
             w.kill()
 
 
-REBALANCE_BUGS = (
-    "intermittent (2 of 12 runs at a642a13): after the third worker joins, one original "
-    "worker's table recovery in the executor app never ends (it logs 'No event received "
-    "for active tp <app>.g1-workflows-changelog since recovery start' every 5 s and never "
-    "logs its new ownership), so the workflows of its partitions stop; before 6975073, "
-    "after a SIGKILL, a 'go' signal the new owner acknowledged was also twice missing from "
-    "the history of sig-7"
-)
-
-
-@pytest.mark.xfail(strict=False, reason=REBALANCE_BUGS)
 @pytest.mark.parametrize("leave", ["sigterm", "sigkill"])
 async def test_workers_join_and_leave_while_workflows_run(
     tmp_path: Path, kafka_bootstrap: str, leave: str
