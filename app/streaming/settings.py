@@ -79,9 +79,7 @@ class StreamingSettings(BaseModel):
         description="On stop, how long running activities may finish and report (s)",
     )
     request_timeout: float = Field(30.0, gt=0, description="Client: max wait for a reply (s)")
-    data_dir: str = Field(
-        "streamflow-data", description="Directory for the Faust apps' local data"
-    )
+    data_dir: str = Field("streamflow-data", description="Directory for the Faust apps' local data")
     metrics_port: int = Field(
         9464, ge=0, le=65535, description="Worker /metrics port (0: no metrics server)"
     )
