@@ -17,21 +17,34 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-Send = Callable[[str, bytes, bytes | None, int], Awaitable[None]]
+# Buffers one record; returns what completes once the broker acknowledged it.
+Send = Callable[[str, bytes, bytes | None, int], Awaitable[Awaitable[Any]]]
 
 
 class ChangelogTable:
     """A ``bytes -> bytes`` table of the partitions this worker owns."""
 
-    def __init__(self, topic: str, send: Send | None = None) -> None:
-        """``send`` writes a change to the changelog; without it the table is read-only."""
+    def __init__(
+        self,
+        topic: str,
+        send: Send | None = None,
+        decode: Callable[[bytes], Any] | None = None,
+    ) -> None:
+        """``send`` writes a change to the changelog; without it the table is read-only.
+
+        ``decode`` parses a value; :meth:`decoded_items` keeps each parsed value
+        until the key changes (the timer loop reads every entry on each tick).
+        """
         self.topic = topic
         self._send = send
+        self._decode = decode
         self._data: dict[bytes, bytes] = {}
         self._partition: dict[bytes, int] = {}
+        self._decoded: dict[bytes, Any] = {}
 
     def get(self, key: bytes) -> bytes | None:
         return self._data.get(key)
@@ -46,12 +59,30 @@ class ChangelogTable:
         """A snapshot: the caller may write to the table while it goes through it."""
         return list(self._data.items())
 
-    async def set(self, key: bytes, value: bytes, partition: int) -> None:
-        """Change ``key`` here and append the change to its changelog ``partition``."""
+    def decoded_items(self) -> list[tuple[bytes, Any]]:
+        """Like :meth:`items`, with each value parsed by ``decode`` (once per change)."""
+        if self._decode is None:
+            raise TypeError(f"the table of {self.topic!r} has no decoder")
+        cache, decode = self._decoded, self._decode
+        out = []
+        for key, raw in self._data.items():
+            value = cache.get(key)
+            if value is None:
+                value = cache[key] = decode(raw)
+            out.append((key, value))
+        return out
+
+    async def set(self, key: bytes, value: bytes, partition: int) -> Awaitable[Any]:
+        """Change ``key`` here and append the change to its changelog ``partition``.
+
+        Returns once the record is buffered; await the result to wait for the
+        broker's acknowledgement.
+        """
         send = self._writer()
         self._data[key] = value
         self._partition[key] = partition
-        await send(self.topic, key, value, partition)
+        self._decoded.pop(key, None)
+        return await send(self.topic, key, value, partition)
 
     async def delete(self, key: bytes, partition: int) -> None:
         """Remove ``key`` (a tombstone in the changelog); nothing is sent if it is absent."""
@@ -59,6 +90,7 @@ class ChangelogTable:
         if self._data.pop(key, None) is None:
             return
         self._partition.pop(key, None)
+        self._decoded.pop(key, None)
         await send(self.topic, key, None, partition)
 
     def _writer(self) -> Send:
@@ -72,9 +104,11 @@ class ChangelogTable:
         for key in [k for k, p in self._partition.items() if p in lost]:
             del self._data[key]
             del self._partition[key]
+            self._decoded.pop(key, None)
 
     def apply(self, key: bytes, value: bytes | None, partition: int) -> None:
         """Apply one changelog record read back from the broker."""
+        self._decoded.pop(key, None)
         if value is None:
             self._data.pop(key, None)
             self._partition.pop(key, None)

@@ -31,11 +31,10 @@ import dataclasses
 import json
 import logging
 import os
-import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
@@ -86,42 +85,6 @@ def _create_worker_consumer(self: Any, transport: Any) -> Any:
 
 
 faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer = _create_worker_consumer  # type: ignore[method-assign]
-
-
-class _LoopNudger:
-    """Wakes the worker's event loops from a thread every ``interval`` seconds.
-
-    Faust runs its Kafka consumer in a thread with its own event loop and
-    passes requests to it across threads. Under load, that loop was seen
-    asleep in ``select()`` with work waiting until any other event woke it
-    (a signal to the process did, at once): a missed cross-thread wake-up,
-    which stalled a worker for tens of seconds. A periodic no-op callback on
-    each loop bounds such a stall to ``interval``.
-    """
-
-    def __init__(
-        self,
-        loops: Callable[[], list[asyncio.AbstractEventLoop]],
-        interval: float = 0.05,
-    ) -> None:
-        self._loops = loops
-        self._interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="loop-nudger", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            for loop in self._loops():
-                with contextlib.suppress(RuntimeError):  # a loop that is closed
-                    loop.call_soon_threadsafe(_noop)
-
-    def stop(self) -> None:
-        self._stop.set()
-
-
-def _noop() -> None:
-    pass
 
 
 class Outbox:
@@ -191,7 +154,6 @@ class StreamingWorker:
         self._resumed: set[str] = set()
         self._task_partitions: set[int] = set()
         self._stopping = False
-        self._nudger: _LoopNudger | None = None
         self._generation_topics: dict[int, Any] = {}
         self._fired: dict[tuple[str, int, int | None], float] = {}
         self._pool = ThreadPoolExecutor(settings.activity_threads, "activity")
@@ -240,12 +202,16 @@ class StreamingWorker:
         )
 
     @staticmethod
-    def _table(app: faust.App, topic: str) -> ChangelogTable:
-        async def send(topic: str, key: bytes, value: bytes | None, partition: int) -> None:
+    def _table(
+        app: faust.App, topic: str, decode: Callable[[bytes], Any] | None = None
+    ) -> ChangelogTable:
+        async def send(
+            topic: str, key: bytes, value: bytes | None, partition: int
+        ) -> Awaitable[Any]:
             # buffered; the flush before each offset commit waits for it
-            await app.producer.send(topic, key, value, partition, None, None)
+            return await app.producer.send(topic, key, value, partition, None, None)
 
-        return ChangelogTable(topic, send)
+        return ChangelogTable(topic, send, decode)
 
     def _build_app(self) -> faust.App:
         """The executor partitions: one consumer group on the commands topic."""
@@ -259,7 +225,7 @@ class StreamingWorker:
         self.tasks = Outbox(app, topo.activity_tasks(s.task_queue))
         self.runs_table = self._table(app, topo.changelog("workflows"))
         self.history_table = self._table(app, topo.changelog("history"))
-        self.timers_table = self._table(app, topo.changelog("timers"))
+        self.timers_table = self._table(app, topo.changelog("timers"), json.loads)
         if self.run_executor:
             app.agent(self.commands, name=f"{topo.faust_id}.executor")(self._executor_agent)
             app.timer(s.timer_tick, name=f"{topo.faust_id}.timers")(self._fire_timers)
@@ -299,25 +265,11 @@ class StreamingWorker:
 
     async def start(self) -> None:
         """Start the worker's Faust apps in this event loop."""
-        loops = [asyncio.get_running_loop()]
-        self._nudger = _LoopNudger(lambda: loops)
         await asyncio.gather(*(app.start() for app in self.apps))
-        loops.extend(self._thread_loops())  # read here, not from the nudger's thread
-
-    def _thread_loops(self) -> list[asyncio.AbstractEventLoop]:
-        loops = []
-        for app in self.apps:
-            thread = getattr(app.consumer, "_thread", None)
-            loop = getattr(thread, "thread_loop", None)
-            if isinstance(loop, asyncio.AbstractEventLoop) and not loop.is_closed():
-                loops.append(loop)
-        return loops
 
     async def stop(self) -> None:
         """Stop consuming; in-flight activities are cancelled (they run again elsewhere)."""
         self._stopping = True
-        if self._nudger is not None:
-            self._nudger.stop()
         if self._inflight:
             # Let running activities finish and report: a thread cannot be called
             # back, so an attempt cut short here would still have run once.
@@ -846,8 +798,7 @@ class StreamingWorker:
             return
         now = time.time()
         refire = self.settings.timer_refire
-        for key, raw in list(self.timers_table.items()):
-            entry = json.loads(raw)
+        for key, entry in self.timers_table.decoded_items():
             if entry["p"] not in active:
                 continue
             wid = key.decode()
@@ -904,9 +855,7 @@ class StreamingWorker:
             # The outcome is durable before it is published: a task redelivered
             # after a crash, or dispatched again by a new executor owner, then
             # publishes the same outcome again instead of running a second time.
-            await self.done_table.set(key, done, partition)
-            assert self.activity_app is not None
-            await self.activity_app.producer.flush()
+            await (await self.done_table.set(key, done, partition))
         await self.activity_results.send(key=task.workflow_id.encode(), value=done)
 
     async def _run_task(self, task: Task) -> bytes:
