@@ -42,6 +42,7 @@ import platform
 import pstats
 import shutil
 import statistics
+import subprocess
 import sys
 import time
 import uuid
@@ -60,6 +61,7 @@ from app.workflow import Hooks, Signal, WorkflowContext, WorkflowOptions
 from tests import servers
 from topics import TopicSpec
 
+REPO = Path(__file__).resolve().parents[1]
 # Generous bound on any single wait: only a hung runtime reaches it, never a slow one.
 WAIT_S = 120.0
 W3_WARMUP = 10  # round trips left out of W3's numbers (first-call costs, group settling)
@@ -106,6 +108,8 @@ async def nap(ctx: WorkflowContext, seconds: float) -> str:
 
 WORKFLOWS = [three_steps, fan_out, signal_echo, chain, nap]
 ACTIVITIES = [tiny]
+# what `python -m app worker --app bench.streaming` runs (--worker-processes)
+workflows, activities = WORKFLOWS, ACTIVITIES
 
 
 # -- sizes, metrics, targets ----------------------------------------------------
@@ -219,6 +223,11 @@ def process_cpu(pid: int | None = None) -> float:
         return math.nan
 
 
+def runtime_cpu() -> float:
+    """CPU seconds of this process and of the worker processes (if any)."""
+    return process_cpu() + sum(process_cpu(pid) for pid in WORKER_PIDS)
+
+
 def _check(what: str, got: Any, expected: Any) -> None:
     # A wrong result means the runtime is broken, and its timings are meaningless.
     if got != expected:
@@ -233,6 +242,7 @@ class Env:
     bootstrap: str
     base: StreamingSettings
     broker_pid: int | None = None
+    worker_processes: int = 0  # 0: the worker runs in this process
 
     def settings(self, workload: str) -> StreamingSettings:
         # A namespace of its own: no topic, group or table of another workload is seen.
@@ -243,24 +253,83 @@ class Env:
 Opener = Callable[[Hooks | None], AbstractAsyncContextManager[KafkaExecutor]]
 
 
-def opener(settings: StreamingSettings) -> Opener:
-    """Opens a worker and a client on ``settings``; both are stopped on exit."""
+# PIDs of the worker processes of the runtime open now (--worker-processes)
+WORKER_PIDS: list[int] = []
+
+
+def opener(settings: StreamingSettings, processes: int = 0) -> Opener:
+    """Opens a worker and a client on ``settings``; both are stopped on exit.
+
+    With ``processes`` > 0 the worker is that many ``python -m app worker``
+    processes sharing the partitions, instead of one in this process.
+    """
 
     @asynccontextmanager
     async def open_runtime(hooks: Hooks | None) -> AsyncIterator[KafkaExecutor]:
         await ensure_topics(settings)
-        worker = StreamingWorker(settings, WORKFLOWS, ACTIVITIES)
-        await worker.start()
-        try:
-            async with KafkaExecutor(settings=settings, hooks=hooks) as executor:
-                # The first command waits until the worker owns its partitions
-                # (group join); that is start-up, not the workload, so pay it here.
-                await warm_up(executor)
-                yield executor
-        finally:
-            await worker.stop()
+        worker = worker_processes(settings, processes) if processes else in_process(settings)
+        async with worker, KafkaExecutor(settings=settings, hooks=hooks) as executor:
+            # The first command waits until the worker owns its partitions
+            # (group join); that is start-up, not the workload, so pay it here.
+            await warm_up(executor)
+            yield executor
 
     return open_runtime
+
+
+@asynccontextmanager
+async def in_process(settings: StreamingSettings) -> AsyncIterator[None]:
+    worker = StreamingWorker(settings, WORKFLOWS, ACTIVITIES)
+    await worker.start()
+    try:
+        yield
+    finally:
+        await worker.stop()
+
+
+@asynccontextmanager
+async def worker_processes(settings: StreamingSettings, count: int) -> AsyncIterator[None]:
+    procs = _spawn_workers(settings, count)
+    WORKER_PIDS[:] = [p.pid for p in procs]
+    try:
+        yield
+    finally:
+        WORKER_PIDS.clear()
+        _stop_workers(procs)
+
+
+def _spawn_workers(settings: StreamingSettings, count: int) -> list[subprocess.Popen[bytes]]:
+    env = {**os.environ, **settings.to_env(), "PYTHONPATH": str(REPO)}
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for i in range(count):
+            with open(f"worker-{settings.app_id}-{i}.log", "ab") as log:
+                procs.append(
+                    subprocess.Popen(
+                        [sys.executable, "-m", "app", "worker", "--app", "bench.streaming"],
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        stdin=subprocess.DEVNULL,
+                        env=env,
+                        start_new_session=True,
+                        preexec_fn=servers.die_with_parent,
+                    )
+                )
+    except BaseException:
+        _stop_workers(procs)
+        raise
+    return procs
+
+
+def _stop_workers(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
 
 
 async def warm_up(executor: KafkaExecutor) -> None:
@@ -316,7 +385,7 @@ async def run_w1(env: Env, sizes: Sizes) -> dict[str, float]:
     """Short workflows, at most ``w1_concurrency`` in flight."""
     latencies: list[float] = []
     todo = iter(range(sizes.w1_workflows))
-    async with opener(env.settings("w1"))(None) as executor:
+    async with opener(env.settings("w1"), env.worker_processes)(None) as executor:
 
         async def client() -> None:
             for i in todo:
@@ -327,12 +396,12 @@ async def run_w1(env: Env, sizes: Sizes) -> dict[str, float]:
                 _check(f"w1-{i}", result, i + W1_STEPS)
 
         began = time.perf_counter()
-        cpu, broker_cpu = process_cpu(), process_cpu(env.broker_pid)
+        cpu, broker_cpu = runtime_cpu(), process_cpu(env.broker_pid)
         async with asyncio.TaskGroup() as group:
             for _ in range(sizes.w1_concurrency):
                 group.create_task(client())
         wall = time.perf_counter() - began
-        cpu, broker_cpu = process_cpu() - cpu, process_cpu(env.broker_pid) - broker_cpu
+        cpu, broker_cpu = runtime_cpu() - cpu, process_cpu(env.broker_pid) - broker_cpu
     p50 = percentile(latencies, 0.50)
     n = sizes.w1_workflows
     return {
@@ -349,7 +418,7 @@ async def run_w2(env: Env, sizes: Sizes) -> dict[str, float]:
     """Fan-out workflows, all started at once."""
     n = sizes.w2_fan_out
     expected = sum(range(1, n + 1))
-    async with opener(env.settings("w2"))(None) as executor:
+    async with opener(env.settings("w2"), env.worker_processes)(None) as executor:
 
         async def one(i: int) -> None:
             handle = await executor.execute(fan_out, WorkflowOptions(id=f"w2-{i}", input=n))
@@ -379,7 +448,7 @@ async def run_w3(env: Env, sizes: Sizes) -> dict[str, float]:
     total = W3_WARMUP + sizes.w3_round_trips
     round_trips: list[float] = []
     signal_calls: list[float] = []
-    open_runtime = opener(env.settings("w3"))
+    open_runtime = opener(env.settings("w3"), env.worker_processes)
     async with open_runtime(Hooks(on_activity_complete=activity_done)) as executor:
         handle = await executor.execute(signal_echo, WorkflowOptions(id="w3", input=total))
         for i in range(total):
@@ -413,7 +482,8 @@ async def run_w4(env: Env, sizes: Sizes) -> dict[str, float]:
             if len(stamps) >= n:
                 all_heard.set()
 
-    async with opener(env.settings("w4"))(Hooks(on_activity_complete=activity_done)) as executor:
+    open_runtime = opener(env.settings("w4"), env.worker_processes)
+    async with open_runtime(Hooks(on_activity_complete=activity_done)) as executor:
         handle = await executor.execute(chain, WorkflowOptions(id="w4", input=n))
         _check("w4", await handle.result(timeout=WAIT_S), sum(range(1, n + 1)))
         # The hooks run behind the history tail: wait until the last one has.
@@ -430,7 +500,7 @@ async def run_w4(env: Env, sizes: Sizes) -> dict[str, float]:
 
 async def run_w5(env: Env, sizes: Sizes) -> dict[str, float]:
     """Many workflows sleeping on durable timers, all started at once."""
-    async with opener(env.settings("w5"))(None) as executor:
+    async with opener(env.settings("w5"), env.worker_processes)(None) as executor:
         began = time.perf_counter()
         handles = await asyncio.gather(
             *(
@@ -580,6 +650,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--fetch-wait-ms", type=int, help="consumers' fetch long-poll in ms (default: 10)"
     )
     parser.add_argument(
+        "--worker-processes",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run the worker as N `python -m app worker` processes sharing the partitions "
+        "(default: 0, one worker in this process)",
+    )
+    parser.add_argument(
         "--profile",
         type=Path,
         metavar="DIR",
@@ -625,7 +703,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.chdir(scratch)
         bootstrap = f"127.0.0.1:{broker.port}"
         pid = broker.process.pid if broker.process is not None else None
-        env = Env(bootstrap, test_settings(bootstrap, **overrides), pid)
+        env = Env(bootstrap, test_settings(bootstrap, **overrides), pid, args.worker_processes)
         s = env.base
         print(
             f"streaming runtime benchmark ({'quick' if args.quick else 'full'}): "
@@ -633,8 +711,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{platform.system()} {platform.machine()}"
         )
         print(
-            f"Tansu broker at {bootstrap} (memory storage); worker and client in this process; "
-            f"{s.partitions} partitions, fetch wait {s.fetch_wait_ms} ms, "
+            f"Tansu broker at {bootstrap} (memory storage); "
+            + (
+                f"{env.worker_processes} worker processes, the client in this process; "
+                if env.worker_processes
+                else "worker and client in this process; "
+            )
+            + f"{s.partitions} partitions, fetch wait {s.fetch_wait_ms} ms, "
             f"activity concurrency {s.activity_concurrency}"
         )
         for name in selected:

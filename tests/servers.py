@@ -24,12 +24,13 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 START_TIMEOUT = 60.0
 
 _PR_SET_PDEATHSIG = 1
 try:
-    _prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before any fork
+    _prctl: Any = ctypes.CDLL(None, use_errno=True).prctl  # looked up before any fork
 except (OSError, AttributeError):  # not Linux: the fixtures' own cleanup still runs
     _prctl = None
 

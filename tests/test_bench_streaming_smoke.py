@@ -26,3 +26,27 @@ def test_quick_streaming_benchmark_runs_every_workload() -> None:
         # Each workload prints its own line of results as it finishes.
         assert f"\n{workload} (" in proc.stdout, f"{workload} missing from:\n{proc.stdout}"
     assert "x broker p50" in proc.stdout, proc.stdout
+
+
+@pytest.mark.timeout(240)
+def test_quick_streaming_benchmark_with_worker_processes() -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.streaming",
+            "--quick",
+            "--only",
+            "W1",
+            "--worker-processes",
+            "2",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "2 worker processes" in proc.stdout, proc.stdout
+    assert "\nW1 (" in proc.stdout, proc.stdout

@@ -129,6 +129,15 @@ class StreamingSettings(BaseModel):
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls.create(**values)
 
+    def to_env(self) -> dict[str, str]:
+        """These settings as environment variables (``from_env`` reads them back)."""
+        values = self.model_dump()
+        return {
+            env: str(values[name])
+            for name, (env, *_) in zip(type(self).model_fields, self.describe(), strict=True)
+            if values[name] is not None
+        }
+
     @classmethod
     def describe(cls) -> list[tuple[str, str, str, str]]:
         """(env var, type, default, description) of every setting, for docs and the CLI."""

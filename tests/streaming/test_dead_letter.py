@@ -553,18 +553,6 @@ async def positions_reached(
 
 
 # -- known gaps --------------------------------------------------------------------------
-def settings_env(settings: StreamingSettings) -> dict[str, str]:
-    """``settings`` as the environment of ``python -m app worker``."""
-    values = settings.model_dump()
-    return {
-        env: str(values[name])
-        for name, (env, *_) in zip(
-            StreamingSettings.model_fields, StreamingSettings.describe(), strict=True
-        )
-        if values[name] is not None
-    }
-
-
 @contextlib.contextmanager
 def worker_process(settings: StreamingSettings, logdir: Path) -> Iterator[subprocess.Popen[bytes]]:
     """``python -m app worker`` for ``settings``, ended by its PID on exit."""
@@ -576,7 +564,7 @@ def worker_process(settings: StreamingSettings, logdir: Path) -> Iterator[subpro
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             cwd=Path(__file__).resolve().parents[2],
-            env={**os.environ, **settings_env(settings)},
+            env={**os.environ, **settings.to_env()},
             start_new_session=True,
             preexec_fn=die_with_parent,
         )
