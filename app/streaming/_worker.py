@@ -183,6 +183,10 @@ class StreamingWorker:
             web_enabled=web_port != 0,
             web_port=web_port or 6066,
             stream_buffer_maxsize=s.stream_buffer,
+            # Stopping must not wait for every taken message to be acked: one left
+            # unacked (an activity task taken while draining) would wait forever;
+            # what is not committed goes to the next owner.
+            stream_wait_empty=False,
             # run headers repeat the latest events: leave room for large payloads
             producer_max_request_size=16 * 1024 * 1024,
         )
