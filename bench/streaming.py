@@ -3,12 +3,16 @@
 Usage::
 
     python -m bench.streaming [--quick] [--only RT,W1,W3] [--partitions N]
-        [--activity-concurrency N] [--fetch-wait-ms MS] [--profile DIR]
+        [--activity-concurrency N] [--fetch-wait-ms MS] [--worker-processes N]
+        [--profile DIR]
 
 One Tansu broker (memory storage) serves the whole run. Every workload gets
-its own topic namespace (``app_id``) on it, a fresh :class:`StreamingWorker`
-and a fresh :class:`KafkaExecutor`, both in one event loop of this process,
-with the settings of ``test_settings`` (fetch long-poll of 10 ms):
+its own topic namespace (``app_id``) on it, a fresh worker and a fresh
+:class:`KafkaExecutor` in this process, with the settings of
+``test_settings`` (fetch long-poll of 10 ms). The worker is a ``python -m app
+worker`` process, as deployed (``--worker-processes N``: N of them sharing
+the partitions; 0: a :class:`StreamingWorker` in this process's event loop,
+which ``--profile`` implies):
 
 - RT: the raw broker round trip, aiokafka producer -> consumer (manual
   assignment, the same partitions and fetch wait), one message at a time.
@@ -23,8 +27,8 @@ with the settings of ``test_settings`` (fetch long-poll of 10 ms):
 - W4: one long workflow: per-step cost at the start vs. the end of its history.
 - W5: many workflows sleeping on durable timers at the same time.
 
-W1 also reports the CPU time spent per workflow by this process (worker and
-client) and by the broker: on a small machine the runtime is CPU-bound.
+W1 also reports the CPU time spent per workflow by the worker and client
+processes and by the broker: on a small machine the runtime is CPU-bound.
 Targets are only printed: timing never makes the script fail. It exits 1
 only when a workload raises (the runtime or the broker broke).
 """
@@ -652,10 +656,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--worker-processes",
         type=int,
-        default=0,
         metavar="N",
-        help="run the worker as N `python -m app worker` processes sharing the partitions "
-        "(default: 0, one worker in this process)",
+        help="run the worker as N `python -m app worker` processes sharing the partitions, "
+        "the client staying in this process; 0: the worker in this process too (default: 1, "
+        "or 0 with --profile, which profiles this process)",
     )
     parser.add_argument(
         "--profile",
@@ -665,6 +669,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "DIR/<workload>.prof and print its top functions",
     )
     args = parser.parse_args(argv)
+    if args.worker_processes is None:
+        args.worker_processes = 0 if args.profile is not None else 1
+    if args.worker_processes < 0:
+        parser.error("--worker-processes must be 0 or more")
     args.only = [name.strip().upper() for name in args.only.split(",") if name.strip()]
     unknown = [name for name in args.only if name not in WORKLOADS]
     if unknown:
