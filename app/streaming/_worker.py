@@ -153,6 +153,9 @@ class StreamingWorker:
         self._owned: set[int] = set()
         self._resumed: set[str] = set()
         self._task_partitions: set[int] = set()
+        # owned partitions left out of an assignment since the last rebalance completed
+        self._lapsed: set[int] = set()
+        self._task_lapsed: set[int] = set()
         self._stopping = False
         self._generation_topics: dict[int, Any] = {}
         self._fired: dict[tuple[str, int, int | None], float] = {}
@@ -234,7 +237,7 @@ class StreamingWorker:
             app.agent(self.commands, name=f"{topo.faust_id}.executor")(self._executor_agent)
             app.timer(s.timer_tick, name=f"{topo.faust_id}.timers")(self._fire_timers)
             app.on_rebalance_complete.connect(self._on_rebalance_complete)
-            app.on_partitions_revoked.connect(self._on_partitions_revoked)
+            app.on_partitions_assigned.connect(self._on_partitions_assigned)
         return app
 
     def _build_activity_app(self) -> faust.App:
@@ -252,7 +255,7 @@ class StreamingWorker:
             app, topo.changelog("done-tasks", topo.activity_group(s.task_queue))
         )
         app.on_rebalance_complete.connect(self._on_activities_rebalanced)
-        app.on_partitions_revoked.connect(self._on_task_partitions_revoked)
+        app.on_partitions_assigned.connect(self._on_task_partitions_assigned)
         app.agent(
             self.activity_tasks,
             name=f"{topo.faust_id}.activities",
@@ -692,27 +695,35 @@ class StreamingWorker:
 
     # -- rebalances --------------------------------------------------------------------
     def _active_partitions(self) -> set[int]:
-        return {
-            tp.partition
-            for tp in self.app.consumer.assignment()
-            if tp.topic == self.topology.commands
-        }
+        return self._partitions((self.app.consumer.assignment(),), self.topology.commands)
 
-    async def _on_partitions_revoked(self, sender: Any, /, *args: Any, **kwargs: Any) -> None:
-        # A Faust signal handler: (sender, *args, signal=..., **kwargs), where the one
-        # argument after the sender is the set of revoked partitions.
-        revoked: Iterable[TP] = args[0]
-        lost = {tp.partition for tp in revoked if tp.topic == self.topology.commands}
-        if not lost:
+    # A rebalance revokes every partition and then assigns; one may follow another
+    # before the streams resume. A partition this worker keeps across it keeps its
+    # tables, cache and resumed runs: no other worker had it. One that was left out
+    # of any assignment in between may have been worked on elsewhere: it is read
+    # again, like a partition gained.
+    @staticmethod
+    def _partitions(args: tuple[Any, ...], topic: str) -> set[int]:
+        # A Faust signal handler gets (sender, *args, signal=..., **kwargs); the one
+        # argument after the sender is the set of partitions.
+        tps: Iterable[TP] = args[0] if args else ()
+        return {tp.partition for tp in tps if tp.topic == topic}
+
+    async def _on_partitions_assigned(self, sender: Any, /, *args: Any, **kwargs: Any) -> None:
+        self._lapsed |= self._owned - self._partitions(args, self.topology.commands)
+
+    def _forget(self, partitions: set[int]) -> None:
+        """Drop what this worker holds of ``partitions``: it is not (or no longer) current."""
+        if not partitions:
             return
         for wid, run in list(self._cache.items()):
-            if self._partition_of(wid) in lost:
+            if self._partition_of(wid) in partitions:
                 run.close()
                 del self._cache[wid]
-        self._resumed = {w for w in self._resumed if self._partition_of(w) not in lost}
-        self._owned -= lost
+        self._resumed = {w for w in self._resumed if self._partition_of(w) not in partitions}
         for table in (self.runs_table, self.history_table, self.timers_table):
-            table.drop(lost)
+            table.drop(partitions)
+        self._owned -= partitions
 
     def _partition_of(self, workflow_id: str) -> int | None:
         raw = None if workflow_id.startswith("\x00") else self.runs_table.get(workflow_id.encode())
@@ -736,26 +747,25 @@ class StreamingWorker:
             time.monotonic() - started,
         )
 
-    async def _on_task_partitions_revoked(self, sender: Any, /, *args: Any, **kwargs: Any) -> None:
-        revoked: Iterable[TP] = args[0] if args else ()
+    async def _on_task_partitions_assigned(self, sender: Any, /, *args: Any, **kwargs: Any) -> None:
         queue = self.topology.activity_tasks(self.settings.task_queue)
-        lost = {tp.partition for tp in revoked if tp.topic == queue}
-        self._task_partitions -= lost
-        self.done_table.drop(lost)
+        self._task_lapsed |= self._task_partitions - self._partitions(args, queue)
 
     async def _on_activities_rebalanced(self, sender: Any, /, *args: Any, **kwargs: Any) -> None:
         assert self.activity_app is not None
-        active = {
-            tp.partition
-            for tp in self.activity_app.consumer.assignment()
-            if tp.topic == self.topology.activity_tasks(self.settings.task_queue)
-        }
-        gained = active - self._task_partitions
+        queue = self.topology.activity_tasks(self.settings.task_queue)
+        active = self._partitions((self.activity_app.consumer.assignment(),), queue)
+        stale = (self._task_partitions - active) | (active & self._task_lapsed)
+        self._task_lapsed = set()
+        self.done_table.drop(stale)
+        gained = active - (self._task_partitions - stale)
         self._task_partitions = active
         await self._recover([self.done_table], gained)
 
     async def _on_rebalance_complete(self, sender: Any, /, *args: Any, **kwargs: Any) -> None:
         active = self._active_partitions()
+        self._forget((self._owned - active) | (active & self._lapsed))
+        self._lapsed = set()
         await self._recover(
             [self.runs_table, self.history_table, self.timers_table], active - self._owned
         )
