@@ -275,7 +275,12 @@ class StreamingWorker:
         await asyncio.gather(*(app.start() for app in self.apps))
 
     async def stop(self) -> None:
-        """Stop consuming; in-flight activities are cancelled (they run again elsewhere)."""
+        """Stop consuming.
+
+        Running activities may finish and report for ``drain_timeout``; those
+        still running then are cancelled, and tasks not yet acknowledged run on
+        the next owner.
+        """
         self._stopping = True
         if self._inflight:
             # Let running activities finish and report: a thread cannot be called
@@ -851,15 +856,15 @@ class StreamingWorker:
                 continue
             handling = asyncio.ensure_future(self._handle_task(task, event.message.partition))
             self._inflight.add(handling)
+            handling.add_done_callback(self._inflight.discard)
             try:
+                # shielded: a stop lets it finish (stop() waits for it) while this
+                # agent is cancelled
                 await asyncio.shield(handling)
             except asyncio.CancelledError:
                 if self._stopping:
                     return  # not acked: the task is redelivered to the next owner
                 raise
-            finally:
-                if handling.done():
-                    self._inflight.discard(handling)
 
     async def _handle_task(self, task: Task, partition: int) -> None:
         key = task.task_id.encode()
