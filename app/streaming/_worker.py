@@ -700,22 +700,22 @@ class StreamingWorker:
 
     # -- rebalances --------------------------------------------------------------------
     def _active_partitions(self) -> set[int]:
-        return self._partitions((self.app.consumer.assignment(),), self.topology.commands)
+        return self._partitions(self.app.consumer.assignment(), self.topology.commands)
+
+    @staticmethod
+    def _partitions(tps: Iterable[TP], topic: str) -> set[int]:
+        return {tp.partition for tp in tps if tp.topic == topic}
 
     # A rebalance revokes every partition and then assigns; one may follow another
     # before the streams resume. A partition this worker keeps across it keeps its
     # tables, cache and resumed runs: no other worker had it. One that was left out
     # of any assignment in between may have been worked on elsewhere: it is read
     # again, like a partition gained.
-    @staticmethod
-    def _partitions(args: tuple[Any, ...], topic: str) -> set[int]:
-        # A Faust signal handler gets (sender, *args, signal=..., **kwargs); the one
-        # argument after the sender is the set of partitions.
-        tps: Iterable[TP] = args[0] if args else ()
-        return {tp.partition for tp in tps if tp.topic == topic}
-
     async def _on_partitions_assigned(self, sender: Any, /, *args: Any, **kwargs: Any) -> None:
-        self._lapsed |= self._owned - self._partitions(args, self.topology.commands)
+        # Faust signal handlers get (sender, *args, signal=..., **kwargs); args[0] is
+        # the set of partitions assigned.
+        assigned = self._partitions(args[0], self.topology.commands)
+        self._lapsed |= self._owned - assigned
 
     def _forget(self, partitions: set[int]) -> None:
         """Drop what this worker holds of ``partitions``: it is not (or no longer) current."""
@@ -754,12 +754,12 @@ class StreamingWorker:
 
     async def _on_task_partitions_assigned(self, sender: Any, /, *args: Any, **kwargs: Any) -> None:
         queue = self.topology.activity_tasks(self.settings.task_queue)
-        self._task_lapsed |= self._task_partitions - self._partitions(args, queue)
+        self._task_lapsed |= self._task_partitions - self._partitions(args[0], queue)
 
     async def _on_activities_rebalanced(self, sender: Any, /, *args: Any, **kwargs: Any) -> None:
         assert self.activity_app is not None
         queue = self.topology.activity_tasks(self.settings.task_queue)
-        active = self._partitions((self.activity_app.consumer.assignment(),), queue)
+        active = self._partitions(self.activity_app.consumer.assignment(), queue)
         stale = (self._task_partitions - active) | (active & self._task_lapsed)
         self._task_lapsed = set()
         self.done_table.drop(stale)
