@@ -26,6 +26,11 @@ from tests.conformance.streaming_runtime import BROKER as STREAMING_BROKER
 from tests.conformance.streaming_runtime import streaming_runtime
 
 WAIT = 10.0  # upper bound for any single await in the suite
+# History timestamps come from wall clocks read at different moments (and on
+# Temporal, by the server when it records each event), so a timer that fires
+# on time can be stamped a fraction of a millisecond "early" against the event
+# it is measured from. Early by more than this is a real defect.
+CLOCK_SLACK = 0.005
 
 
 Recorder = HookRecorder  # hooks that record each call and can be awaited
