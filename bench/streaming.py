@@ -39,97 +39,58 @@ import argparse
 import asyncio
 import cProfile
 import gc
-import itertools
 import math
 import os
 import platform
 import pstats
 import shutil
-import statistics
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from app.streaming import KafkaExecutor, StreamingSettings, StreamingWorker
 from app.streaming.admin import ensure_topics
 from app.streaming.settings import test_settings
-from app.workflow import Hooks, Signal, WorkflowContext, WorkflowOptions
+from app.workflow import Hooks, WorkflowOptions
+from bench._common import (
+    ACTIVITIES,
+    RUNS,
+    SUMMARIES,
+    W1_STEPS,
+    WAIT_S,
+    WORKFLOWS,
+    Metric,
+    Opener,
+    Run,
+    Sizes,
+    Target,
+    Workload,
+    align,
+    check,
+    fmt,
+    ms,
+    new_parser,
+    percentile,
+    run_w1,
+    selected,
+    three_steps,
+)
 from tests import servers
 from topics import TopicSpec
 
 REPO = Path(__file__).resolve().parents[1]
-# Generous bound on any single wait: only a hung runtime reaches it, never a slow one.
-WAIT_S = 120.0
-W3_WARMUP = 10  # round trips left out of W3's numbers (first-call costs, group settling)
-RT_WARMUP = 20  # broker round trips left out likewise
+RT_WARMUP = 20  # broker round trips left out of RT's numbers
 RT_VALUE_BYTES = 200  # about the size of an encoded command
-W1_STEPS = 3  # activities per W1 workflow
 
-
-# -- workflows and activities ---------------------------------------------------
-async def tiny(x: int) -> int:
-    """The smallest activity: async, so it runs on the loop without a thread hop."""
-    return x + 1
-
-
-async def three_steps(ctx: WorkflowContext, x: int) -> int:
-    a = await ctx.execute_activity(tiny, x)
-    b = await ctx.execute_activity(tiny, a)
-    c: int = await ctx.execute_activity(tiny, b)
-    return c
-
-
-async def fan_out(ctx: WorkflowContext, n: int) -> int:
-    return sum(await asyncio.gather(*(ctx.execute_activity(tiny, i) for i in range(n))))
-
-
-async def signal_echo(ctx: WorkflowContext, n: int) -> int:
-    pings = ctx.receive_signal("ping", int)
-    for _ in range(n):
-        await ctx.execute_activity(tiny, await pings.receive())
-    return n
-
-
-async def chain(ctx: WorkflowContext, n: int) -> int:
-    total = 0
-    for i in range(n):
-        total += await ctx.execute_activity(tiny, i)
-    return total
-
-
-async def nap(ctx: WorkflowContext, seconds: float) -> str:
-    await ctx.sleep(seconds)
-    return "rested"
-
-
-WORKFLOWS = [three_steps, fan_out, signal_echo, chain, nap]
-ACTIVITIES = [tiny]
 # what `python -m app worker --app bench.streaming` runs (--worker-processes)
 workflows, activities = WORKFLOWS, ACTIVITIES
-
-
-# -- sizes, metrics, targets ----------------------------------------------------
-@dataclass(frozen=True)
-class Sizes:
-    rt_messages: int
-    w1_workflows: int
-    w1_concurrency: int
-    w2_workflows: int
-    w2_fan_out: int
-    w3_round_trips: int
-    w4_steps: int
-    w4_window: int
-    w5_workflows: int
-    w5_sleep_s: float
-
 
 FULL = Sizes(
     rt_messages=200,
@@ -156,30 +117,6 @@ QUICK = Sizes(
     w5_sleep_s=1.0,
 )
 
-
-@dataclass(frozen=True)
-class Target:
-    """A bound a result should meet on this machine."""
-
-    bound: float
-    at_least: bool  # True: the value must reach the bound; False: stay at or under it
-
-    def met(self, value: float) -> bool:
-        return value >= self.bound if self.at_least else value <= self.bound
-
-    def __str__(self) -> str:
-        return f"{'>=' if self.at_least else '<='} {self.bound:g}"
-
-
-@dataclass(frozen=True)
-class Metric:
-    workload: str
-    key: str
-    label: str
-    target: Target | None = None
-    per_rt: bool = False  # a step time in ms: also shown as a multiple of the broker p50
-
-
 METRICS = [
     Metric("RT", "p50", "produce -> consume p50 (ms)"),
     Metric("RT", "p99", "produce -> consume p99 (ms)"),
@@ -205,16 +142,6 @@ METRICS = [
 ]
 
 
-def percentile(samples: Sequence[float], fraction: float) -> float:
-    """Nearest-rank percentile: always one of the samples."""
-    ordered = sorted(samples)
-    return ordered[max(1, math.ceil(fraction * len(ordered))) - 1]
-
-
-def _ms(seconds: float) -> float:
-    return seconds * 1000.0
-
-
 def process_cpu(pid: int | None = None) -> float:
     """CPU seconds used so far by process ``pid`` (this one by default); NaN if unknown."""
     if pid is None:
@@ -232,12 +159,6 @@ def runtime_cpu() -> float:
     return process_cpu() + sum(process_cpu(pid) for pid in WORKER_PIDS)
 
 
-def _check(what: str, got: Any, expected: Any) -> None:
-    # A wrong result means the runtime is broken, and its timings are meaningless.
-    if got != expected:
-        raise RuntimeError(f"{what}: expected {expected!r}, got {got!r}")
-
-
 # -- the runtime under test -----------------------------------------------------
 @dataclass(frozen=True)
 class Env:
@@ -253,8 +174,8 @@ class Env:
         app_id = f"bench-{workload.lower()}-{uuid.uuid4().hex[:8]}"
         return self.base.model_copy(update={"app_id": app_id})
 
-
-Opener = Callable[[Hooks | None], AbstractAsyncContextManager[KafkaExecutor]]
+    def opener(self, workload: str) -> Opener:
+        return opener(self.settings(workload), self.worker_processes)
 
 
 # PIDs of the worker processes of the runtime open now (--worker-processes)
@@ -338,7 +259,7 @@ def _stop_workers(procs: list[subprocess.Popen[bytes]]) -> None:
 
 async def warm_up(executor: KafkaExecutor) -> None:
     handle = await executor.execute(three_steps, WorkflowOptions(id="warm-up", input=0))
-    _check("warm-up", await handle.result(timeout=WAIT_S), W1_STEPS)
+    check("warm-up", await handle.result(timeout=WAIT_S), W1_STEPS)
 
 
 # -- workloads ------------------------------------------------------------------
@@ -375,199 +296,54 @@ async def run_rt(env: Env, sizes: Sizes) -> dict[str, float]:
                 await producer.send_and_wait(topic, filler, key=key)
                 message = await asyncio.wait_for(consumer.getone(), WAIT_S)
                 done = time.perf_counter()
-                _check("rt message key", message.key, key)
+                check("rt message key", message.key, key)
                 if i >= RT_WARMUP:
                     samples.append(done - began)
         finally:
             await consumer.stop()
     finally:
         await producer.stop()
-    return {"p50": _ms(percentile(samples, 0.50)), "p99": _ms(percentile(samples, 0.99))}
+    return {"p50": ms(percentile(samples, 0.50)), "p99": ms(percentile(samples, 0.99))}
 
 
-async def run_w1(env: Env, sizes: Sizes) -> dict[str, float]:
-    """Short workflows, at most ``w1_concurrency`` in flight."""
-    latencies: list[float] = []
-    todo = iter(range(sizes.w1_workflows))
-    async with opener(env.settings("w1"), env.worker_processes)(None) as executor:
+def cpu_probe(env: Env) -> Callable[[int], dict[str, float]]:
+    """Starts counting CPU time; the returned function gives it per workflow."""
+    cpu, broker_cpu = runtime_cpu(), process_cpu(env.broker_pid)
 
-        async def client() -> None:
-            for i in todo:
-                began = time.perf_counter()
-                handle = await executor.execute(three_steps, WorkflowOptions(id=f"w1-{i}", input=i))
-                result = await handle.result(timeout=WAIT_S)
-                latencies.append(time.perf_counter() - began)
-                _check(f"w1-{i}", result, i + W1_STEPS)
+    def per_workflow(n: int) -> dict[str, float]:
+        return {
+            "cpu": ms(runtime_cpu() - cpu) / n,
+            "broker_cpu": ms(process_cpu(env.broker_pid) - broker_cpu) / n,
+        }
 
-        began = time.perf_counter()
-        cpu, broker_cpu = runtime_cpu(), process_cpu(env.broker_pid)
-        async with asyncio.TaskGroup() as group:
-            for _ in range(sizes.w1_concurrency):
-                group.create_task(client())
-        wall = time.perf_counter() - began
-        cpu, broker_cpu = runtime_cpu() - cpu, process_cpu(env.broker_pid) - broker_cpu
-    p50 = percentile(latencies, 0.50)
-    n = sizes.w1_workflows
-    return {
-        "rate": n / wall,
-        "p50": _ms(p50),
-        "p99": _ms(percentile(latencies, 0.99)),
-        "step": _ms(p50) / W1_STEPS,
-        "cpu": _ms(cpu) / n,
-        "broker_cpu": _ms(broker_cpu) / n,
-    }
+    return per_workflow
 
 
-async def run_w2(env: Env, sizes: Sizes) -> dict[str, float]:
-    """Fan-out workflows, all started at once."""
-    n = sizes.w2_fan_out
-    expected = sum(range(1, n + 1))
-    async with opener(env.settings("w2"), env.worker_processes)(None) as executor:
-
-        async def one(i: int) -> None:
-            handle = await executor.execute(fan_out, WorkflowOptions(id=f"w2-{i}", input=n))
-            _check(f"w2-{i}", await handle.result(timeout=WAIT_S), expected)
-
-        began = time.perf_counter()
-        async with asyncio.TaskGroup() as group:
-            for i in range(sizes.w2_workflows):
-                group.create_task(one(i))
-        wall = time.perf_counter() - began
-    return {
-        "rate": sizes.w2_workflows / wall,
-        "activities": sizes.w2_workflows * n / wall,
-    }
+async def run_streaming_w1(env: Env, sizes: Sizes) -> dict[str, float]:
+    return await run_w1(env.opener("w1"), sizes, lambda: cpu_probe(env))
 
 
-async def run_w3(env: Env, sizes: Sizes) -> dict[str, float]:
-    """Sequential signal round trips to one workflow, timed from the client."""
-    loop = asyncio.get_running_loop()
-    processed: asyncio.Future[None] = loop.create_future()
+def on_runtime(name: str, run: Run) -> Workload[Env]:
+    """Workload ``name`` of the shared set, on a fresh runtime of its own."""
 
-    def activity_done(workflow_id: str, result: Any) -> None:
-        # The hook runs when the completion reaches the history topic: the client now knows.
-        if workflow_id == "w3" and not processed.done():
-            processed.set_result(None)
+    async def run_on(env: Env, sizes: Sizes) -> dict[str, float]:
+        return await run(env.opener(name), sizes)
 
-    total = W3_WARMUP + sizes.w3_round_trips
-    round_trips: list[float] = []
-    signal_calls: list[float] = []
-    open_runtime = opener(env.settings("w3"), env.worker_processes)
-    async with open_runtime(Hooks(on_activity_complete=activity_done)) as executor:
-        handle = await executor.execute(signal_echo, WorkflowOptions(id="w3", input=total))
-        for i in range(total):
-            processed = loop.create_future()
-            began = time.perf_counter()
-            await executor.signal("w3", Signal(name="ping", payload=i))
-            signaled = time.perf_counter()
-            await asyncio.wait_for(processed, WAIT_S)
-            done = time.perf_counter()
-            if i >= W3_WARMUP:
-                signal_calls.append(signaled - began)
-                round_trips.append(done - began)
-        _check("w3", await handle.result(timeout=WAIT_S), total)
-    return {
-        "rt_p50": _ms(percentile(round_trips, 0.50)),
-        "rt_p99": _ms(percentile(round_trips, 0.99)),
-        "sig_p50": _ms(percentile(signal_calls, 0.50)),
-        "sig_p99": _ms(percentile(signal_calls, 0.99)),
-    }
+    return Workload(name, SUMMARIES[name], run_on)
 
 
-async def run_w4(env: Env, sizes: Sizes) -> dict[str, float]:
-    """One workflow of many sequential steps, timed by the client's hook."""
-    stamps: list[float] = []
-    n, window = sizes.w4_steps, sizes.w4_window
-    all_heard = asyncio.Event()
-
-    def activity_done(workflow_id: str, result: Any) -> None:
-        if workflow_id == "w4":
-            stamps.append(time.perf_counter())
-            if len(stamps) >= n:
-                all_heard.set()
-
-    open_runtime = opener(env.settings("w4"), env.worker_processes)
-    async with open_runtime(Hooks(on_activity_complete=activity_done)) as executor:
-        handle = await executor.execute(chain, WorkflowOptions(id="w4", input=n))
-        _check("w4", await handle.result(timeout=WAIT_S), sum(range(1, n + 1)))
-        # The hooks run behind the history tail: wait until the last one has.
-        await asyncio.wait_for(all_heard.wait(), WAIT_S)
-    _check("w4 completed activities", len(stamps), n)
-    # Steps between consecutive completions: the first one, which also pays
-    # for starting the workflow, is left out.
-    steps = [later - earlier for earlier, later in itertools.pairwise(stamps)]
-    first, last = statistics.fmean(steps[:window]), statistics.fmean(steps[-window:])
-    # Medians shrug off a stray pause (GC, a commit, another process on the CPU).
-    median_ratio = statistics.median(steps[-window:]) / statistics.median(steps[:window])
-    return {"first": _ms(first), "last": _ms(last), "ratio": last / first, "median": median_ratio}
-
-
-async def run_w5(env: Env, sizes: Sizes) -> dict[str, float]:
-    """Many workflows sleeping on durable timers, all started at once."""
-    async with opener(env.settings("w5"), env.worker_processes)(None) as executor:
-        began = time.perf_counter()
-        handles = await asyncio.gather(
-            *(
-                executor.execute(nap, WorkflowOptions(id=f"w5-{i}", input=sizes.w5_sleep_s))
-                for i in range(sizes.w5_workflows)
-            )
-        )
-        started = time.perf_counter()
-        results = await asyncio.gather(*(h.result(timeout=WAIT_S) for h in handles))
-        wall = time.perf_counter() - began
-    _check("w5 results", set(results), {"rested"})
-    return {"wall": wall, "started": started - began}
-
-
-@dataclass(frozen=True)
-class Workload:
-    name: str
-    summary: Callable[[Sizes], str]
-    run: Callable[[Env, Sizes], Coroutine[Any, Any, dict[str, float]]]
-
-
-WORKLOADS = {
-    w.name: w
-    for w in [
-        Workload(
-            "RT",
-            lambda s: f"{s.rt_messages} raw messages produced and consumed one at a time",
-            run_rt,
-        ),
-        Workload(
-            "W1",
-            lambda s: (
-                f"{s.w1_workflows} workflows x {W1_STEPS} activities, {s.w1_concurrency} at once"
-            ),
-            run_w1,
-        ),
-        Workload(
-            "W2",
-            lambda s: f"{s.w2_workflows} workflows gathering {s.w2_fan_out} activities each",
-            run_w2,
-        ),
-        Workload(
-            "W3",
-            lambda s: f"{s.w3_round_trips} sequential signal -> activity round trips",
-            run_w3,
-        ),
-        Workload(
-            "W4",
-            lambda s: f"1 workflow x {s.w4_steps} sequential activities, windows of {s.w4_window}",
-            run_w4,
-        ),
-        Workload(
-            "W5",
-            lambda s: f"{s.w5_workflows} workflows sleeping {s.w5_sleep_s:g}s, started at once",
-            run_w5,
-        ),
-    ]
+WORKLOADS: dict[str, Workload[Env]] = {
+    "RT": Workload(
+        "RT", lambda s: f"{s.rt_messages} raw messages produced and consumed one at a time", run_rt
+    ),
+    "W1": Workload("W1", SUMMARIES["W1"], run_streaming_w1),
+    **{name: on_runtime(name, run) for name, run in RUNS.items() if name != "W1"},
 }
 
 
 # -- running --------------------------------------------------------------------
 def run_one(
-    env: Env, workload: Workload, sizes: Sizes, profile_dir: Path | None
+    env: Env, workload: Workload[Env], sizes: Sizes, profile_dir: Path | None
 ) -> dict[str, float]:
     # Garbage left by the previous workload must not be collected on this one's clock.
     gc.collect()
@@ -593,20 +369,11 @@ def _load() -> str:
         return "unknown"
 
 
-def _fmt(value: float) -> str:
-    if math.isnan(value):
-        return "n/a"
-    if abs(value) >= 100:
-        return f"{value:,.1f}"
-    return f"{value:.2f}" if abs(value) >= 10 else f"{value:.3f}"
-
-
 def render_table(
     results: dict[str, dict[str, float]], errors: dict[str, str], selected: Sequence[str]
 ) -> str:
     """The results as an aligned text table: value, multiple of the broker p50, target."""
-    header = ["workload", "metric", "value", "x broker p50", "target"]
-    rows = [header]
+    rows = [["workload", "metric", "value", "x broker p50", "target"]]
     broker_p50 = results.get("RT", {}).get("p50")
     for metric in METRICS:
         if metric.workload not in selected:
@@ -620,32 +387,12 @@ def render_table(
         target = ""
         if metric.target is not None:
             target = f"{metric.target}  {'PASS' if metric.target.met(value) else 'FAIL'}"
-        rows.append([*row, _fmt(value), ratio, target])
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = []
-    for n, row in enumerate(rows):
-        cells = [
-            # Text columns left-aligned, numbers right-aligned.
-            cell.ljust(width) if i < 2 or i == len(row) - 1 else cell.rjust(width)
-            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
-        ]
-        lines.append("  ".join(cells).rstrip())
-        if n == 0:
-            lines.append("  ".join("-" * width for width in widths))
-    return "\n".join(lines)
+        rows.append([*row, fmt(value), ratio, target])
+    return align(rows)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.streaming", description=__doc__.splitlines()[0] if __doc__ else None
-    )
-    parser.add_argument("--quick", action="store_true", help="smaller counts, for a smoke run")
-    parser.add_argument(
-        "--only",
-        default=",".join(WORKLOADS),
-        help="comma-separated workloads to run (default: all); RT, the broker round trip, "
-        "always runs",
-    )
+    parser = new_parser("python -m bench.streaming", __doc__)
     parser.add_argument("--partitions", type=int, help="partitions per topic (default: 4)")
     parser.add_argument(
         "--activity-concurrency", type=int, help="activity tasks run at once (default: 32)"
@@ -673,20 +420,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.worker_processes = 0 if args.profile is not None else 1
     if args.worker_processes < 0:
         parser.error("--worker-processes must be 0 or more")
-    args.only = [name.strip().upper() for name in args.only.split(",") if name.strip()]
-    unknown = [name for name in args.only if name not in WORKLOADS]
-    if unknown:
-        parser.error(
-            f"unknown workload(s) {', '.join(unknown)}; choose from {', '.join(WORKLOADS)}"
-        )
+    # The broker round trip is cheap and every ratio needs it: it always runs.
+    chosen = selected(parser, args.only, list(WORKLOADS))
+    args.only = [name for name in WORKLOADS if name in chosen or name == "RT"]
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     sizes = QUICK if args.quick else FULL
-    # The broker round trip is cheap and every ratio needs it: it always runs.
-    selected = [name for name in WORKLOADS if name in args.only or name == "RT"]
+    names = args.only
     if args.profile is not None:
         args.profile.mkdir(parents=True, exist_ok=True)
     overrides = {
@@ -728,11 +471,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             + f"{s.partitions} partitions, fetch wait {s.fetch_wait_ms} ms, "
             f"activity concurrency {s.activity_concurrency}"
         )
-        for name in selected:
+        for name in names:
             print(f"  {name}: {WORKLOADS[name].summary(sizes)}")
         print(f"load average at start: {_load()}")
         print()
-        for name in selected:
+        for name in names:
             began = time.perf_counter()
             try:
                 values = run_one(env, WORKLOADS[name], sizes, args.profile)
@@ -741,7 +484,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{name} FAILED: {errors[name]}", flush=True)
                 continue
             results[name] = values
-            shown = ", ".join(f"{key}={_fmt(value)}" for key, value in values.items())
+            shown = ", ".join(f"{key}={fmt(value)}" for key, value in values.items())
             print(f"{name} ({time.perf_counter() - began:.1f}s): {shown}", flush=True)
     finally:
         os.chdir(cwd)
@@ -749,7 +492,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         shutil.rmtree(scratch, ignore_errors=True)
 
     print()
-    print(render_table(results, errors, selected))
+    print(render_table(results, errors, names))
     # Other processes on the machine slow every hop: say how busy it was.
     print(f"\nload average at end: {_load()} ({os.cpu_count()} CPUs)")
     return 1 if errors else 0

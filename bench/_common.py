@@ -1,0 +1,335 @@
+"""What both benchmarks share: the workloads W1-W5, their sizes, metrics and output.
+
+A workload gets an :data:`Opener` (hooks -> a started executor, stopped on
+exit) and :class:`Sizes`; it returns its numbers by name. The runtime under
+test is only in the opener, so the embedded and streaming runs do the same
+work and their numbers compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import math
+import statistics
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from app.workflow import Hooks, Signal, WorkflowContext, WorkflowOptions
+from app.workflow._executor import DurableExecutor
+
+# Generous bound on any single wait: only a hung runtime reaches it, never a slow one.
+WAIT_S = 120.0
+W3_WARMUP = 10  # round trips left out of W3's numbers (first-call costs, group settling)
+W1_STEPS = 3  # activities per W1 workflow
+
+Opener = Callable[[Hooks | None], AbstractAsyncContextManager[DurableExecutor]]
+# Started just before W1's clients, stopped just after: extra numbers of the run.
+Probe = Callable[[], Callable[[int], dict[str, float]]]
+
+
+# -- workflows and activities ---------------------------------------------------
+async def tiny(x: int) -> int:
+    """The smallest activity: async, so it runs on the loop without a thread hop."""
+    return x + 1
+
+
+async def three_steps(ctx: WorkflowContext, x: int) -> int:
+    a = await ctx.execute_activity(tiny, x)
+    b = await ctx.execute_activity(tiny, a)
+    c: int = await ctx.execute_activity(tiny, b)
+    return c
+
+
+async def fan_out(ctx: WorkflowContext, n: int) -> int:
+    return sum(await asyncio.gather(*(ctx.execute_activity(tiny, i) for i in range(n))))
+
+
+async def signal_echo(ctx: WorkflowContext, n: int) -> int:
+    pings = ctx.receive_signal("ping", int)
+    for _ in range(n):
+        await ctx.execute_activity(tiny, await pings.receive())
+    return n
+
+
+async def chain(ctx: WorkflowContext, n: int) -> int:
+    total = 0
+    for i in range(n):
+        total += await ctx.execute_activity(tiny, i)
+    return total
+
+
+async def nap(ctx: WorkflowContext, seconds: float) -> str:
+    await ctx.sleep(seconds)
+    return "rested"
+
+
+WORKFLOWS = [three_steps, fan_out, signal_echo, chain, nap]
+ACTIVITIES = [tiny]
+
+
+# -- sizes, metrics, targets ----------------------------------------------------
+@dataclass(frozen=True)
+class Sizes:
+    w1_workflows: int
+    w1_concurrency: int
+    w2_workflows: int
+    w2_fan_out: int
+    w3_round_trips: int
+    w4_steps: int
+    w4_window: int
+    w5_workflows: int
+    w5_sleep_s: float
+    rt_messages: int = 0  # the broker round trip (streaming only)
+
+
+@dataclass(frozen=True)
+class Target:
+    """A bound a result should meet on this machine."""
+
+    bound: float
+    at_least: bool  # True: the value must reach the bound; False: stay at or under it
+
+    def met(self, value: float) -> bool:
+        return value >= self.bound if self.at_least else value <= self.bound
+
+    def __str__(self) -> str:
+        return f"{'>=' if self.at_least else '<='} {self.bound:g}"
+
+
+@dataclass(frozen=True)
+class Metric:
+    workload: str
+    key: str
+    label: str
+    target: Target | None = None
+    per_rt: bool = False  # a step time in ms: also shown as a multiple of the broker p50
+
+
+def percentile(samples: Sequence[float], fraction: float) -> float:
+    """Nearest-rank percentile: always one of the samples."""
+    ordered = sorted(samples)
+    return ordered[max(1, math.ceil(fraction * len(ordered))) - 1]
+
+
+def ms(seconds: float) -> float:
+    return seconds * 1000.0
+
+
+def check(what: str, got: Any, expected: Any) -> None:
+    """A wrong result means the runtime is broken, and its timings are meaningless."""
+    if got != expected:
+        raise RuntimeError(f"{what}: expected {expected!r}, got {got!r}")
+
+
+def fmt(value: float) -> str:
+    if math.isnan(value):
+        return "n/a"
+    if abs(value) >= 100:
+        return f"{value:,.1f}"
+    return f"{value:.2f}" if abs(value) >= 10 else f"{value:.3f}"
+
+
+def align(rows: list[list[str]]) -> str:
+    """Rows as a text table under a rule: text columns (the first two and the
+    last) left-aligned, numbers right-aligned."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = []
+    for n, row in enumerate(rows):
+        cells = [
+            cell.ljust(width) if i < 2 or i == len(row) - 1 else cell.rjust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append("  ".join(cells).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+# -- workloads ------------------------------------------------------------------
+async def run_w1(
+    open_executor: Opener, sizes: Sizes, probe: Probe | None = None
+) -> dict[str, float]:
+    """Short workflows, at most ``w1_concurrency`` in flight."""
+    latencies: list[float] = []
+    todo = iter(range(sizes.w1_workflows))
+    async with open_executor(None) as executor:
+
+        async def client() -> None:
+            # A fixed pool of clients bounds concurrency like a semaphore would,
+            # without hundreds of parked tasks: the embedded engine scans every
+            # live task of the process when a workflow ends.
+            for i in todo:
+                began = time.perf_counter()
+                handle = await executor.execute(three_steps, WorkflowOptions(id=f"w1-{i}", input=i))
+                result = await handle.result(timeout=WAIT_S)
+                latencies.append(time.perf_counter() - began)
+                check(f"w1-{i}", result, i + W1_STEPS)
+
+        stop_probe = probe() if probe is not None else None
+        began = time.perf_counter()
+        async with asyncio.TaskGroup() as group:
+            for _ in range(sizes.w1_concurrency):
+                group.create_task(client())
+        wall = time.perf_counter() - began
+        extra = stop_probe(sizes.w1_workflows) if stop_probe is not None else {}
+    p50 = percentile(latencies, 0.50)
+    return {
+        "rate": sizes.w1_workflows / wall,
+        "p50": ms(p50),
+        "p99": ms(percentile(latencies, 0.99)),
+        "step": ms(p50) / W1_STEPS,
+        **extra,
+    }
+
+
+async def run_w2(open_executor: Opener, sizes: Sizes) -> dict[str, float]:
+    """Fan-out workflows, all started at once."""
+    n = sizes.w2_fan_out
+    expected = sum(range(1, n + 1))
+    async with open_executor(None) as executor:
+
+        async def one(i: int) -> None:
+            handle = await executor.execute(fan_out, WorkflowOptions(id=f"w2-{i}", input=n))
+            check(f"w2-{i}", await handle.result(timeout=WAIT_S), expected)
+
+        began = time.perf_counter()
+        async with asyncio.TaskGroup() as group:
+            for i in range(sizes.w2_workflows):
+                group.create_task(one(i))
+        wall = time.perf_counter() - began
+    return {
+        "rate": sizes.w2_workflows / wall,
+        "activities": sizes.w2_workflows * n / wall,
+    }
+
+
+async def run_w3(open_executor: Opener, sizes: Sizes) -> dict[str, float]:
+    """Sequential signal round trips to one workflow, timed from the client."""
+    loop = asyncio.get_running_loop()
+    processed: asyncio.Future[None] = loop.create_future()
+
+    def activity_done(workflow_id: str, result: Any) -> None:
+        # The hook runs once the completion is recorded: the client now knows.
+        if workflow_id == "w3" and not processed.done():
+            processed.set_result(None)
+
+    total = W3_WARMUP + sizes.w3_round_trips
+    round_trips: list[float] = []
+    signal_calls: list[float] = []
+    async with open_executor(Hooks(on_activity_complete=activity_done)) as executor:
+        handle = await executor.execute(signal_echo, WorkflowOptions(id="w3", input=total))
+        for i in range(total):
+            processed = loop.create_future()
+            began = time.perf_counter()
+            await executor.signal("w3", Signal(name="ping", payload=i))
+            signaled = time.perf_counter()
+            await asyncio.wait_for(processed, WAIT_S)
+            done = time.perf_counter()
+            if i >= W3_WARMUP:
+                signal_calls.append(signaled - began)
+                round_trips.append(done - began)
+        check("w3", await handle.result(timeout=WAIT_S), total)
+    return {
+        "rt_p50": ms(percentile(round_trips, 0.50)),
+        "rt_p99": ms(percentile(round_trips, 0.99)),
+        "sig_p50": ms(percentile(signal_calls, 0.50)),
+        "sig_p99": ms(percentile(signal_calls, 0.99)),
+    }
+
+
+async def run_w4(open_executor: Opener, sizes: Sizes) -> dict[str, float]:
+    """One workflow of many sequential steps, timed by the client's hook."""
+    stamps: list[float] = []
+    n, window = sizes.w4_steps, sizes.w4_window
+    all_heard = asyncio.Event()
+
+    def activity_done(workflow_id: str, result: Any) -> None:
+        if workflow_id == "w4":
+            stamps.append(time.perf_counter())
+            if len(stamps) >= n:
+                all_heard.set()
+
+    async with open_executor(Hooks(on_activity_complete=activity_done)) as executor:
+        handle = await executor.execute(chain, WorkflowOptions(id="w4", input=n))
+        check("w4", await handle.result(timeout=WAIT_S), sum(range(1, n + 1)))
+        # A client's hooks may run behind the result (the streaming history tail).
+        await asyncio.wait_for(all_heard.wait(), WAIT_S)
+    check("w4 completed activities", len(stamps), n)
+    # Steps between consecutive completions: the first one, which also pays
+    # for starting the workflow, is left out.
+    steps = [later - earlier for earlier, later in itertools.pairwise(stamps)]
+    first, last = statistics.fmean(steps[:window]), statistics.fmean(steps[-window:])
+    # Medians shrug off a stray pause (GC, a commit, another process on the CPU)
+    # that can swing a 100-step mean; a real growth with history moves both.
+    median_ratio = statistics.median(steps[-window:]) / statistics.median(steps[:window])
+    return {"first": ms(first), "last": ms(last), "ratio": last / first, "median": median_ratio}
+
+
+async def run_w5(open_executor: Opener, sizes: Sizes) -> dict[str, float]:
+    """Many workflows sleeping on durable timers, all started at once."""
+    async with open_executor(None) as executor:
+        began = time.perf_counter()
+        handles = await asyncio.gather(
+            *(
+                executor.execute(nap, WorkflowOptions(id=f"w5-{i}", input=sizes.w5_sleep_s))
+                for i in range(sizes.w5_workflows)
+            )
+        )
+        started = time.perf_counter()
+        results = await asyncio.gather(*(h.result(timeout=WAIT_S) for h in handles))
+        wall = time.perf_counter() - began
+    check("w5 results", set(results), {"rested"})
+    return {"wall": wall, "started": started - began}
+
+
+Run = Callable[[Opener, Sizes], Coroutine[Any, Any, dict[str, float]]]
+RUNS: dict[str, Run] = {"W1": run_w1, "W2": run_w2, "W3": run_w3, "W4": run_w4, "W5": run_w5}
+
+Ctx = TypeVar("Ctx")
+
+
+@dataclass(frozen=True)
+class Workload(Generic[Ctx]):
+    """A named workload; ``Ctx`` is what the benchmark hands it (an opener, an env)."""
+
+    name: str
+    summary: Callable[[Sizes], str]
+    run: Callable[[Ctx, Sizes], Coroutine[Any, Any, dict[str, float]]]
+
+
+SUMMARIES: dict[str, Callable[[Sizes], str]] = {
+    "W1": lambda s: (
+        f"{s.w1_workflows} workflows x {W1_STEPS} activities, {s.w1_concurrency} at once"
+    ),
+    "W2": lambda s: f"{s.w2_workflows} workflows gathering {s.w2_fan_out} activities each",
+    "W3": lambda s: f"{s.w3_round_trips} sequential signal -> activity round trips",
+    "W4": lambda s: f"1 workflow x {s.w4_steps} sequential activities, windows of {s.w4_window}",
+    "W5": lambda s: f"{s.w5_workflows} workflows sleeping {s.w5_sleep_s:g}s, started at once",
+}
+
+
+# -- command line ---------------------------------------------------------------
+def new_parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
+    """A parser with the options both benchmarks take (``--quick``, ``--only``)."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc.splitlines()[0] if doc else None)
+    parser.add_argument("--quick", action="store_true", help="smaller counts, for a smoke run")
+    parser.add_argument(
+        "--only", help="comma-separated workloads to run (default: all)", metavar="W1,W3,..."
+    )
+    return parser
+
+
+def selected(parser: argparse.ArgumentParser, only: str | None, names: Sequence[str]) -> list[str]:
+    """The workloads ``--only`` names, in their usual order; an unknown one is an error."""
+    if only is None:
+        return list(names)
+    wanted = [name.strip().upper() for name in only.split(",") if name.strip()]
+    unknown = [name for name in wanted if name not in names]
+    if unknown:
+        parser.error(f"unknown workload(s) {', '.join(unknown)}; choose from {', '.join(names)}")
+    return [name for name in names if name in wanted]
