@@ -530,36 +530,9 @@ class Machine:
         instance = run.instance
         if instance is None or run.parked is not None:
             return
-        echoes: list[HistoryEvent] = []
-        next_id = len(run.state.history) + 1
-        now = self.clock()
-        new_attempts: list[PendingActivity] = []
-        for act in instance.pending_activities():
-            if not act.recorded:
-                new_attempts.append(act)
-                echoes.append(
-                    HistoryEvent(
-                        id=next_id + len(echoes),
-                        type=EventType.ACTIVITY_STARTED,
-                        timestamp=now,
-                        activity_name=act.name,
-                        input=act.input,
-                        step=act.step,
-                        attempt=act.attempt,
-                    )
-                )
+        new_attempts = [a for a in instance.pending_activities() if not a.recorded]
+        echoes = instance.echoes(len(run.state.history) + 1, self.clock())
         outcome = instance.outcome
-        if outcome is not None and not instance.outcome_recorded:
-            echoes.append(
-                HistoryEvent(
-                    id=next_id + len(echoes),
-                    type=outcome.event_type,
-                    timestamp=now,
-                    result=outcome.result,
-                    error=describe_failure(outcome.failure) if outcome.failure else None,
-                    failure=outcome.failure,
-                )
-            )
         if echoes:
             self._record(run, echoes, fx)
             for event in echoes:

@@ -635,34 +635,8 @@ class DefaultExecutor:
         if instance is None or run.parked is not None:
             return
         wid = run.state.workflow_id
-        echoes: list[HistoryEvent] = []
-        next_id = len(run.state.history) + 1
-        now = self._clock()
-        for act in instance.pending_activities():
-            if not act.recorded:
-                echoes.append(
-                    HistoryEvent(
-                        id=next_id + len(echoes),
-                        type=EventType.ACTIVITY_STARTED,
-                        timestamp=now,
-                        activity_name=act.name,
-                        input=act.input,
-                        step=act.step,
-                        attempt=act.attempt,
-                    )
-                )
+        echoes = instance.echoes(len(run.state.history) + 1, self._clock())
         outcome = instance.outcome
-        if outcome is not None and not instance.outcome_recorded:
-            echoes.append(
-                HistoryEvent(
-                    id=next_id + len(echoes),
-                    type=outcome.event_type,
-                    timestamp=now,
-                    result=outcome.result,
-                    error=describe_failure(outcome.failure) if outcome.failure else None,
-                    failure=outcome.failure,
-                )
-            )
         if echoes:
             try:
                 await self._record(run, echoes)

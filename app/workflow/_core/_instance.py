@@ -32,7 +32,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from .._converter import decode_failure, encode_failure, from_payload, signature_of, to_payload
+from .._converter import (
+    decode_failure,
+    describe_failure,
+    encode_failure,
+    from_payload,
+    signature_of,
+    to_payload,
+)
 from .._errors import (
     ActivityError,
     NonDeterminismError,
@@ -174,6 +181,40 @@ class WorkflowInstance:
     def pending_activities(self) -> list[PendingActivity]:
         """Attempts that should be running now (not those waiting out a backoff)."""
         return [a for a in self._activities.values() if not a.backing_off]
+
+    def echoes(self, next_id: int, now: datetime) -> list[HistoryEvent]:
+        """What a runtime records next, numbered from ``next_id``.
+
+        An ``activity_started`` for each attempt not recorded yet, then the
+        run's terminal event if it has an outcome that is not recorded yet.
+        """
+        events: list[HistoryEvent] = []
+        for act in self.pending_activities():
+            if not act.recorded:
+                events.append(
+                    HistoryEvent(
+                        id=next_id + len(events),
+                        type=EventType.ACTIVITY_STARTED,
+                        timestamp=now,
+                        activity_name=act.name,
+                        input=act.input,
+                        step=act.step,
+                        attempt=act.attempt,
+                    )
+                )
+        outcome = self.outcome
+        if outcome is not None and not self.outcome_recorded:
+            events.append(
+                HistoryEvent(
+                    id=next_id + len(events),
+                    type=outcome.event_type,
+                    timestamp=now,
+                    result=outcome.result,
+                    error=describe_failure(outcome.failure) if outcome.failure else None,
+                    failure=outcome.failure,
+                )
+            )
+        return events
 
     def pending_timers(self) -> dict[int, PendingTimer]:
         """Timers that should be armed, by step."""
