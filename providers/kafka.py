@@ -63,7 +63,7 @@ from aiokafka.errors import KafkaError, KafkaTimeoutError
 
 from app.workflow._errors import InvalidArgumentError, WorkflowError
 from app.workflow._registry import register, store_backed_factory
-from app.workflow._store import StoreConflictError
+from app.workflow._store import StoreClosedError, StoreConflictError
 from app.workflow._types import Duration, HistoryEvent, WorkflowFilter, WorkflowState, to_seconds
 
 __all__ = [
@@ -92,7 +92,7 @@ class KafkaStoreError(WorkflowError):
     """The Kafka store could not do what was asked; the message names the brokers and topic."""
 
 
-class KafkaStoreClosedError(KafkaStoreError, RuntimeError):
+class KafkaStoreClosedError(KafkaStoreError, StoreClosedError):
     """The store was closed: it takes no more calls."""
 
 

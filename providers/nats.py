@@ -65,6 +65,7 @@ import pydantic
 
 from app.workflow._errors import InvalidArgumentError, WorkflowError
 from app.workflow._registry import register, store_backed_factory
+from app.workflow._store import StoreClosedError as _StoreClosedError
 from app.workflow._store import StoreConflictError, WorkflowStore
 from app.workflow._types import HistoryEvent, WorkflowFilter, WorkflowState, WorkflowStatus
 
@@ -127,7 +128,7 @@ class HistoryTooLargeError(NatsStoreError, ValueError):
     """A workflow's state is larger than one NATS message may be; nothing was written."""
 
 
-class StoreClosedError(NatsStoreError, RuntimeError):
+class StoreClosedError(NatsStoreError, _StoreClosedError):
     """The store was closed: it takes no more calls."""
 
 

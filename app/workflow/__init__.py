@@ -37,7 +37,7 @@ from ._hooks import Hooks, compose_hooks
 from ._middleware import Middleware, apply_middleware, with_hooks, with_tracing
 from ._names import named
 from ._registry import Config, ProviderRegistry, list_providers, new, register
-from ._store import AppendingStore, StoreConflictError, WorkflowStore
+from ._store import AppendingStore, StoreClosedError, StoreConflictError, WorkflowStore
 from ._types import (
     Duration,
     EventType,
@@ -81,6 +81,7 @@ __all__ = [
     "RetryPolicy",
     "Signal",
     "SignalChannel",
+    "StoreClosedError",
     "StoreConflictError",
     "WorkflowAlreadyRunningError",
     "WorkflowCanceledError",

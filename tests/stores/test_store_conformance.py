@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from app.workflow import StoreClosedError as AnyStoreClosedError
 from app.workflow._errors import InvalidArgumentError
 from app.workflow._store import AppendingStore, StoreConflictError, WorkflowStore
 from app.workflow._types import (
@@ -27,6 +28,7 @@ from app.workflow._types import (
 )
 from providers import sqlite as sqlite_provider
 from providers.sqlite import SQLiteStore, StoreClosedError
+from tests.stores.conftest import DURABLE, FACTORIES
 
 Reopen = Callable[[], Awaitable[WorkflowStore]]
 
@@ -534,6 +536,31 @@ async def test_a_5000_event_history_round_trips(appending_store: AppendingStore)
 
 
 # -- durability -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "store_factory",
+    [name for name, factory in FACTORIES.items() if DURABLE in factory.capabilities],
+    indirect=True,
+)
+async def test_every_call_on_a_closed_store_raises_store_closed_error(
+    store: WorkflowStore, reopen: Reopen
+) -> None:
+    """One error type for a closed store, whatever the provider: callers catch it once."""
+    state = make_state("closed-1", events=2)
+    await store.save(state)
+    await reopen()  # closes ``store``
+    calls: list[Callable[[], Awaitable[Any]]] = [
+        lambda: store.save(state),
+        lambda: store.load("closed-1"),
+        lambda: store.list(WorkflowFilter()),
+        lambda: store.delete("closed-1"),
+    ]
+    if isinstance(store, AppendingStore):
+        calls.append(lambda: store.append(state, advance(state)))
+    for call in calls:
+        with pytest.raises(AnyStoreClosedError, match="closed"):
+            await call()
 
 
 async def test_reopening_sees_everything(appending_store: AppendingStore, reopen: Reopen) -> None:
