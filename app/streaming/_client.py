@@ -2,7 +2,9 @@
 
 It runs no workflow itself. ``execute``, ``signal``, ``cancel`` and ``query``
 publish an Avro command keyed by workflow id and wait (bounded by
-``request_timeout``) for the owning partition's reply on the replies topic.
+``request_timeout``) for the owning partition's reply on the replies topic,
+keyed by the client's id: the client reads only the partition its id hashes
+to, so clients added do not each read every reply.
 ``handle.result()`` asks the owner for the run's state and waits for its
 terminal event on the history topic, which the client tails from the moment
 it starts; the same tail drives the client's :class:`Hooks`, so hooks fire
@@ -52,7 +54,14 @@ from app.workflow._types import (
 )
 
 from ._machine import DESCRIBE, Command, CommandKind, Reply, parked_error
-from ._messages import MAX_PAYLOAD, decode_history, decode_reply, dump_payload, encode_command
+from ._messages import (
+    MAX_PAYLOAD,
+    decode_history,
+    decode_reply,
+    dump_payload,
+    encode_command,
+    partition_for,
+)
 from .settings import StreamingSettings
 
 log = logging.getLogger("app.streaming.client")
@@ -207,6 +216,9 @@ class KafkaExecutor:
             (self._history, self.topology.history),
         ):
             partition_ids = await self._partitions(consumer, topic)
+            if topic == self.topology.replies:
+                # Replies are keyed by client id: ours all land in one partition.
+                partition_ids = [partition_for(self.client_id, len(partition_ids))]
             tps = [TopicPartition(topic, p) for p in partition_ids]
             consumer.assign(tps)
             await consumer.seek_to_end(*tps)

@@ -13,6 +13,8 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+from aiokafka.partitioner import murmur2
+
 from app.workflow._types import EventType, FailureInfo, HistoryEvent
 
 from ._machine import Command, CommandKind, Reply, Task
@@ -57,6 +59,16 @@ def load_payload(
         return json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidCommandError(f"{what} is not valid JSON: {exc}") from None
+
+
+def partition_for(key: str, partitions: int) -> int:
+    """The partition Kafka's default partitioner picks for ``key`` (murmur2).
+
+    Commands are keyed by workflow id and replies by client id: a client reads
+    only the replies partition its id hashes to.
+    """
+    hashed: int = murmur2(key.encode())
+    return (hashed & 0x7FFFFFFF) % partitions
 
 
 def _failure_record(info: FailureInfo | None) -> dict[str, Any] | None:

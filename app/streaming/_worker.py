@@ -37,7 +37,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import faust
-from aiokafka.partitioner import murmur2
 
 from app.workflow._names import FunctionTable, Registrable
 from app.workflow._types import WorkflowState
@@ -59,6 +58,7 @@ from ._messages import (
     encode_history,
     encode_reply,
     encode_task,
+    partition_for,
 )
 from ._metrics import WorkerMetrics
 from ._runs import RunStore
@@ -66,12 +66,6 @@ from ._wire import WireError
 from .settings import StreamingSettings
 
 log = logging.getLogger("app.streaming.worker")
-
-
-def partition_for(workflow_id: str, partitions: int) -> int:
-    """The partition Kafka's default partitioner picks for a workflow id (murmur2)."""
-    hashed: int = murmur2(workflow_id.encode())
-    return (hashed & 0x7FFFFFFF) % partitions
 
 
 def _now() -> datetime:

@@ -97,8 +97,7 @@ async def test_in_place_growth_routes_to_the_partition_that_owns_the_run(
     from aiokafka import AIOKafkaProducer
 
     from app.streaming._machine import Command, CommandKind
-    from app.streaming._messages import encode_command
-    from app.streaming._worker import partition_for
+    from app.streaming._messages import encode_command, partition_for
 
     app_id = f"inplace-{uuid.uuid4().hex[:10]}"
     settings = test_settings(kafka_bootstrap, app_id=app_id, partitions=4)

@@ -1,0 +1,83 @@
+"""Many clients on one deployment: each reads only its own replies partition.
+
+Replies are keyed by client id, so every reply to a client lands in the one
+partition its id hashes to. Clients sharing a partition tell their replies
+apart by key; clients on other partitions never read them at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import uuid
+
+from aiokafka import TopicPartition
+
+from app.streaming import KafkaExecutor, StreamingWorker
+from app.streaming._messages import partition_for
+from app.streaming.admin import ensure_topics
+from app.streaming.settings import test_settings
+from app.workflow import Signal, WorkflowContext, WorkflowOptions
+
+WAIT = 60.0
+PARTITIONS = 4
+
+
+async def double(x: int) -> int:
+    return 2 * x
+
+
+async def doubler(ctx: WorkflowContext, x: int) -> int:
+    bonus = await ctx.receive_signal("bonus", int).receive()
+    return int(await ctx.execute_activity(double, x)) + bonus
+
+
+def client_ids() -> list[str]:
+    """Four client ids: two sharing a replies partition, two on other partitions each."""
+    ids = (f"client-{i}" for i in itertools.count())
+    by_partition: dict[int, list[str]] = {}
+    for cid in ids:
+        by_partition.setdefault(partition_for(cid, PARTITIONS), []).append(cid)
+        shared = [group for group in by_partition.values() if len(group) >= 2]
+        if shared and len(by_partition) >= 3:
+            others = [group[0] for group in by_partition.values() if group is not shared[0]]
+            return shared[0][:2] + others[:2]
+    raise AssertionError("unreachable")
+
+
+async def test_each_client_reads_only_its_replies_partition(kafka_bootstrap: str) -> None:
+    settings = test_settings(
+        kafka_bootstrap, app_id=f"clients-{uuid.uuid4().hex[:8]}", partitions=PARTITIONS
+    )
+    await ensure_topics(settings)
+    ids = client_ids()
+    worker = StreamingWorker(settings, [doubler], [double])
+    await worker.start()
+    try:
+        clients = [KafkaExecutor(settings=settings, client_id=cid) for cid in ids]
+        for client in clients:
+            await client.start()
+        try:
+
+            async def drive(n: int, client: KafkaExecutor) -> int:
+                wid = f"wf-{n}"
+                handle = await client.execute(doubler, WorkflowOptions(id=wid, input=n))
+                await client.signal(wid, Signal(name="bonus", payload=100))
+                return int(await handle.result(timeout=WAIT))
+
+            # all at once: replies to the two clients sharing a partition interleave
+            results = await asyncio.wait_for(
+                asyncio.gather(*(drive(n, c) for n, c in enumerate(clients))), WAIT
+            )
+            assert results == [2 * n + 100 for n in range(len(clients))]
+            for client in clients:
+                assert client._replies is not None
+                mine = partition_for(client.client_id, PARTITIONS)
+                assert client._replies.assignment() == {
+                    TopicPartition(settings.topology.replies, mine)
+                }
+        finally:
+            for client in clients:
+                await client.aclose()
+    finally:
+        await worker.stop()
