@@ -246,6 +246,7 @@ PUBLIC_NAMES = [
     "RetryPolicy",
     "Signal",
     "SignalChannel",
+    "StoreClosedError",
     "StoreConflictError",
     "WorkflowAlreadyRunningError",
     "WorkflowCanceledError",
