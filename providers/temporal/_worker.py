@@ -1,0 +1,438 @@
+"""Inside the Temporal worker: the activity runner and the workflow driver."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from temporalio import activity as t_activity
+from temporalio import workflow as t_workflow
+from temporalio.common import RawValue
+from temporalio.common import RetryPolicy as TemporalRetryPolicy
+from temporalio.exceptions import ActivityError as TemporalActivityError
+from temporalio.exceptions import (
+    ApplicationError as TemporalApplicationError,
+)
+from temporalio.exceptions import (
+    ApplicationErrorCategory,
+)
+from temporalio.exceptions import CancelledError as TemporalCancelledError
+from temporalio.exceptions import TimeoutError as TemporalTimeoutError
+from temporalio.worker import (
+    ExecuteWorkflowInput,
+    Interceptor,
+    WorkflowInboundInterceptor,
+    WorkflowInterceptorClassInput,
+)
+
+from app.workflow import (
+    EventType,
+    FailureInfo,
+    HistoryEvent,
+    QueryNotFoundError,
+    WorkflowError,
+    WorkflowStatus,
+)
+from app.workflow import activity as beluga_activity
+from app.workflow._activity_runner import run_attempt
+from app.workflow._converter import (
+    describe_failure,
+    encode_failure,
+)
+from app.workflow._core import Outcome, PendingActivity, PendingTimer, TimerKind, WorkflowInstance
+from app.workflow._names import FunctionTable
+
+from ._common import _ACTIVITY_ID, _WORKER_STOPPED, BUILTIN_QUERIES
+from ._history import _failure_from_details, _timeout_failure
+
+
+# -- inside the worker: activities ----------------------------------------------------
+class _ActivityRunner:
+    """The one dynamic Temporal activity: runs the registered function named by its type."""
+
+    def __init__(
+        self, table: FunctionTable, pool: ThreadPoolExecutor, heartbeat_every: float
+    ) -> None:
+        self._table = table
+        self._pool = pool
+        self._heartbeat_every = heartbeat_every
+
+    @t_activity.defn(dynamic=True)
+    async def run(self, args: Sequence[RawValue]) -> Any:
+        info = t_activity.info()
+        name = info.activity_type
+        fn = self._table.get(name)
+        if fn is None:
+            raise TemporalApplicationError(
+                f"activity {name!r} is not registered with the executor on task queue "
+                f"{info.task_queue!r} (registered: {', '.join(self._table.names()) or 'none'})",
+                type="ActivityNotRegistered",
+                non_retryable=True,
+            )
+        match = _ACTIVITY_ID.match(info.activity_id)
+        step, attempt = (int(match[1]), int(match[2])) if match else (0, info.attempt)
+        converter = t_activity.payload_converter()
+        payload = converter.from_payload(args[0].payload) if args else None
+        beluga_info = beluga_activity.ActivityInfo(
+            workflow_id=info.workflow_id or "",
+            run_id=info.workflow_run_id or "",
+            activity_id=f"{info.workflow_id}/{step}",
+            activity_name=name,
+            attempt=attempt,
+            step=step,
+        )
+        beat = asyncio.ensure_future(self._heartbeat())
+        try:
+            done = await run_attempt(fn, payload, beluga_info, self._pool)
+        except asyncio.CancelledError:
+            if t_activity.is_worker_shutdown():
+                # reported as a failure the workflow recognises and runs again
+                raise TemporalApplicationError(
+                    "the worker stopped during this attempt", type=_WORKER_STOPPED
+                ) from None
+            raise
+        finally:
+            beat.cancel()
+        if done.failure is not None:
+            failure = done.failure
+            raise TemporalApplicationError(
+                failure.message,
+                failure.model_dump(mode="json"),
+                type=failure.type,
+                non_retryable=failure.non_retryable,
+                category=ApplicationErrorCategory.BENIGN,  # recorded in history; no log spam
+            )
+        return done.result
+
+    async def _heartbeat(self) -> None:
+        # lets Temporal notice a dead worker (heartbeat timeout) and deliver cancels
+        while True:
+            t_activity.heartbeat()
+            await asyncio.sleep(self._heartbeat_every)
+
+
+# -- inside the worker: the workflow driver ------------------------------------------
+@dataclass(frozen=True)
+class _Settings:
+    workflows: FunctionTable
+    activities: FunctionTable
+    activity_timeout: float
+    heartbeat_timeout: float
+    # runs this worker has taken on and not seen end (it may hold them in its sticky cache)
+    runs: set[tuple[str, str]] = field(default_factory=set)
+
+
+_Input = Callable[[], HistoryEvent | None]
+
+
+class _Driver:
+    """Runs one workflow run: Temporal activations in, engine core events through.
+
+    Every input Temporal delivers (start, activity result, timer, signal,
+    cancel) becomes an engine event applied to the run's ``WorkflowInstance``;
+    what the instance then wants (activity attempts, timers, the end) becomes
+    Temporal commands. Temporal replays this driver deterministically, so the
+    instance sees the same events, with the same timestamps, on every replay.
+    """
+
+    def __init__(self) -> None:
+        self.settings: _Settings | None = None  # set by _SettingsInterceptor before the run
+        self._instance: WorkflowInstance | None = None
+        self._inbox: deque[_Input] = deque()
+        self._next_id = 0
+        self._activities: dict[int, tuple[int, t_workflow.ActivityHandle[Any]]] = {}
+        self._timers: dict[int, tuple[PendingTimer, asyncio.Task[None]]] = {}
+        self._reruns: dict[tuple[int, int], int] = {}
+        self._waiters: set[asyncio.Future[None]] = set()
+        self._cancel_seen = False
+
+    # -- the run -------------------------------------------------------------
+    async def _run(self, args: Sequence[RawValue]) -> Any:
+        info = t_workflow.info()
+        settings = self.settings
+        assert settings is not None, "the worker must use _SettingsInterceptor"
+        workflows = settings.workflows
+        fn = workflows.get(info.workflow_type)
+        if fn is None:
+            # a plain exception fails the workflow task: Temporal retries it, so the
+            # workflow resumes once a worker that registers the type polls this queue
+            raise WorkflowError(
+                f"workflow type {info.workflow_type!r} of {info.workflow_id!r} is not "
+                f"registered with this executor (registered: "
+                f"{', '.join(workflows.names()) or 'none'}); pass it in "
+                "TemporalExecutor(workflows=[...]) to resume it"
+            )
+        converter = t_workflow.payload_converter()
+        payload = converter.from_payload(args[0].payload) if args else None
+        instance = WorkflowInstance(
+            workflow_id=info.workflow_id,
+            run_id=info.run_id,
+            workflow_type=info.workflow_type,
+            fn=fn,
+            activity_namer=settings.activities.name_of,
+        )
+        self._instance = instance
+        settings.runs.add((info.workflow_id, info.run_id))
+        self._apply(self._event(EventType.WORKFLOW_STARTED, input=payload))
+        while instance.outcome is None:
+            try:
+                await t_workflow.wait_condition(lambda: bool(self._inbox))
+            except asyncio.CancelledError:
+                if self._cancel_seen or t_workflow.cancellation_reason() is None:
+                    raise  # eviction, not a cancel request
+                self._cancel_seen = True
+                self._inbox.append(lambda: self._event(EventType.CANCEL_REQUESTED))
+            while self._inbox and instance.outcome is None:
+                event = self._inbox.popleft()()
+                if event is not None:
+                    self._apply(event)
+        settings.runs.discard((info.workflow_id, info.run_id))
+        return self._finish(instance.outcome)
+
+    def _finish(self, outcome: Outcome) -> Any:
+        if outcome.status is WorkflowStatus.COMPLETED:
+            return outcome.result
+        if outcome.status is WorkflowStatus.CANCELED:
+            raise asyncio.CancelledError()
+        failure = outcome.failure or FailureInfo(type="WorkflowError", message="failed")
+        raise TemporalApplicationError(
+            failure.message,
+            failure.model_dump(mode="json"),
+            type=failure.type,
+            non_retryable=True,
+        )
+
+    def _event(self, kind: EventType, **fields: Any) -> HistoryEvent:
+        self._next_id += 1
+        return HistoryEvent(id=self._next_id, type=kind, timestamp=t_workflow.now(), **fields)
+
+    def _apply(self, event: HistoryEvent) -> None:
+        instance = self._instance
+        assert instance is not None
+        instance.apply(event)  # a NonDeterminismError fails the workflow task
+        if instance.outcome is not None:
+            return
+        for act in instance.pending_activities():
+            if not act.recorded:
+                self._schedule(act)
+                instance.apply(
+                    self._event(
+                        EventType.ACTIVITY_STARTED,
+                        activity_name=act.name,
+                        input=act.input,
+                        step=act.step,
+                        attempt=act.attempt,
+                    )
+                )
+        wanted = {a.step: a for a in instance.pending_activities()}
+        for step, (attempt, handle) in list(self._activities.items()):
+            want = wanted.get(step)
+            if want is None or want.attempt != attempt:
+                handle.cancel()
+                del self._activities[step]
+        timers = {
+            step: timer
+            for step, timer in instance.pending_timers().items()
+            if timer.kind in (TimerKind.USER, TimerKind.RETRY)
+        }
+        for step, (timer, task) in list(self._timers.items()):
+            if timers.get(step) != timer:
+                task.cancel()
+                del self._timers[step]
+        for step, timer in timers.items():
+            if step not in self._timers:
+                task = asyncio.ensure_future(self._timer(timer))
+                self._timers[step] = (timer, task)
+
+    # -- activities ----------------------------------------------------------
+    def _schedule(self, act: PendingActivity) -> None:
+        key = (act.step, act.attempt)
+        rerun = self._reruns.get(key, 0)
+        activity_id = f"{act.step}.{act.attempt}" + (f".{rerun}" if rerun else "")
+        settings = self.settings
+        assert settings is not None
+        timeout = act.timeout if act.timeout is not None else settings.activity_timeout
+        handle = t_workflow.start_activity(
+            act.name,
+            act.input,
+            activity_id=activity_id,
+            start_to_close_timeout=timedelta(seconds=timeout),
+            heartbeat_timeout=timedelta(seconds=settings.heartbeat_timeout),
+            retry_policy=TemporalRetryPolicy(maximum_attempts=1),
+        )
+        self._activities[act.step] = (act.attempt, handle)
+        waiter = asyncio.ensure_future(self._await_activity(act, timeout, handle))
+        self._waiters.add(waiter)
+        waiter.add_done_callback(self._waiters.discard)
+
+    def _current(self, act: PendingActivity, handle: t_workflow.ActivityHandle[Any]) -> bool:
+        mine = self._activities.get(act.step)
+        return mine is not None and mine[1] is handle
+
+    async def _await_activity(
+        self, act: PendingActivity, timeout: float, handle: t_workflow.ActivityHandle[Any]
+    ) -> None:
+        step, attempt, name = act.step, act.attempt, act.name
+        try:
+            result = await handle
+        except asyncio.CancelledError:
+            return
+        except TemporalActivityError as err:
+            cause = err.cause
+            if isinstance(cause, TemporalCancelledError):
+                return
+            lost = (
+                isinstance(cause, TemporalTimeoutError)
+                and cause.type is not None
+                and cause.type.name == "HEARTBEAT"
+            ) or (isinstance(cause, TemporalApplicationError) and cause.type == _WORKER_STOPPED)
+            if lost:
+                self._inbox.append(lambda: self._rerun(act, handle))
+                return
+            if isinstance(cause, TemporalTimeoutError):
+                failure = _timeout_failure(name, attempt, timeout)
+            elif isinstance(cause, TemporalApplicationError):
+                failure = _failure_from_details(cause.details, cause.type or "", cause.message)
+            else:
+                failure = encode_failure(cause or err)
+
+            def failed() -> HistoryEvent | None:
+                if not self._current(act, handle):
+                    return None
+                del self._activities[step]
+                return self._event(
+                    EventType.ACTIVITY_FAILED,
+                    activity_name=name,
+                    error=describe_failure(failure),
+                    failure=failure,
+                    step=step,
+                    attempt=attempt,
+                )
+
+            self._inbox.append(failed)
+            return
+
+        def completed() -> HistoryEvent | None:
+            if not self._current(act, handle):
+                return None
+            del self._activities[step]
+            return self._event(
+                EventType.ACTIVITY_COMPLETED,
+                activity_name=name,
+                result=result,
+                step=step,
+                attempt=attempt,
+            )
+
+        self._inbox.append(completed)
+
+    def _rerun(self, act: PendingActivity, handle: t_workflow.ActivityHandle[Any]) -> None:
+        if self._current(act, handle):
+            key = (act.step, act.attempt)
+            self._reruns[key] = self._reruns.get(key, 0) + 1
+            self._schedule(act)
+
+    # -- timers --------------------------------------------------------------
+    async def _timer(self, timer: PendingTimer) -> None:
+        if timer.kind is TimerKind.RETRY:
+            summary = (
+                f"retry backoff of {timer.activity_name!r} after attempt {timer.attempt} "
+                f"(step {timer.step})"
+            )
+        else:
+            summary = f"sleep {timer.duration:g}s (step {timer.step})"
+        try:
+            # Temporal timers need a positive duration; the engine's zero-delay timers still
+            # wait for the next workflow task, as on the embedded runtime
+            await t_workflow.sleep(max(timer.duration, 0.001), summary=summary)
+        except asyncio.CancelledError:
+            return
+
+        def fired() -> HistoryEvent | None:
+            current = self._timers.get(timer.step)
+            instance = self._instance
+            if current is None or current[0] != timer or instance is None:
+                return None
+            if not instance.is_current_timer(timer.step, timer.attempt):
+                return None
+            del self._timers[timer.step]
+            return self._event(
+                EventType.TIMER_FIRED,
+                step=timer.step,
+                attempt=timer.attempt,
+                activity_name=timer.activity_name,
+                duration=timer.duration,
+            )
+
+        self._inbox.append(fired)
+
+    # -- signals and queries -------------------------------------------------
+    def _on_signal(self, name: str, args: Sequence[RawValue]) -> None:
+        converter = t_workflow.payload_converter()
+        values = [converter.from_payload(arg.payload) for arg in args]
+        sender = values[1] if len(values) > 1 and isinstance(values[1], str) else None
+        payload = values[0] if values else None
+        self._inbox.append(
+            lambda: self._event(
+                EventType.SIGNAL_RECEIVED,
+                signal_name=name,
+                signal_payload=payload,
+                sender_id=sender,
+            )
+        )
+
+    def _on_query(self, name: str, args: Sequence[RawValue]) -> Any:
+        instance = self._instance
+        outcome = instance.outcome if instance is not None else None
+        if name == "status":
+            return (outcome.status if outcome is not None else WorkflowStatus.RUNNING).value
+        if name == "result":
+            return outcome.result if outcome is not None else None
+        handlers = instance.query_names if instance is not None else []
+        if instance is None or name not in handlers:
+            info = t_workflow.info()
+            raise QueryNotFoundError(info.workflow_id, name, [*BUILTIN_QUERIES, *handlers])
+        return instance.query(name)
+
+
+@t_workflow.defn(dynamic=True, sandboxed=False)
+class BelugaWorkflow(_Driver):
+    """The dynamic Temporal workflow that runs every registered workflow function."""
+
+    @t_workflow.run
+    async def run(self, args: Sequence[RawValue]) -> Any:
+        return await self._run(args)
+
+    @t_workflow.signal(dynamic=True)
+    def signal(self, name: str, args: Sequence[RawValue]) -> None:
+        self._on_signal(name, args)
+
+    @t_workflow.query(dynamic=True)
+    def query(self, name: str, args: Sequence[RawValue]) -> Any:
+        return self._on_query(name, args)
+
+
+class _SettingsInterceptor(Interceptor):
+    """Hands each workflow run the function tables of the executor whose worker runs it."""
+
+    def __init__(self, settings: _Settings) -> None:
+        self._settings = settings
+
+    def workflow_interceptor_class(
+        self, input: WorkflowInterceptorClassInput
+    ) -> type[WorkflowInboundInterceptor] | None:
+        settings = self._settings
+
+        class Inject(WorkflowInboundInterceptor):
+            async def execute_workflow(self, input: ExecuteWorkflowInput) -> Any:
+                driver = t_workflow.instance()
+                if isinstance(driver, _Driver):
+                    driver.settings = settings
+                return await self.next.execute_workflow(input)
+
+        return Inject
