@@ -39,18 +39,16 @@ from app.workflow._errors import (
     WorkflowError,
     WorkflowNotFoundError,
 )
-from app.workflow._handle import failure_error, outcome_value
+from app.workflow._handle import RunHandle, failure_error, outcome_value
 from app.workflow._hooks import Hooks, call_hook
 from app.workflow._names import FunctionTable, Registrable
 from app.workflow._types import (
-    Duration,
     EventType,
     HistoryEvent,
     Signal,
     WorkflowOptions,
     WorkflowState,
     WorkflowStatus,
-    to_seconds,
 )
 
 from ._machine import DESCRIBE, Command, CommandKind, Reply, parked_error
@@ -75,39 +73,8 @@ class BrokerUnavailableError(WorkflowError, ConnectionError):
     """The Kafka brokers could not be reached; the message names them."""
 
 
-class KafkaHandle:
+class KafkaHandle(RunHandle):
     """A run started through (or looked up with) a :class:`KafkaExecutor`."""
-
-    def __init__(
-        self,
-        executor: KafkaExecutor,
-        workflow_id: str,
-        run_id: str | None,
-        fn: Callable[..., Any] | None,
-    ) -> None:
-        self._executor = executor
-        self._id = workflow_id
-        self._run_id = run_id
-        self._fn = fn
-
-    @property
-    def id(self) -> str:
-        return self._id
-
-    @property
-    def run_id(self) -> str:
-        return self._run_id or ""
-
-    async def status(self) -> WorkflowStatus:
-        return (await self._executor._state(self._id, self._run_id))[0].status
-
-    async def result(self, timeout: Duration | None = None) -> Any:
-        """Wait for the end of the run; see :class:`app.workflow.WorkflowHandle`."""
-        seconds = None if timeout is None else to_seconds(timeout, "result timeout")
-        return await self._executor._result(self._id, self._run_id, self._fn, seconds)
-
-    def __repr__(self) -> str:
-        return f"WorkflowHandle(id={self._id!r}, run_id={self._run_id!r})"
 
 
 class KafkaExecutor:
@@ -501,6 +468,9 @@ class KafkaExecutor:
         if reply.error_type == "not_found":
             raise WorkflowNotFoundError(workflow_id, reply.error or "")
         raise WorkflowError(f"workflow {workflow_id!r}: {reply.error}")
+
+    async def _status(self, workflow_id: str, run_id: str | None) -> WorkflowStatus:
+        return (await self._state(workflow_id, run_id))[0].status
 
     async def _state(
         self, workflow_id: str, run_id: str | None

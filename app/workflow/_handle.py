@@ -3,25 +3,36 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ._converter import decode_failure, describe_failure, from_payload, signature_of
 from ._core import Outcome
 from ._errors import WorkflowCanceledError, WorkflowFailedError, WorkflowTimeoutError
 from ._types import Duration, WorkflowState, WorkflowStatus, to_seconds
 
-if TYPE_CHECKING:
-    from ._embedded import DefaultExecutor
-
 _TIMEOUT_TYPE = f"{WorkflowTimeoutError.__module__}.{WorkflowTimeoutError.__qualname__}"
 
 
-class EmbeddedHandle:
-    """A run started by (or resumed in) a :class:`DefaultExecutor`."""
+class HandleSource(Protocol):
+    """What a handle asks its executor: a run's status, and its end."""
+
+    async def _status(self, workflow_id: str, run_id: str | None) -> WorkflowStatus: ...
+
+    async def _result(
+        self,
+        workflow_id: str,
+        run_id: str | None,
+        fn: Callable[..., Any] | None,
+        timeout: float | None,
+    ) -> Any: ...
+
+
+class RunHandle:
+    """A workflow run of some executor; ``run_id`` None means its latest run."""
 
     def __init__(
         self,
-        executor: DefaultExecutor,
+        executor: HandleSource,
         workflow_id: str,
         run_id: str | None,
         fn: Callable[..., Any] | None,
@@ -48,7 +59,11 @@ class EmbeddedHandle:
         return await self._executor._result(self._id, self._run_id, self._fn, seconds)
 
     def __repr__(self) -> str:
-        return f"WorkflowHandle(id={self._id!r}, run_id={self._run_id!r})"
+        return f"{type(self).__name__}(id={self._id!r}, run_id={self._run_id!r})"
+
+
+class EmbeddedHandle(RunHandle):
+    """A run started by (or resumed in) a :class:`DefaultExecutor`."""
 
 
 def failure_error(state: WorkflowState, outcome: Outcome | None) -> BaseException:
