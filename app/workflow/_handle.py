@@ -1,4 +1,4 @@
-"""Handles on runs of a :class:`DefaultExecutor`, and the value or error a run ends with."""
+"""Handles on workflow runs (every executor's), and the value or error a run ends with."""
 
 from __future__ import annotations
 
