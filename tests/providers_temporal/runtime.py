@@ -32,6 +32,10 @@ TASK_QUEUE = "conformance"
 # A workflow task handed to a worker just as a test stops it is lost with it;
 # Temporal gives it to the next worker after this timeout (10 s by default).
 TASK_TIMEOUT = 2.0
+# Likewise an activity task: Temporal hands it out again once its heartbeat
+# timeout (30 s by default) passes without a heartbeat from the stopped worker.
+# The SDK sends heartbeats every 0.8 x this: 1 s of slack for a loaded machine.
+HEARTBEAT_TIMEOUT = 5.0
 _clients: dict[str, Client] = {}
 
 
@@ -77,6 +81,7 @@ def temporal_runtime(
             clients[0],
             task_queue=TASK_QUEUE,
             workflow_task_timeout=TASK_TIMEOUT,
+            heartbeat_timeout=HEARTBEAT_TIMEOUT,
             hooks=hooks,
             workflows=overrides.pop("workflows", suite.workflows),
             activities=overrides.pop("activities", suite.activities),
