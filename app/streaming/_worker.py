@@ -39,7 +39,7 @@ from typing import Any
 import faust
 
 from app.workflow._names import FunctionTable, Registrable
-from app.workflow._types import WorkflowState
+from app.workflow._types import EventType, WorkflowState
 
 from ._activities import ActivityWorker
 from ._faust import (
@@ -375,6 +375,14 @@ class StreamingWorker:
         handled, fx = self.machine.handle(run, resume)
         assert handled is not None
         run = handled
+        # Attempts started before the handover stay with the previous generation's
+        # activity workers, whose done-tasks table knows them: dispatched again here
+        # they would run a second time, even when they had finished there. Their
+        # results reach this generation through the old one's forwarding.
+        started = {
+            (e.step, e.attempt) for e in state.history if e.type is EventType.ACTIVITY_STARTED
+        }
+        fx.tasks = [t for t in fx.tasks if (t.step, t.attempt) not in started]
         fx.started = True  # the header must be written here
         await self._write(run, fx, partition, cmd)
         self.store.remember(run)

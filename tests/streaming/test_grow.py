@@ -19,7 +19,7 @@ import pytest
 from app.streaming import KafkaExecutor, StreamingWorker
 from app.streaming.admin import ensure_topics, grow, read_generation
 from app.streaming.settings import test_settings
-from app.workflow import EventType, Signal, WorkflowOptions, WorkflowStatus
+from app.workflow import EventType, Signal, WorkflowContext, WorkflowOptions, WorkflowStatus
 from tests.streaming import crash_app
 
 WAIT = 60.0
@@ -79,6 +79,68 @@ async def test_grow_into_a_new_generation_keeps_running_workflows(kafka_bootstra
         replays = new_worker.metrics.registry.get_sample_value("streamflow_replays_total")
         assert replays is not None and replays >= 8
     finally:
+        if new_worker is not None:
+            await new_worker.stop()
+        await old_worker.stop()
+
+
+HELD_RUNS: list[str] = []
+held_started = asyncio.Event()
+release_held = asyncio.Event()
+
+
+async def held(tag: str) -> str:
+    HELD_RUNS.append(tag)
+    held_started.set()
+    await release_held.wait()
+    return tag.upper()
+
+
+async def held_across_growth(ctx: WorkflowContext, tag: str) -> list[str]:
+    done, go = await asyncio.gather(
+        ctx.execute_activity(held, tag), ctx.receive_signal("go", str).receive()
+    )
+    return [str(done), go]
+
+
+async def test_an_attempt_running_during_the_handover_runs_once(kafka_bootstrap: str) -> None:
+    """The new generation leaves attempts started before the handover to the old one.
+
+    Its own activity workers do not know them (their done-tasks table is the
+    new generation's): dispatched again, a running or finished attempt would
+    run a second time.
+    """
+    HELD_RUNS.clear()
+    held_started.clear()
+    release_held.clear()
+    app_id = f"grow-held-{uuid.uuid4().hex[:8]}"
+    gen1 = test_settings(kafka_bootstrap, app_id=app_id, partitions=2)
+    await ensure_topics(gen1)
+    workflows, activities = [held_across_growth], [held]
+    old_worker = StreamingWorker(gen1, workflows, activities)
+    await old_worker.start()
+    new_worker: StreamingWorker | None = None
+    try:
+        async with KafkaExecutor(settings=gen1) as old_client:
+            await old_client.execute(held_across_growth, WorkflowOptions(id="h", input="h"))
+            await asyncio.wait_for(held_started.wait(), WAIT)
+            gen2 = await grow(gen1, 4)
+            new_worker = StreamingWorker(gen2, workflows, activities)
+            await new_worker.start()
+            async with KafkaExecutor(settings=gen1, workflows=workflows) as client:
+                assert client.settings.generation == 2
+                # Applied by generation 2, after the handover (signal() returns once
+                # the owner applied it): generation 2 has decided what to dispatch.
+                await client.signal("h", Signal(name="go", payload="go"))
+                release_held.set()
+                result = await client.get_handle("h").result(timeout=WAIT)
+                state = await client.describe("h")
+        assert result == ["H", "go"]
+        assert HELD_RUNS == ["h"]
+        kinds = Counter(e.type for e in state.history)
+        assert kinds[EventType.ACTIVITY_STARTED] == kinds[EventType.ACTIVITY_COMPLETED] == 1
+    finally:
+        release_held.set()
         if new_worker is not None:
             await new_worker.stop()
         await old_worker.stop()
