@@ -149,6 +149,9 @@ class Run:
     """Events up to this id are in the worker's history table (later ones in the header)."""
     encoded: dict[int, str] = field(default_factory=dict)
     """JSON of the events in the header's tail, by id (serialized once)."""
+    inherited: set[tuple[int, int]] = field(default_factory=set)
+    """Attempts (step, attempt) pending at a handover from the previous generation:
+    its activity workers run them, so they are never dispatched in this one."""
 
     @property
     def running(self) -> bool:
@@ -255,7 +258,11 @@ class Machine:
             return
         dispatched = {t.task_id for t in self.pending_tasks(run)}
         self._reconcile(run, fx)
-        fx.tasks.extend(t for t in self.pending_tasks(run) if t.task_id in dispatched)
+        fx.tasks.extend(
+            t
+            for t in self.pending_tasks(run)
+            if t.task_id in dispatched and (t.step, t.attempt) not in run.inherited
+        )
 
     def pending_tasks(self, run: Run) -> list[Task]:
         """The attempts that should be running now (to dispatch again after a takeover)."""

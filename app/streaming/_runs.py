@@ -192,6 +192,7 @@ class RunStore:
                 "start": run.start_command,
                 "p": partition,
                 "moved": run.moved_to,
+                **({"inherited": sorted(run.inherited)} if run.inherited else {}),
             }
         )
         # The latest events ride along in the header's own (atomic) write; each is
@@ -224,6 +225,7 @@ class RunStore:
             moved_to=header.get("moved"),
             partition=header.get("p"),
             archived=count - len(tail),
+            inherited={(step, attempt) for step, attempt in header.get("inherited", [])},
         )
         run.seen.extend(header.get("seen", []))
         return run

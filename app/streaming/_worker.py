@@ -378,11 +378,13 @@ class StreamingWorker:
         # Attempts started before the handover stay with the previous generation's
         # activity workers, whose done-tasks table knows them: dispatched again here
         # they would run a second time, even when they had finished there. Their
-        # results reach this generation through the old one's forwarding.
+        # results reach this generation through the old one's forwarding. The run
+        # keeps them, so that a takeover here does not dispatch them either.
         started = {
             (e.step, e.attempt) for e in state.history if e.type is EventType.ACTIVITY_STARTED
         }
-        fx.tasks = [t for t in fx.tasks if (t.step, t.attempt) not in started]
+        run.inherited = {(t.step, t.attempt) for t in fx.tasks} & started
+        fx.tasks = [t for t in fx.tasks if (t.step, t.attempt) not in run.inherited]
         fx.started = True  # the header must be written here
         await self._write(run, fx, partition, cmd)
         self.store.remember(run)
@@ -391,6 +393,9 @@ class StreamingWorker:
         state = run.state
         wid = state.workflow_id
         run.partition = partition
+        if run.inherited and run.parked is None:  # forget those no longer pending
+            pending = {(t.step, t.attempt) for t in self.machine.pending_tasks(run)}
+            run.inherited &= pending
         if fx.changed:
             await self.store.write_header(run, partition)
             for ev in fx.events:

@@ -108,7 +108,7 @@ async def test_an_attempt_running_during_the_handover_runs_once(kafka_bootstrap:
 
     Its own activity workers do not know them (their done-tasks table is the
     new generation's): dispatched again, a running or finished attempt would
-    run a second time.
+    run a second time. Neither the import nor a later takeover dispatches them.
     """
     HELD_RUNS.clear()
     held_started.clear()
@@ -132,6 +132,12 @@ async def test_an_attempt_running_during_the_handover_runs_once(kafka_bootstrap:
                 # Applied by generation 2, after the handover (signal() returns once
                 # the owner applied it): generation 2 has decided what to dispatch.
                 await client.signal("h", Signal(name="go", payload="go"))
+                # Another generation-2 worker takes the partition over: resuming the
+                # run, it must not dispatch the inherited attempt either.
+                await new_worker.stop()
+                new_worker = StreamingWorker(gen2, workflows, activities)
+                await new_worker.start()
+                assert await client.query("h", "status") == WorkflowStatus.RUNNING
                 release_held.set()
                 result = await client.get_handle("h").result(timeout=WAIT)
                 state = await client.describe("h")
