@@ -26,6 +26,7 @@ from fastavro.schema import parse_schema
 MAGIC = b"\xc3\x01"
 SCHEMA_NAMES = ("command", "history_event", "activity_task", "reply", "dead_letter")
 ENV_SCHEMAS = "STREAMFLOW_SCHEMAS"
+PREVIOUS_DIR = "previous"  # earlier schema versions, still read
 _NAMESPACE = "streamflow.v1"
 
 
@@ -107,12 +108,43 @@ class Codec:
         return record
 
 
-@cache
-def codec(name: str) -> Codec:
-    """The codec of ``schemas/<name>.avsc``."""
+def load_previous(name: str, directory: Path | None = None) -> list[dict[str, Any]]:
+    """Earlier versions of ``name``'s schema, oldest first: ``previous/<name>.<n>.avsc``.
+
+    When a schema changes, its last version is kept there, so that readers
+    still decode what writers on the older schema publish (a rolling upgrade,
+    a publisher in another language, messages still in a topic).
+    """
+    folder = (directory or schemas_dir()) / PREVIOUS_DIR
+    versions: list[tuple[int, Path]] = []
+    for path in folder.glob(f"{name}.*.avsc"):
+        number = path.name[len(name) + 1 : -len(".avsc")]
+        if not number.isdigit():
+            raise WireError(f"{path}: an earlier schema version must be named {name}.<number>.avsc")
+        versions.append((int(number), path))
+    raws = []
+    for _, path in sorted(versions):
+        try:
+            raws.append(json.loads(path.read_text()))
+        except (OSError, ValueError) as exc:
+            raise WireError(f"cannot read Avro schema {path}: {exc}") from exc
+    return raws
+
+
+def build_codec(name: str, directory: Path | None = None) -> Codec:
+    """A codec of ``<directory>/<name>.avsc`` that also reads its earlier versions."""
     if name not in SCHEMA_NAMES:
         raise WireError(f"no schema named {name!r} (known: {', '.join(SCHEMA_NAMES)})")
-    return Codec(name, load_raw(name))
+    built = Codec(name, load_raw(name, directory))
+    for raw in load_previous(name, directory):
+        built.add_writer(raw)
+    return built
+
+
+@cache
+def codec(name: str) -> Codec:
+    """The codec of ``schemas/<name>.avsc`` (and of its versions in ``schemas/previous/``)."""
+    return build_codec(name)
 
 
 def fingerprint_of(name: str) -> bytes:

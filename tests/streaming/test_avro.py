@@ -17,6 +17,7 @@ import json
 import math
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import avro.io
@@ -41,11 +42,14 @@ from app.streaming._messages import (
 )
 from app.streaming._wire import (
     MAGIC,
+    PREVIOUS_DIR,
     SCHEMA_NAMES,
     Codec,
     WireError,
+    build_codec,
     codec,
     frame,
+    load_previous,
     load_raw,
     schemas_dir,
 )
@@ -377,6 +381,45 @@ def test_evolved_reader_fills_defaults_for_old_messages(name: str) -> None:
     expected = {**record, "added_note": None, "added_level": 7}
     assert reader.decode(message) == expected
     assert ref_read(old, message, reader=new) == expected
+
+
+def copy_schemas(into: Path) -> Path:
+    into.mkdir()
+    for name in SCHEMA_NAMES:
+        (into / f"{name}.avsc").write_text(json.dumps(load_raw(name)))
+    return into
+
+
+def test_a_codec_reads_the_versions_kept_in_previous(tmp_path: Path) -> None:
+    directory = copy_schemas(tmp_path / "schemas")
+    older = without_field(load_raw("command"), "route")  # as a writer before `route` was
+    record = {k: v for k, v in samples("command")[0].items() if k != "route"}
+    message = fresh("command", older).encode(record)
+    with pytest.raises(WireError, match="unknown schema fingerprint"):
+        build_codec("command", directory).decode(message)
+    (directory / PREVIOUS_DIR).mkdir()
+    (directory / PREVIOUS_DIR / "command.1.avsc").write_text(json.dumps(older))
+    assert load_previous("command", directory) == [older]
+    assert build_codec("command", directory).decode(message) == {**record, "route": None}
+
+
+def test_a_kept_version_must_be_numbered(tmp_path: Path) -> None:
+    directory = copy_schemas(tmp_path / "schemas")
+    (directory / PREVIOUS_DIR).mkdir()
+    (directory / PREVIOUS_DIR / "command.old.avsc").write_text(json.dumps(load_raw("command")))
+    with pytest.raises(WireError, match=r"command\.old\.avsc.*command\.<number>\.avsc"):
+        build_codec("command", directory)
+
+
+def test_every_kept_version_and_the_current_schema_read_each_other() -> None:
+    assert (schemas_dir() / PREVIOUS_DIR / "README.md").is_file()
+    for name in SCHEMA_NAMES:
+        current = load_raw(name)
+        for older in load_previous(name):
+            assert compatible(reader=current, writer=older), name
+            assert compatible(reader=older, writer=current), name
+            written = fresh(name, older).encode(samples(name)[0])
+            assert codec(name).decode(written) == samples(name)[0]
 
 
 @pytest.mark.parametrize("name", SCHEMA_NAMES)
