@@ -371,10 +371,6 @@ class StreamingWorker:
         await self.store.import_history(run, partition)
         self._resumed.add(cmd.workflow_id)
         self.metrics.replays.inc()
-        resume = dataclasses.replace(cmd, kind=CommandKind.RESUME, payload=None)
-        handled, fx = self.machine.handle(run, resume)
-        assert handled is not None
-        run = handled
         # Attempts started before the handover stay with the previous generation's
         # activity workers, whose done-tasks table knows them: dispatched again here
         # they would run a second time, even when they had finished there. Their
@@ -382,7 +378,11 @@ class StreamingWorker:
         # keeps them, so that a takeover here does not dispatch them either.
         started = {
             (e.step, e.attempt) for e in state.history if e.type is EventType.ACTIVITY_STARTED
-        }
+        }  # before the resume, which may record (and dispatch) new attempts
+        resume = dataclasses.replace(cmd, kind=CommandKind.RESUME, payload=None)
+        handled, fx = self.machine.handle(run, resume)
+        assert handled is not None
+        run = handled
         run.inherited = {(t.step, t.attempt) for t in fx.tasks} & started
         fx.tasks = [t for t in fx.tasks if (t.step, t.attempt) not in run.inherited]
         fx.started = True  # the header must be written here
