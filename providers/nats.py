@@ -54,7 +54,13 @@ try:
     import nats.errors
     import nats.js.errors
     from nats.aio.client import Client
-    from nats.js.api import KeyValueConfig, StorageType
+    from nats.js.api import (
+        AckPolicy,
+        ConsumerConfig,
+        DeliverPolicy,
+        KeyValueConfig,
+        StorageType,
+    )
     from nats.js.kv import KeyValue
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
     raise ImportError(
@@ -107,6 +113,9 @@ _BACKOFF_MAX: Final = 2.0
 _CAS_ROUNDS: Final = 8
 _CACHE_SIZE: Final = 256
 _UNSURE_SIZE: Final = 4096
+_LIST_BATCH: Final = 256  # messages per fetch when listing
+# What removes a key: a KV-Operation header, or a marker the server (2.11+) places
+_REMOVED: Final = frozenset({"DEL", "PURGE", "MaxAge", "Purge", "Remove"})
 
 log = logging.getLogger("providers.nats")
 
@@ -629,19 +638,44 @@ class NatsStore:
         return entry.revision or 0, entry.value or b""
 
     async def _values(self, kv: KeyValue) -> builtins.list[tuple[str, bytes]]:
-        """The latest value of every key (deleted ones left out)."""
-        watcher = await kv.watchall(ignore_deletes=True)
+        """The latest value of every key (deleted ones left out).
+
+        Read with a pull consumer that starts at the last message of each key:
+        its pending count when created is exactly what there is to read. The KV
+        watcher was used first; its end-of-values marker could come before
+        values already on their way, and a list came back short or empty.
+        """
+        nc = self._nc
+        if nc is None:  # _bucket() connected it; closed meanwhile
+            raise _NotConnected()
+        prefix = f"$KV.{self._bucket_name}."
+        sub = await nc.jetstream(timeout=self._timeout).pull_subscribe(
+            f"{prefix}>",
+            stream=f"KV_{self._bucket_name}",
+            config=ConsumerConfig(
+                deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+                ack_policy=AckPolicy.NONE,
+                inactive_threshold=max(self._timeout * 2, 5.0),
+                mem_storage=True,
+            ),
+        )
         try:
-            values = []
-            async for entry in watcher:
-                if entry is None:  # the end of what was stored when the watch began
-                    break
-                values.append((entry.key, entry.value or b""))
-            return values
+            left = (await sub.consumer_info()).num_pending
+            latest: dict[str, bytes] = {}  # a key written while listing: its newest value
+            while left:
+                for msg in await sub.fetch(min(left, _LIST_BATCH), timeout=self._timeout):
+                    left = msg.metadata.num_pending
+                    key = msg.subject[len(prefix) :]
+                    headers = msg.headers or {}
+                    operation = headers.get("KV-Operation") or headers.get("Nats-Marker-Reason")
+                    if operation in _REMOVED:
+                        latest.pop(key, None)
+                    else:
+                        latest[key] = msg.data or b""
+            return list(latest.items())
         finally:
-            stop: Callable[[], Awaitable[None]] = watcher.stop  # unannotated in nats-py
             with contextlib.suppress(Exception):
-                await stop()
+                await sub.unsubscribe()
 
     async def _write(self, key: str, what: str, op: Callable[[KeyValue], Awaitable[_T]]) -> _T:
         """A write through :meth:`_call` that marks ``key`` unsure when its outcome is unknown."""
