@@ -375,16 +375,17 @@ class StreamingWorker:
         # activity workers, whose done-tasks table knows them: dispatched again here
         # they would run a second time, even when they had finished there. Their
         # results reach this generation through the old one's forwarding. The run
-        # keeps them, so that a takeover here does not dispatch them either.
-        started = {
-            (e.step, e.attempt) for e in state.history if e.type is EventType.ACTIVITY_STARTED
-        }  # before the resume, which may record (and dispatch) new attempts
+        # keeps them (the resume, and any takeover here, leaves them out), and
+        # _write forgets each once it is no longer pending.
+        run.inherited = {
+            (e.step, e.attempt)
+            for e in state.history
+            if e.type is EventType.ACTIVITY_STARTED and e.step is not None and e.attempt is not None
+        }
         resume = dataclasses.replace(cmd, kind=CommandKind.RESUME, payload=None)
         handled, fx = self.machine.handle(run, resume)
         assert handled is not None
         run = handled
-        run.inherited = {(t.step, t.attempt) for t in fx.tasks} & started
-        fx.tasks = [t for t in fx.tasks if (t.step, t.attempt) not in run.inherited]
         fx.started = True  # the header must be written here
         await self._write(run, fx, partition, cmd)
         self.store.remember(run)
