@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib
 import json
 import logging
@@ -149,7 +150,19 @@ def add_worker(subparsers: SubParsers) -> None:
     mode.add_argument("--activities-only", action="store_true", help="only run activities")
     mode.add_argument("--no-activities", action="store_true", help="only executor partitions")
     parser.add_argument("--task-queue", metavar="Q", help="activity task queue to serve")
-    parser.add_argument("--metrics-port", type=int, metavar="PORT", help="/metrics port (0: off)")
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="port of /metrics, /healthz and /readyz (default: $STREAMFLOW_METRICS_PORT "
+        "or 9464; 0: none); each worker on a host needs its own",
+    )
+    parser.add_argument(
+        "--instance-id",
+        metavar="ID",
+        help="stable id of this worker (static group membership): restarted with the same "
+        "id, it gets its partitions back without a rebalance",
+    )
     parser.set_defaults(handler=_worker)
 
 
@@ -171,15 +184,21 @@ def load_app_module(name: str) -> tuple[list[Any], list[Any]]:
 
 async def _worker(args: argparse.Namespace) -> int:
     from app.streaming import StreamingWorker
+    from app.streaming._health import HealthServer, PortInUseError
     from app.streaming.admin import ensure_topics
 
     logging.basicConfig(
         level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("app").setLevel(os.environ.get("STREAMFLOW_LOG_LEVEL", "INFO").upper())
-    settings = settings_from(args, task_queue=args.task_queue, metrics_port=args.metrics_port)
+    log = logging.getLogger("app.streaming.worker")
+    settings = settings_from(
+        args,
+        task_queue=args.task_queue,
+        metrics_port=args.metrics_port,
+        instance_id=args.instance_id,
+    )
     workflows, activities = load_app_module(args.app)
-    await ensure_topics(settings)
     worker = StreamingWorker(
         settings,
         workflows,
@@ -187,25 +206,62 @@ async def _worker(args: argparse.Namespace) -> int:
         run_executor=not args.activities_only,
         run_activities=not args.no_activities,
     )
+
+    def readiness() -> tuple[bool, list[str]]:
+        return worker.ready, worker.status()
+
+    http = None
     if settings.metrics_port:
-        worker.metrics.serve(settings.metrics_port)
+        http = HealthServer(worker.metrics.registry, settings.metrics_port, readiness)
+        try:
+            http.start()  # first: a taken port fails at once, before anything else starts
+        except PortInUseError as exc:
+            print(f"{args.prog}: {exc.strerror}", file=sys.stderr)
+            return 2
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     # SIGUSR1 logs what every task and thread is waiting on (a stuck worker's stacks)
     loop.add_signal_handler(signal.SIGUSR1, _dump_stacks)
-    await worker.start()
-    logging.getLogger("app.streaming.worker").info(
-        "worker started: app id %s, broker %s, metrics port %s",
-        settings.topology.namespace,
-        settings.bootstrap_servers,
-        settings.metrics_port,
-    )
-    await stop.wait()
-    logging.getLogger("app.streaming.worker").info("stopping")
-    await worker.stop()
+    try:
+        starting = asyncio.ensure_future(_start_worker(worker, settings, ensure_topics))
+        stopped = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():  # stopped while starting
+            starting.cancel()
+            with contextlib.suppress(BaseException):
+                await starting
+        else:
+            starting.result()
+            log.info(
+                "worker started: app id %s, broker %s, metrics port %s",
+                settings.topology.namespace,
+                settings.bootstrap_servers,
+                settings.metrics_port,
+            )
+            await stopped
+        stopped.cancel()
+        log.info("stopping")
+    except Exception as exc:
+        print(f"{args.prog}: the worker could not start: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        await worker.stop()
+        if http is not None:
+            http.stop()
     return 0
+
+
+async def _start_worker(worker: Any, settings: Any, ensure_topics: Any) -> None:
+    try:
+        await asyncio.wait_for(ensure_topics(settings), settings.request_timeout)
+    except TimeoutError:
+        raise TimeoutError(
+            f"no answer from Kafka at {settings.bootstrap_servers} within "
+            f"{settings.request_timeout:g}s"
+        ) from None
+    await worker.start()
 
 
 def _dump_stacks() -> None:

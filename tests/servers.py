@@ -17,10 +17,13 @@ import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -220,3 +223,146 @@ def running(server: Server, timeout: float = START_TIMEOUT) -> Iterator[Server]:
 def scratch_dir(prefix: str) -> Path:
     """A fresh directory for a server's data and log."""
     return Path(tempfile.mkdtemp(prefix=f"{prefix}-"))
+
+
+# --- Tansu on s3 storage (a local moto_server): a broker that can restart ---------
+#
+# Tansu's only persistent storage compiled in is ``s3://BUCKET/``; against a local
+# moto_server (from ``moto[server]``) its topics, records and committed offsets
+# survive a broker restart (SIGTERM or SIGKILL), so a test can restart the broker
+# itself: ``broker.stop()`` or ``broker.kill()``, then ``broker.start()`` on the same
+# port. moto keeps everything in its own memory: restart the broker, never moto.
+
+S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+
+# urllib would honour an http_proxy of the environment, even for 127.0.0.1
+_direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def moto(workdir: Path, port: int | None = None) -> Server:
+    """A moto_server (an in-memory S3) from ``moto[server]``; not started yet.
+
+    Its state lives in its process only: stopping it loses every bucket.
+    """
+    port = port or free_port()
+    argv = [_binary("moto_server"), "-H", "127.0.0.1", "-p", str(port)]
+    return Server("moto", argv, port, workdir)
+
+
+def create_bucket(moto_port: int, bucket: str, timeout: float = 10.0) -> None:
+    """Create ``bucket`` on the moto_server at ``moto_port``; an existing one is kept."""
+    url = f"http://127.0.0.1:{moto_port}/{bucket}"
+    request = urllib.request.Request(url, method="PUT")
+    try:
+        with _direct.open(request, timeout=timeout) as response:
+            response.read()
+    except urllib.error.HTTPError as exc:
+        body = exc.read().decode(errors="replace")
+        if exc.code == 409 and "BucketAlreadyOwnedByYou" in body:
+            return
+        raise ServerStartError(f"PUT {url} answered {exc.code}: {body[:2000]}") from exc
+    except OSError as exc:  # URLError, a refused connection, a timeout
+        raise ServerStartError(f"PUT {url} failed: {exc!r}") from exc
+
+
+def _kafka_answers(port: int, timeout: float) -> bool:
+    """Whether a broker answers a Metadata request (v1, all topics) within ``timeout``.
+
+    Tansu listens at once even when its storage is unreachable, then closes the
+    connection of a request that needs the storage: listing the topics does.
+    """
+    correlation_id = 7
+    client_id = b"tests.servers"
+    body = (
+        struct.pack(">hhih", 3, 1, correlation_id, len(client_id))
+        + client_id
+        + struct.pack(">i", -1)  # null topics: all of them
+    )
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            sock.sendall(struct.pack(">i", len(body)) + body)
+            header = b""
+            while len(header) < 8:
+                chunk = sock.recv(8 - len(header))
+                if not chunk:
+                    return False
+                header += chunk
+    except OSError:
+        return False
+    _size, answered = struct.unpack(">ii", header)
+    return bool(answered == correlation_id)
+
+
+@dataclass
+class S3Tansu(Server):
+    """A Tansu broker on s3 storage: :meth:`start` (and a restart) first makes sure
+    the bucket exists, then waits until the broker answers a Metadata request, so a
+    broker that listens but cannot reach its storage fails to start."""
+
+    moto_port: int = 0
+    bucket: str = ""
+
+    def start(self, timeout: float = START_TIMEOUT) -> Server:
+        if self.process is not None and self.process.poll() is None:
+            return self
+        deadline = time.monotonic() + timeout
+        create_bucket(self.moto_port, self.bucket)
+        super().start(timeout)
+        while not _kafka_answers(self.port, timeout=2.0):
+            if self.process is not None and self.process.poll() is not None:
+                code = self.process.returncode
+                self.process = None
+                raise ServerStartError(
+                    f"{self.name} exited with {code} before answering on "
+                    f"127.0.0.1:{self.port}; log:\n{self.log()}"
+                )
+            if time.monotonic() > deadline:
+                self.stop()
+                raise ServerStartError(
+                    f"{self.name} listened on 127.0.0.1:{self.port} but did not answer a "
+                    f"Metadata request within {timeout:.0f}s (is moto_server on "
+                    f"127.0.0.1:{self.moto_port} up?); log:\n{self.log()}"
+                )
+            time.sleep(0.05)
+        return self
+
+
+def tansu_s3(workdir: Path, moto_port: int, bucket: str, port: int | None = None) -> Server:
+    """A Tansu broker storing in ``s3://bucket/`` on the moto_server at ``moto_port``;
+    not started yet. :meth:`~Server.start` creates the bucket if it is missing."""
+    port = port or free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    endpoint = f"http://127.0.0.1:{moto_port}"
+    argv = [
+        tansu_binary(),
+        "broker",
+        "--listener-url",
+        url,
+        "--advertised-listener-url",
+        url,
+        "--storage-engine",
+        f"s3://{bucket}/",
+    ]
+    env = {
+        **S3_CREDENTIALS,
+        # Tansu reads every AWS_* variable; set the ones that could point it elsewhere
+        "AWS_ENDPOINT": endpoint,
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ALLOW_HTTP": "true",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_REGION": "us-east-1",
+        "AWS_VIRTUAL_HOSTED_STYLE_REQUEST": "false",
+        "NO_PROXY": "127.0.0.1",
+        "no_proxy": "127.0.0.1",
+    }
+    return S3Tansu(
+        "tansu-s3",
+        argv,
+        port,
+        workdir,
+        env=env,
+        ports={"moto": moto_port},
+        moto_port=moto_port,
+        bucket=bucket,
+    )

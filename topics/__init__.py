@@ -5,9 +5,9 @@ derive from the deployment's *namespace*, ``app_id`` plus the topic
 generation: ``<app_id>.g<generation>.<role>``. History, replies, dead letters
 and the control topic are ``<app_id>.<role>``, shared by every generation.
 The partition count grows by moving to the next generation (see
-``docs/architecture.md``). Faust names the changelog
-topics of its tables ``<faust app id>-<table>-changelog``; they are listed
-here too so ``check`` can verify them.
+``docs/architecture.md``). The changelog topics of the worker's tables are
+``<consumer group>-<table>-changelog``; they are listed here too so
+``check`` can verify them.
 """
 
 from __future__ import annotations
@@ -78,8 +78,8 @@ class Topology:
         return f"{self.app_id}.g{self.generation}"
 
     @property
-    def faust_id(self) -> str:
-        """The Faust app id (consumer group, changelog prefix) of this generation."""
+    def executor_group(self) -> str:
+        """The executors' consumer group (and changelog prefix) of this generation."""
         return self.namespace
 
     @property
@@ -109,11 +109,11 @@ class Topology:
         return f"{self.namespace}.activity-tasks.{queue}"
 
     def activity_group(self, queue: str = DEFAULT_TASK_QUEUE) -> str:
-        """The Faust app id (consumer group) of the activity workers of ``queue``."""
+        """The consumer group (and changelog prefix) of the activity workers of ``queue``."""
         return f"{self.namespace}.activities.{queue}"
 
     def changelog(self, table: str, app_id: str | None = None) -> str:
-        return f"{app_id or self.faust_id}-{table}-changelog"
+        return f"{app_id or self.executor_group}-{table}-changelog"
 
     def next_generation(self, partitions: int) -> Topology:
         """The topology to grow into: same app, next generation, ``partitions`` partitions."""
@@ -173,7 +173,7 @@ class Topology:
                 r,
                 {"cleanup.policy": "compact"},
                 "state",
-                "workflow state snapshots (Faust table changelog); key = workflow id",
+                "workflow state snapshots (table changelog); key = workflow id",
             ),
             TopicSpec(
                 self.changelog("history"),
@@ -181,7 +181,7 @@ class Topology:
                 r,
                 {"cleanup.policy": "compact"},
                 "history-table",
-                "each run's events (Faust table changelog); key = workflow id # event id",
+                "each run's events (table changelog); key = workflow id # event id",
             ),
             TopicSpec(
                 self.changelog("timers"),
@@ -189,7 +189,7 @@ class Topology:
                 r,
                 {"cleanup.policy": "compact"},
                 "timers",
-                "due times of pending timers (Faust table changelog); key = workflow id",
+                "due times of pending timers (table changelog); key = workflow id",
             ),
         ]
         specs += [

@@ -1,4 +1,4 @@
-"""The streaming runtime: Faust workers on Kafka, and the ``KafkaExecutor`` client.
+"""The streaming runtime: workers on Kafka, and the ``KafkaExecutor`` client.
 
 Needs the ``kafka`` extra (``pip install -e '.[kafka]'``). Importing it
 registers the ``"streaming"`` provider: ``new("streaming", Config(extra=
@@ -35,8 +35,8 @@ def _factory(config: Config) -> DurableExecutor:
         )
     if config.store is not None:
         raise InvalidArgumentError(
-            "provider 'streaming' keeps its state in Kafka (Faust tables): Config.store must "
-            "be None"
+            "provider 'streaming' keeps its state in Kafka (tables backed by changelog "
+            "topics): Config.store must be None"
         )
     return KafkaExecutor(**config.extra)
 

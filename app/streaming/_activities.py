@@ -11,29 +11,26 @@ running a second time.
 from __future__ import annotations
 
 import asyncio
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Any
+
+from aiokafka.errors import KafkaError
 
 from app.workflow import activity as _activity
 from app.workflow._activity_runner import run_attempt
 from app.workflow._names import FunctionTable
 from app.workflow._types import FailureInfo
 
-from ._faust import (
-    Outbox,
-    assigned_partitions,
-    changelog_table,
-    new_app,
-    raw_topic,
-    recover_tables,
-    to_dead_letter,
-)
+from ._consumer import DeliveryError, GroupConsumer, Producer, Record
 from ._machine import Command, CommandKind, Task
 from ._messages import InvalidCommandError, decode_task, encode_command
 from ._metrics import WorkerMetrics
+from ._outputs import Outbox, changelog_table, recover_tables, to_dead_letter
 from ._wire import WireError
 from .settings import StreamingSettings
+
+log = logging.getLogger("app.streaming.activities")
 
 
 class ActivityWorker:
@@ -48,69 +45,88 @@ class ActivityWorker:
         topo = settings.topology
         group = topo.activity_group(settings.task_queue)
         self.queue = topo.activity_tasks(settings.task_queue)
-        self.app = app = new_app(settings, group, 0)
-        self.results = Outbox(app, topo.commands)
-        self.dead_letter = Outbox(app, topo.dead_letter)
-        self.done_table = changelog_table(app, topo.changelog("done-tasks", group))
-        self._partitions: set[int] = set()
-        # partitions left out of an assignment since the last rebalance completed
-        self._lapsed: set[int] = set()
-        self._stopping = False
-        self._pool = ThreadPoolExecutor(settings.activity_threads, "activity")
-        self._inflight: set[asyncio.Future[None]] = set()
-        app.on_rebalance_complete.connect(self._on_rebalance_complete)
-        app.on_partitions_assigned.connect(self._on_partitions_assigned)
-        app.agent(
-            raw_topic(app, settings, self.queue),
-            name=f"{topo.faust_id}.activities",
+        self.producer = Producer(settings, f"{group}.runner")
+        self.results = Outbox(self.producer, topo.commands)
+        self.dead_letter = Outbox(self.producer, topo.dead_letter)
+        self.done_table = changelog_table(self.producer, topo.changelog("done-tasks", group))
+        self.consumer = GroupConsumer(
+            settings,
+            group,
+            self.queue,
+            self,
+            self.producer,
             concurrency=settings.activity_concurrency,
-        )(self._agent)
+        )
+        self._pool = ThreadPoolExecutor(settings.activity_threads, "activity")
+        self._running: dict[str, asyncio.Future[bytes]] = {}
 
-    async def drain(self) -> None:
+    async def start(self) -> None:
+        await self.producer.start()
+        await self.consumer.start()
+
+    async def stop(self) -> None:
         """Take no more tasks; let running ones finish and report for ``drain_timeout``.
 
         A thread cannot be called back, so an attempt cut short here would
-        still have run once; those still running at the bound are cancelled.
+        still have run once; those still running at the bound are cancelled and
+        run again on the next owner.
         """
-        self._stopping = True
-        if self._inflight:
-            _, late = await asyncio.wait(self._inflight, timeout=self.settings.drain_timeout)
-            for task in late:
-                task.cancel()
-
-    def close(self) -> None:
-        """Release the thread pool (after the app stopped)."""
+        await self.consumer.stop(self.settings.drain_timeout)
+        await self.producer.stop()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    async def _agent(self, stream: Any) -> None:
-        async for event in stream.events():
-            if self._stopping:
-                return  # not acked: the next owner runs it
-            try:
-                task = decode_task(event.value)
-            except (WireError, InvalidCommandError) as exc:
-                reason = f"bad activity task: {exc}"
-                await to_dead_letter(self.dead_letter, self.metrics, event, reason)
-                continue
-            handling = asyncio.ensure_future(self._handle(task, event.message.partition))
-            self._inflight.add(handling)
-            handling.add_done_callback(self._inflight.discard)
-            try:
-                # shielded: a stop lets it finish (drain() waits for it) while this
-                # agent is cancelled
-                await asyncio.shield(handling)
-            except asyncio.CancelledError:
-                if self._stopping:
-                    return  # not acked: the task is redelivered to the next owner
-                raise
+    # -- partitions (called by the consumer) ------------------------------------------
+    async def gain(self, partitions: set[int]) -> None:
+        await recover_tables(self.settings, [self.done_table], partitions)
+
+    def lose(self, partitions: set[int]) -> None:
+        self.done_table.drop(partitions)
+
+    async def handle(self, record: Record) -> None:
+        try:
+            task = decode_task(record.value)
+        except (WireError, InvalidCommandError) as exc:
+            await to_dead_letter(
+                self.dead_letter, self.metrics, record, f"bad activity task: {exc}"
+            )
+            return
+        try:
+            await self._handle(task, record.partition)
+        except (KafkaError, DeliveryError, asyncio.CancelledError):
+            raise
+        except Exception as exc:  # a bug: keep the task with the reason, go on
+            log.exception("activity task %s failed", task.task_id)
+            await to_dead_letter(
+                self.dead_letter,
+                self.metrics,
+                record,
+                f"internal error while running the task: {exc!r}"[:500],
+                task.workflow_id,
+            )
 
     async def _handle(self, task: Task, partition: int) -> None:
         key = task.task_id.encode()
         done = self.done_table.get(key)
         if done is None:
-            done = await self._run(task)
-            # durable before it is published (see the module docstring)
-            await (await self.done_table.set(key, done, partition))
+            running = self._running.get(task.task_id)
+            if running is not None:
+                # A copy (re-driven, or redelivered) of an attempt running here: the
+                # attempt reports when it finishes.
+                await asyncio.shield(running)
+                return
+            fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+            self._running[task.task_id] = fut
+            try:
+                done = await self._run(task)
+                # durable before it is published (see the module docstring)
+                await (await self.done_table.set(key, done, partition))
+                fut.set_result(done)
+            except BaseException as exc:
+                fut.set_exception(exc)
+                fut.exception()  # retrieved: a copy waiting on it re-raises it
+                raise
+            finally:
+                self._running.pop(task.task_id, None)
         await self.results.send(key=task.workflow_id.encode(), value=done)
 
     async def _run(self, task: Task) -> bytes:
@@ -153,18 +169,3 @@ class ActivityWorker:
                 failure=failure,
             )
         )
-
-    # The same scheme as the executor's: a partition kept across a rebalance keeps
-    # its part of the done-tasks table; one lost, or left out of an assignment in
-    # between, is dropped and read again.
-    async def _on_partitions_assigned(self, sender: Any, /, *args: Any, **kwargs: Any) -> None:
-        self._lapsed |= self._partitions - assigned_partitions(args[0], self.queue)
-
-    async def _on_rebalance_complete(self, sender: Any, /, *args: Any, **kwargs: Any) -> None:
-        active = assigned_partitions(self.app.consumer.assignment(), self.queue)
-        stale = (self._partitions - active) | (active & self._lapsed)
-        self._lapsed = set()
-        self.done_table.drop(stale)
-        gained = active - (self._partitions - stale)
-        self._partitions = active
-        await recover_tables(self.settings, [self.done_table], gained)

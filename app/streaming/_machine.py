@@ -275,6 +275,34 @@ class Machine:
             return {}
         return run.instance.pending_timers()
 
+    def describe_timers(self, run: Run) -> list[dict[str, Any]]:
+        """The run's pending timers, in due order, for ``describe``."""
+        return [
+            {
+                "step": t.step,
+                "kind": t.kind.value,
+                "due": t.due,
+                "attempt": t.attempt,
+                "activity": t.activity_name,
+            }
+            for t in sorted(self.pending_timers(run).values(), key=lambda t: t.due)
+        ]
+
+    def awaited_signals(self, run: Run) -> list[str]:
+        """The signal names the run's code waits on."""
+        if run.instance is None or not run.running:
+            return []
+        return run.instance.awaited_signals()
+
+    def backing_off(self, run: Run) -> list[dict[str, Any]]:
+        """Failed attempts waiting out a retry backoff."""
+        if run.instance is None or not run.running:
+            return []
+        return [
+            {"activity": a.name, "step": a.step, "attempt": a.attempt}
+            for a in run.instance.backing_off()
+        ]
+
     # -- commands --------------------------------------------------------------
     def handle(self, run: Run | None, cmd: Command) -> tuple[Run | None, Effects]:
         """Apply ``cmd`` to ``run`` (None: the workflow is unknown here)."""

@@ -1,12 +1,13 @@
 """Prometheus metrics of a streaming worker, served on ``/metrics``.
 
 Each worker has its own registry, so several workers in one process (tests)
-do not collide; the CLI worker serves its registry on ``metrics_port``.
+do not collide; the CLI worker serves its registry on ``metrics_port``
+(:mod:`._health`), next to ``/healthz`` and ``/readyz``.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
 class WorkerMetrics:
@@ -66,12 +67,25 @@ class WorkerMetrics:
         self.duplicates = Counter(
             "streamflow_duplicate_commands_total", "Redelivered commands dropped", registry=r
         )
+        self.redrives = Counter(
+            "streamflow_redrives_total",
+            "Activity tasks sent again because their attempt stayed pending past its deadline",
+            registry=r,
+        )
+        self.oldest_attempt = Gauge(
+            "streamflow_oldest_pending_attempt_seconds",
+            "Age of the oldest pending activity attempt, by owned partition",
+            ["partition"],
+            registry=r,
+        )
+        self.oldest_timer = Gauge(
+            "streamflow_oldest_due_timer_seconds",
+            "How long the most overdue timer has been due, by owned partition",
+            ["partition"],
+            registry=r,
+        )
         self.parked = Gauge(
             "streamflow_parked_runs",
             "Runs stuck on a non-determinism or unknown type",
             registry=r,
         )
-
-    def serve(self, port: int, addr: str = "0.0.0.0") -> None:
-        """Serve ``/metrics`` on ``port`` in a background thread."""
-        start_http_server(port, addr=addr, registry=self.registry)

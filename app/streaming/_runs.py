@@ -16,14 +16,13 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
-import faust
-
 from app.workflow._types import WorkflowState
 from topics import Topology
 
-from ._faust import changelog_table
+from ._consumer import Producer
 from ._machine import Machine, Run
 from ._metrics import WorkerMetrics
+from ._outputs import changelog_table
 
 MOVED_KEY = b"\x00moved/"  # workflows-table key of a partition's new generation
 _TAIL = 32  # events repeated in each run header
@@ -35,17 +34,17 @@ class RunStore:
 
     def __init__(
         self,
-        app: faust.App,
+        producer: Producer,
         topology: Topology,
         machine: Machine,
         metrics: WorkerMetrics,
         cache_size: int,
     ) -> None:
-        self.runs = changelog_table(app, topology.changelog("workflows"))
-        self.history = changelog_table(app, topology.changelog("history"))
-        self.timers = changelog_table(app, topology.changelog("timers"), json.loads)
+        self.runs = changelog_table(producer, topology.changelog("workflows"))
+        self.history = changelog_table(producer, topology.changelog("history"))
+        self.timers = changelog_table(producer, topology.changelog("timers"), json.loads)
         self.tables = [self.runs, self.history, self.timers]
-        self._flush: Callable[[], Awaitable[Any]] = lambda: app.producer.flush()
+        self._flush: Callable[[], Awaitable[Any]] = producer.flush
         self.machine = machine
         self.metrics = metrics
         self.cache_size = cache_size

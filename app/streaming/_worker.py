@@ -1,6 +1,6 @@
-"""The streaming worker: Faust apps whose agents are the executor partitions.
+"""The streaming worker: consumer group members that are the executor partitions.
 
-- The ``executor`` agent consumes the commands topic. Each partition it owns
+- The executor consumes the commands topic. Each partition it owns
   is an executor partition, sole owner of the workflows keyed to it. For each
   command it loads the run (:mod:`._runs`: from its cache, else from the
   ``workflows`` and ``history`` tables, replaying the history), lets the
@@ -8,20 +8,20 @@
   tables (compacted changelogs, co-partitioned with the commands), the events
   to the history topic, activity tasks to the task queue's topic, timers to
   the ``timers`` table, and the reply to the replies topic.
-- The ``activities`` agent (:mod:`._activities`) consumes the activity tasks
+- The activity runner (:mod:`._activities`) consumes the activity tasks
   and publishes each outcome as an ``activity_result`` command; the
   ``done-tasks`` table keeps a redelivered task that already finished from
   running again.
 - A timer loop fires the due timers of the partitions this worker owns, as
   ``timer_fired`` commands.
 
-Delivery is at-least-once: Faust commits an offset only after flushing the
-producer, so the state a command produced is acknowledged before its offset
-is; a redelivered command is dropped by its id (or, for engine commands, by
-the run's step and attempt). After a rebalance the new owner resumes its
+Delivery is at-least-once (:mod:`._consumer`): an offset is committed only
+after the producer acknowledged everything the commands before it produced;
+a redelivered command is dropped by its id (or, for engine commands, by the
+run's step and attempt). After a rebalance the new owner resumes its
 workflows: it replays them and dispatches their pending activity attempts
 again (the ``done-tasks`` table turns the repeat of a finished one into a
-no-op).
+no-op), and an attempt pending too long is sent again (:mod:`._pending`).
 """
 
 from __future__ import annotations
@@ -36,21 +36,14 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-import faust
+from aiokafka.errors import KafkaError
 
 from app.workflow._names import FunctionTable, Registrable
 from app.workflow._types import EventType, WorkflowState
 
 from ._activities import ActivityWorker
-from ._faust import (
-    Outbox,
-    assigned_partitions,
-    new_app,
-    raw_topic,
-    recover_tables,
-    to_dead_letter,
-)
-from ._machine import Command, CommandKind, Effects, Machine, Run
+from ._consumer import DeliveryError, GroupConsumer, Producer, Record
+from ._machine import DESCRIBE, Command, CommandKind, Effects, Machine, Run
 from ._messages import (
     InvalidCommandError,
     decode_command,
@@ -61,11 +54,15 @@ from ._messages import (
     partition_for,
 )
 from ._metrics import WorkerMetrics
+from ._outputs import Outbox, recover_tables, to_dead_letter
+from ._pending import PendingAttempts
 from ._runs import RunStore
 from ._wire import WireError
 from .settings import StreamingSettings
 
 log = logging.getLogger("app.streaming.worker")
+
+OWNED = "executor partitions owned"
 
 
 def _now() -> datetime:
@@ -93,53 +90,63 @@ class StreamingWorker:
         run_activities: bool = True,
     ) -> None:
         self.settings = settings
-        self.topology = settings.topology
+        self.topology = topo = settings.topology
         self.workflows = FunctionTable("workflow", workflows)
         self.activities = FunctionTable("activity", activities, "activities")
         self.machine = Machine(self.workflows, self.activities)
         self.metrics = WorkerMetrics()
         self.run_executor = run_executor
         self._owned: set[int] = set()
-        self._resumed: set[str] = set()
-        # owned partitions left out of an assignment since the last rebalance completed
-        self._lapsed: set[int] = set()
         self._generation_topics: dict[int, Outbox] = {}
         self._fired: dict[tuple[str, int, int | None], float] = {}
-        self.app = self._build_app()
-        self.store = RunStore(
-            self.app, self.topology, self.machine, self.metrics, settings.cache_size
+        self._timer_task: asyncio.Task[None] | None = None
+        self._started = False
+        self.attempts = PendingAttempts(settings.redrive_after, settings.redrive_max)
+        self.producer = Producer(settings, f"{topo.executor_group}.executor")
+        self.commands_out = Outbox(self.producer, topo.commands)
+        self.history = Outbox(self.producer, topo.history)
+        self.replies = Outbox(self.producer, topo.replies)
+        self.dead_letter = Outbox(self.producer, topo.dead_letter)
+        self.tasks = Outbox(self.producer, topo.activity_tasks(settings.task_queue))
+        self.store = RunStore(self.producer, topo, self.machine, self.metrics, settings.cache_size)
+        self.consumer = GroupConsumer(
+            settings, topo.executor_group, topo.commands, self, self.producer
         )
+        self.consumer.on_record = self._observe_lag
         self.activity_worker = (
             ActivityWorker(settings, self.activities, self.metrics) if run_activities else None
         )
 
-    def _build_app(self) -> faust.App:
-        """The executor partitions: one consumer group on the commands topic."""
-        s, topo = self.settings, self.topology
-        app = new_app(s, topo.faust_id, s.web_port)
-        self.commands_out = Outbox(app, topo.commands)
-        self.history = Outbox(app, topo.history)
-        self.replies = Outbox(app, topo.replies)
-        self.dead_letter = Outbox(app, topo.dead_letter)
-        self.tasks = Outbox(app, topo.activity_tasks(s.task_queue))
-        if self.run_executor:
-            commands = raw_topic(app, s, topo.commands)
-            app.agent(commands, name=f"{topo.faust_id}.executor")(self._executor_agent)
-            app.timer(s.timer_tick, name=f"{topo.faust_id}.timers")(self._fire_timers)
-            app.on_rebalance_complete.connect(self._on_rebalance_complete)
-            app.on_partitions_assigned.connect(self._on_partitions_assigned)
-        return app
+    @property
+    def consumers(self) -> list[GroupConsumer]:
+        """The consumer group members this worker runs."""
+        out = [self.consumer] if self.run_executor else []
+        if self.activity_worker is not None:
+            out.append(self.activity_worker.consumer)
+        return out
 
     @property
-    def apps(self) -> list[faust.App]:
-        apps = [self.app] if self.run_executor else []
-        if self.activity_worker is not None:
-            apps.append(self.activity_worker.app)
-        return apps
+    def ready(self) -> bool:
+        """Every group joined and every partition assigned read back."""
+        return self._started and all(c.ready for c in self.consumers)
+
+    def status(self) -> list[str]:
+        """A line per consumer group member: where it is (for /readyz)."""
+        return [c.status() for c in self.consumers]
 
     async def start(self) -> None:
-        """Start the worker's Faust apps in this event loop."""
-        await asyncio.gather(*(app.start() for app in self.apps))
+        """Connect and join the groups; partitions are handled once assigned and read."""
+        try:
+            if self.run_executor:
+                await self.producer.start()
+                await self.consumer.start()
+                self._timer_task = asyncio.create_task(self._timer_loop(), name="timers")
+            if self.activity_worker is not None:
+                await self.activity_worker.start()
+        except BaseException:
+            await self.stop()
+            raise
+        self._started = True
 
     async def stop(self) -> None:
         """Stop consuming.
@@ -148,57 +155,77 @@ class StreamingWorker:
         still running then are cancelled, and tasks not yet acknowledged run on
         the next owner.
         """
+        self._started = False
+        if self._timer_task is not None:
+            self._timer_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._timer_task
+            self._timer_task = None
         if self.activity_worker is not None:
-            await self.activity_worker.drain()
-        for app in self.apps:
-            # write out what was processed so that a restart finds it in the changelogs
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(app.producer.flush(), self.settings.request_timeout)
-            await app.stop()
-        if self.activity_worker is not None:
-            self.activity_worker.close()
+            await self.activity_worker.stop()
+        if self.run_executor:
+            await self.consumer.stop()
+            await self.producer.stop()
         self.store.close()
 
-    # -- executor partitions ---------------------------------------------------------
-    async def _executor_agent(self, stream: Any) -> None:
-        async for event in stream.events():
-            try:
-                await self._on_command(event)
-            except Exception as exc:
-                # A bug must not stop the partition: the command is kept with the reason.
-                log.exception("command at offset %s failed", event.message.offset)
-                try:
-                    await self._dead_letter(
-                        event,
-                        f"internal error while applying the command: {exc!r}"[:500],
-                    )
-                except Exception:
-                    log.exception("could not dead-letter offset %s", event.message.offset)
+    # -- partitions (called by the consumer) ------------------------------------------
+    async def gain(self, partitions: set[int]) -> None:
+        """Read the tables of ``partitions``, then resume their running workflows."""
+        await recover_tables(self.settings, self.store.tables, partitions)
+        self._owned |= partitions
+        log.info("%s: %s", OWNED, sorted(self._owned))
+        await self._resume_runs(partitions)
 
-    async def _on_command(self, event: Any) -> None:
-        message = event.message
-        if event.key is None:
+    def lose(self, partitions: set[int]) -> None:
+        """Forget ``partitions``: their next owner reads them from the changelogs."""
+        partitions &= self._owned | partitions
+        self.store.forget(partitions)
+        self.attempts.forget(partitions)
+        for p in partitions:
+            with contextlib.suppress(KeyError):
+                self.metrics.oldest_attempt.remove(str(p))
+            with contextlib.suppress(KeyError):
+                self.metrics.oldest_timer.remove(str(p))
+        if self._owned & partitions:
+            self._owned -= partitions
+            log.info("%s: %s", OWNED, sorted(self._owned))
+
+    async def handle(self, record: Record) -> None:
+        """Apply one command; what cannot be applied goes to the dead-letter topic."""
+        try:
+            await self._on_command(record)
+        except (KafkaError, DeliveryError):
+            raise  # the broker failed us: the consumer goes back to the last commit
+        except Exception as exc:
+            # A bug must not stop the partition: the command is kept with the reason.
+            log.exception("command at %s@%s failed", record.partition, record.offset)
             await self._dead_letter(
-                event,
+                record, f"internal error while applying the command: {exc!r}"[:500]
+            )
+
+    # -- executor partitions ---------------------------------------------------------
+    async def _on_command(self, record: Record) -> None:
+        partition = record.partition
+        if record.key is None:
+            await self._dead_letter(
+                record,
                 "command has no key: commands must be keyed by workflow id so that "
                 "one partition owns each workflow",
             )
             return
         try:
-            cmd = decode_command(event.value, event.key)
+            cmd = decode_command(record.value, record.key)
         except (WireError, InvalidCommandError) as exc:
-            await self._dead_letter(event, str(exc))
+            await self._dead_letter(record, str(exc))
             return
-        partition = message.partition
         log.debug(
             "command %s %s for %s at %s@%s",
             cmd.kind,
             cmd.command_id,
             cmd.workflow_id,
             partition,
-            message.offset,
+            record.offset,
         )
-        self._observe_lag(message)
         if cmd.kind == CommandKind.MIGRATE:
             await self._migrate(cmd, partition)
             return
@@ -231,11 +258,9 @@ class StreamingWorker:
                 if run is None and cmd.kind != CommandKind.START
                 else f"unknown workflow type {cmd.name!r}"
             )
-            await self._dead_letter(event, f"{cmd.kind} names an {reason}")
+            await self._dead_letter(record, f"{cmd.kind} names an {reason}", cmd.workflow_id)
         before_status = run.state.status if run is not None else None
         run, fx = self.machine.handle(run, cmd)
-        if cmd.kind == CommandKind.START and fx.started:
-            self._resumed.add(cmd.workflow_id)  # a new run dispatches its own work
         self.metrics.commands.labels(cmd.kind, "duplicate" if fx.duplicate else "ok").inc()
         if fx.duplicate:
             self.metrics.duplicates.inc()
@@ -246,6 +271,9 @@ class StreamingWorker:
                 self.metrics.workflows_started.inc()
             if before_status is not run.state.status and not run.running:
                 self.metrics.workflows_ended.labels(run.state.status.value).inc()
+            reply = fx.reply
+            if cmd.name == DESCRIBE and reply and reply.ok and isinstance(reply.payload, dict):
+                reply.payload["waiting"] = self._waiting(run, partition)
         if fx.reply is not None and cmd.reply_to:
             await self.replies.send(
                 key=cmd.reply_to.encode(),
@@ -309,7 +337,7 @@ class StreamingWorker:
         topic = self._generation_topics.get(generation)
         if topic is None:
             name = dataclasses.replace(self.topology, generation=generation).commands
-            topic = Outbox(self.app, name)
+            topic = Outbox(self.producer, name)
             self._generation_topics[generation] = topic
         return topic
 
@@ -369,7 +397,6 @@ class StreamingWorker:
         run = Run(state=state, start_command=header.get("start"))
         run.seen.extend(header.get("seen", []))
         await self.store.import_history(run, partition)
-        self._resumed.add(cmd.workflow_id)
         self.metrics.replays.inc()
         # Attempts started before the handover stay with the previous generation's
         # activity workers, whose done-tasks table knows them: dispatched again here
@@ -394,9 +421,9 @@ class StreamingWorker:
         state = run.state
         wid = state.workflow_id
         run.partition = partition
+        pending = self.machine.pending_tasks(run)
         if run.inherited and run.parked is None:  # forget those no longer pending
-            pending = {(t.step, t.attempt) for t in self.machine.pending_tasks(run)}
-            run.inherited &= pending
+            run.inherited &= {(t.step, t.attempt) for t in pending}
         if fx.changed:
             await self.store.write_header(run, partition)
             for ev in fx.events:
@@ -409,71 +436,82 @@ class StreamingWorker:
         now = _now()
         for task in fx.tasks:  # a resume re-dispatches work without recording anything
             await self.tasks.send(key=task.task_id.encode(), value=encode_task(task, now))
+        started = None
+        if cmd.kind in (CommandKind.RESUME, CommandKind.HANDOVER):
+            if fx.tasks:
+                log.info(
+                    "resumed %s on partition %s: dispatched attempts %s again",
+                    wid,
+                    partition,
+                    ", ".join(f"{t.activity_name}#{t.step}.{t.attempt}" for t in fx.tasks),
+                )
+            started = {
+                (e.step, e.attempt): e.timestamp.timestamp()
+                for e in state.history
+                if e.type is EventType.ACTIVITY_STARTED and e.step is not None
+                if e.attempt is not None
+            }
+        self.attempts.update(
+            wid,
+            partition,
+            [t for t in pending if (t.step, t.attempt) not in run.inherited],
+            fx.tasks,
+            started,
+        )
         await self.store.write_timers(run, partition)
         if run.parked is not None:
             self.metrics.parked.inc()
 
-    def _observe_lag(self, message: Any) -> None:
-        with contextlib.suppress(Exception):  # highwater is unknown before the first fetch
-            tp = message.tp
-            highwater = self.app.consumer.highwater(tp)
-            if highwater is not None:
-                lag = max(0, highwater - message.offset - 1)
-                self.metrics.consumer_lag.labels(str(tp.partition)).set(lag)
+    def _waiting(self, run: Run, partition: int) -> dict[str, Any]:
+        """What the run waits on, for ``describe``: attempts, timers, signals."""
+        attempts = self.attempts.of(run.state.workflow_id)
+        activities = []
+        for task in self.machine.pending_tasks(run):
+            known = attempts.get((task.step, task.attempt))
+            activities.append(
+                {
+                    "activity": task.activity_name,
+                    "step": task.step,
+                    "attempt": task.attempt,
+                    "started": known.started if known else None,
+                    "dispatched": known.dispatched if known else None,
+                    "redrives": known.redrives if known else 0,
+                    "inherited": (task.step, task.attempt) in run.inherited,
+                }
+            )
+        return {
+            "partition": partition,
+            "activities": activities,
+            "timers": self.machine.describe_timers(run),
+            "signals": self.machine.awaited_signals(run),
+            "backing_off": self.machine.backing_off(run),
+        }
 
-    async def _dead_letter(self, event: Any, reason: str) -> None:
-        await to_dead_letter(self.dead_letter, self.metrics, event, reason)
+    def _observe_lag(self, record: Record) -> None:
+        highwater = self.consumer.highwater(record.partition)
+        if highwater is not None:
+            lag = max(0, highwater - record.offset - 1)
+            self.metrics.consumer_lag.labels(str(record.partition)).set(lag)
 
-    # -- rebalances --------------------------------------------------------------------
-    def _active_partitions(self) -> set[int]:
-        return assigned_partitions(self.app.consumer.assignment(), self.topology.commands)
+    async def _dead_letter(self, record: Record, reason: str, workflow_id: str = "") -> None:
+        if not workflow_id and record.key:
+            workflow_id = record.key.decode(errors="replace")
+        await to_dead_letter(self.dead_letter, self.metrics, record, reason, workflow_id)
 
-    # A rebalance revokes every partition and then assigns; one may follow another
-    # before the streams resume. A partition this worker keeps across it keeps its
-    # tables, cache and resumed runs: no other worker had it. One that was left out
-    # of any assignment in between may have been worked on elsewhere: it is read
-    # again, like a partition gained.
-    async def _on_partitions_assigned(self, sender: Any, /, *args: Any, **kwargs: Any) -> None:
-        # Faust signal handlers get (sender, *args, signal=..., **kwargs); args[0] is
-        # the set of partitions assigned.
-        assigned = assigned_partitions(args[0], self.topology.commands)
-        self._lapsed |= self._owned - assigned
-
-    def _forget(self, partitions: set[int]) -> None:
-        """Drop what this worker holds of ``partitions``: it is not (or no longer) current."""
-        if not partitions:
-            return
-        partition_of = self.store.partition_of
-        self._resumed = {w for w in self._resumed if partition_of(w) not in partitions}
-        self.store.forget(partitions)
-        self._owned -= partitions
-
-    async def _on_rebalance_complete(self, sender: Any, /, *args: Any, **kwargs: Any) -> None:
-        active = self._active_partitions()
-        self._forget((self._owned - active) | (active & self._lapsed))
-        self._lapsed = set()
-        await recover_tables(self.settings, self.store.tables, active - self._owned)
-        if active != self._owned:
-            log.info("executor partitions owned: %s", sorted(active))
-        self._owned = active
-        await self._resume_runs(active)
-
-    async def _resume_runs(self, active: set[int]) -> None:
-        """Resume the running workflows of owned partitions this worker has not resumed yet.
+    # -- resuming ----------------------------------------------------------------------
+    async def _resume_runs(self, partitions: set[int]) -> None:
+        """Resume the running workflows of ``partitions``, just gained.
 
         Through the commands topic, so each resume is applied in order with the
         workflow's other commands, in the partition's own stream.
         """
         resumed = []
         for key, header in self.store.headers():
-            wid = key.decode()
-            if wid in self._resumed:
-                continue
-            if header["p"] not in active or header["state"]["status"] != "running":
+            if header["p"] not in partitions or header["state"]["status"] != "running":
                 continue
             if header.get("moved") is not None:
                 continue
-            self._resumed.add(wid)
+            wid = key.decode()
             self.store.evict(wid)
             cmd = Command(
                 command_id=new_command_id(),
@@ -484,11 +522,68 @@ class StreamingWorker:
             await self.commands_out.send(key=key, value=encode_command(cmd))
             resumed.append(wid)
         if resumed:
-            log.info("resuming %d running workflows on partitions %s", len(resumed), sorted(active))
+            log.info(
+                "resuming %d running workflows on partitions %s: %s",
+                len(resumed),
+                sorted(partitions),
+                ", ".join(resumed[:50]) + (" ..." if len(resumed) > 50 else ""),
+            )
 
-    # -- timers ------------------------------------------------------------------------
+    # -- timers and re-drives ------------------------------------------------------------
+    async def _timer_loop(self) -> None:
+        last_redrive = last_gauges = 0.0
+        while True:
+            await asyncio.sleep(self.settings.timer_tick)
+            try:
+                await self._fire_timers()
+                now = time.monotonic()
+                if now - last_redrive >= min(1.0, self.settings.redrive_after / 4):
+                    last_redrive = now
+                    await self._redrive()
+                if now - last_gauges >= 1.0:
+                    last_gauges = now
+                    self._update_ages()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("the timer loop failed; it goes on")
+
+    async def _redrive(self) -> None:
+        """Send again the task of every attempt pending past its deadline."""
+        now = _now()
+        for attempt in self.attempts.due(self.consumer.owned):
+            task = attempt.task
+            log.warning(
+                "re-driving %s: attempt %s of step %s (%s) still pending %.1fs after it "
+                "started; its task is sent again (re-drive %d)",
+                task.workflow_id,
+                task.attempt,
+                task.step,
+                task.activity_name,
+                time.time() - attempt.started,
+                attempt.redrives,
+            )
+            self.metrics.redrives.inc()
+            await self.tasks.send(key=task.task_id.encode(), value=encode_task(task, now))
+
+    def _update_ages(self) -> None:
+        now = time.time()
+        owned = self.consumer.owned
+        oldest_attempt = self.attempts.oldest()
+        oldest_timer: dict[int, float] = {}
+        for _, entry in self.store.timers.decoded_items():
+            p = entry["p"]
+            for _, due, _ in entry["timers"]:
+                if due <= now:
+                    oldest_timer[p] = min(oldest_timer.get(p, due), due)
+        for p in owned:
+            started = oldest_attempt.get(p)
+            self.metrics.oldest_attempt.labels(str(p)).set(0 if started is None else now - started)
+            due = oldest_timer.get(p)
+            self.metrics.oldest_timer.labels(str(p)).set(0 if due is None else now - due)
+
     async def _fire_timers(self) -> None:
-        active = self._active_partitions()
+        active = self.consumer.owned
         if not active:
             return
         now = time.time()
@@ -504,6 +599,13 @@ class StreamingWorker:
                 last = self._fired.get(mark)
                 if last is not None and now - last < refire:
                     continue
+                if last is not None:
+                    log.warning(
+                        "re-firing timer %s of %s: fired %.1fs ago and not applied yet",
+                        step,
+                        wid,
+                        now - last,
+                    )
                 self._fired[mark] = now
                 self.metrics.timer_lag.observe(now - due)
                 cmd = Command(

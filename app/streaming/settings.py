@@ -9,7 +9,6 @@ them. Invalid values fail at construction, naming the setting.
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -67,9 +66,6 @@ class StreamingSettings(BaseModel):
     follow_generation: bool = Field(
         True, description="Client: use the newest generation announced on the control topic"
     )
-    stream_buffer: int = Field(
-        4096, ge=1, description="Messages buffered per stream ahead of the agent"
-    )
     cache_size: int = Field(10_000, ge=1, description="Running workflows kept in memory")
     activity_concurrency: int = Field(32, ge=1, description="Activity tasks run at once")
     activity_threads: int = Field(32, ge=1, description="Threads for plain (sync) activities")
@@ -79,11 +75,28 @@ class StreamingSettings(BaseModel):
         description="On stop, how long running activities may finish and report (s)",
     )
     request_timeout: float = Field(30.0, gt=0, description="Client: max wait for a reply (s)")
-    data_dir: str = Field("streamflow-data", description="Directory for the Faust apps' local data")
     metrics_port: int = Field(
-        9464, ge=0, le=65535, description="Worker /metrics port (0: no metrics server)"
+        9464,
+        ge=0,
+        le=65535,
+        description="Worker port of /metrics, /healthz and /readyz (0: none)",
     )
-    web_port: int = Field(6066, ge=0, le=65535, description="Faust web port (0: web disabled)")
+    instance_id: str | None = Field(
+        None,
+        min_length=1,
+        description="Worker: a stable id per worker (static group membership): a worker "
+        "restarted with the same id within the session timeout gets its partitions back "
+        "without a rebalance; unset, each start joins as a new member",
+    )
+    redrive_after: float = Field(
+        30.0,
+        gt=0,
+        description="An activity attempt still pending this long after its task was sent "
+        "is sent again (s); doubled at each re-drive",
+    )
+    redrive_max: float = Field(
+        300.0, gt=0, description="Longest wait between two re-drives of one attempt (s)"
+    )
 
     @field_validator("bootstrap_servers")
     @classmethod
@@ -161,10 +174,10 @@ def test_settings(bootstrap_servers: str, **overrides: Any) -> StreamingSettings
         "timer_tick": 0.01,
         "partitions": 4,
         "metrics_port": 0,
-        "web_port": 0,
         "request_timeout": 20.0,
         "drain_timeout": 3.0,
-        "data_dir": os.path.join(tempfile.gettempdir(), "streamflow-test-data"),
+        "redrive_after": 3.0,
+        "redrive_max": 10.0,
     }
     values.update(overrides)
     return StreamingSettings.create(**values)

@@ -50,6 +50,10 @@ class SignalChannel:
         """How many signals are buffered, not yet received."""
         return len(self._buffer)
 
+    def awaited(self) -> bool:
+        """Whether the code waits on this channel right now."""
+        return any(not w.done() for w in self._waiters)
+
     async def receive(self, timeout: Duration | None = None) -> Any:
         """Wait for the next signal; ``TimeoutError`` if ``timeout`` passes first."""
         seconds = None if timeout is None else to_seconds(timeout, "receive timeout")

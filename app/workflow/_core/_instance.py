@@ -220,6 +220,14 @@ class WorkflowInstance:
         """Timers that should be armed, by step."""
         return dict(self._timers)
 
+    def awaited_signals(self) -> list[str]:
+        """Names of the signals the code waits for right now."""
+        return sorted(name for name, ch in self._channels.items() if ch.awaited())
+
+    def backing_off(self) -> list[PendingActivity]:
+        """Failed attempts whose retry waits out its backoff timer."""
+        return [a for a in self._activities.values() if a.backing_off]
+
     def snapshot(self) -> tuple[Any, ...]:
         """Everything a runtime acts on, for comparing two instances of one run."""
         acts = sorted(

@@ -1,0 +1,127 @@
+"""The executor's pending activity attempts, each with a deadline that re-drives it.
+
+An attempt is *pending* from its ``activity_started`` event until its result
+or its timeout is recorded. Its task was published once; if that task, or its
+result on the way back, is lost (a worker killed at the wrong moment, a
+broker restarted), nothing else would ever move the workflow, whatever the
+activity's timeout (an activity may have none). So every pending attempt has
+a deadline: when it passes with the attempt still pending, the owner
+publishes the same task again (same task id). The activity workers' ``done-tasks``
+table turns that into a re-publication of the result when the attempt had
+finished, and a worker still running it ignores the copy; only an attempt
+that was really lost runs again.
+
+The deadline is kept in memory, from state that is durable: the history
+records the attempt as started, and a new owner of the partition (after a
+crash or a rebalance) resumes every running workflow, which dispatches each
+pending attempt again and starts its deadline anew here.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from ._machine import Task
+
+
+@dataclass
+class Attempt:
+    """One pending attempt: its task, where it is owned, and when it was last sent."""
+
+    task: Task
+    partition: int
+    started: float
+    """When the attempt was recorded as started (epoch seconds, from its event)."""
+    dispatched: float
+    """When its task was last sent."""
+    redrives: int = 0
+
+
+class PendingAttempts:
+    """Pending attempts of the owned partitions, by workflow.
+
+    Args:
+        redrive_after: how long an attempt may stay pending after its task was
+            sent before it is sent again; doubled at each re-drive, up to
+            ``redrive_max``.
+        redrive_max: the longest wait between two re-drives.
+    """
+
+    def __init__(self, redrive_after: float, redrive_max: float) -> None:
+        self.redrive_after = redrive_after
+        self.redrive_max = redrive_max
+        self._by_run: dict[str, dict[tuple[int, int], Attempt]] = {}
+
+    def update(
+        self,
+        workflow_id: str,
+        partition: int,
+        pending: list[Task],
+        sent: list[Task],
+        started: dict[tuple[int, int], float] | None = None,
+        now: float | None = None,
+    ) -> None:
+        """After a command: the run's attempts now ``pending``, those ``sent`` just now.
+
+        ``started`` gives when attempts new to this index were recorded as
+        started (a resume after a takeover); others count from ``now``.
+        """
+        now = time.time() if now is None else now
+        if not pending:
+            self._by_run.pop(workflow_id, None)
+            return
+        known = self._by_run.get(workflow_id, {})
+        just_sent = {(t.step, t.attempt) for t in sent}
+        fresh: dict[tuple[int, int], Attempt] = {}
+        for task in pending:
+            key = (task.step, task.attempt)
+            attempt = known.get(key)
+            if attempt is None:
+                begun = now if started is None else started.get(key, now)
+                attempt = Attempt(task, partition, begun, now)
+            elif key in just_sent:
+                attempt.dispatched, attempt.redrives = now, 0
+            fresh[key] = attempt
+        self._by_run[workflow_id] = fresh
+
+    def forget(self, partitions: set[int]) -> None:
+        """Drop the attempts of partitions no longer owned here."""
+        for wid in [w for w, a in self._by_run.items() if _partition(a) in partitions]:
+            del self._by_run[wid]
+
+    def due(self, owned: set[int], now: float | None = None) -> list[Attempt]:
+        """Attempts of ``owned`` partitions whose deadline passed; each is marked re-sent."""
+        now = time.time() if now is None else now
+        out = []
+        for attempts in self._by_run.values():
+            for attempt in attempts.values():
+                if attempt.partition not in owned:
+                    continue
+                wait = min(self.redrive_after * 2**attempt.redrives, self.redrive_max)
+                if now - attempt.dispatched >= wait:
+                    attempt.dispatched = now
+                    attempt.redrives += 1
+                    out.append(attempt)
+        return out
+
+    def of(self, workflow_id: str) -> dict[tuple[int, int], Attempt]:
+        return dict(self._by_run.get(workflow_id, {}))
+
+    def oldest(self) -> dict[int, float]:
+        """Per partition, when the attempt pending longest was recorded as started."""
+        out: dict[int, float] = {}
+        for attempts in self._by_run.values():
+            for attempt in attempts.values():
+                p = attempt.partition
+                out[p] = min(out.get(p, attempt.started), attempt.started)
+        return out
+
+    def __len__(self) -> int:
+        return sum(len(a) for a in self._by_run.values())
+
+
+def _partition(attempts: dict[tuple[int, int], Attempt]) -> int | None:
+    for attempt in attempts.values():
+        return attempt.partition
+    return None
