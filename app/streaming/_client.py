@@ -66,6 +66,9 @@ log = logging.getLogger("app.streaming.client")
 
 _TERMINAL = {EventType.WORKFLOW_COMPLETED, EventType.WORKFLOW_FAILED, EventType.WORKFLOW_CANCELED}
 _SEEN_LIMIT = 100_000
+_RESEND_FIRST = 2.0
+"""Seconds without a reply before a command is published again (then doubling)."""
+_RESEND_MAX = 8.0
 _NOT_ENDED = object()
 
 
@@ -330,28 +333,51 @@ class KafkaExecutor:
 
     # -- requests ----------------------------------------------------------------------
     async def _request(self, cmd: Command) -> Reply:
+        """Publish ``cmd`` and wait for its reply, until ``request_timeout``.
+
+        A rebalance or a broker restart must not fail the call: the command is
+        published again, with the same id, while no reply came (workers drop a
+        command id they have seen: a start answers with the run it made), and a
+        publish that fails is tried again, until the deadline.
+        """
         await self.start()
         assert self._producer is not None
-        fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        timeout = self.settings.request_timeout
+        deadline = loop.time() + timeout
+        fut: asyncio.Future[Reply] = loop.create_future()
         self._pending[cmd.command_id] = fut
+        value, key = encode_command(cmd), cmd.workflow_id.encode()
+        wait, published, failure = _RESEND_FIRST, False, None
         try:
-            await self._producer.send_and_wait(
-                self.topology.commands, encode_command(cmd), key=cmd.workflow_id.encode()
-            )
-            return await asyncio.wait_for(fut, self.settings.request_timeout)
-        except TimeoutError:
-            raise WorkflowError(
-                f"no worker answered the {cmd.kind} of {cmd.workflow_id!r} within "
-                f"{self.settings.request_timeout:g}s (is a worker running for "
-                f"{self.topology.commands!r}?)"
-            ) from None
-        except KafkaError as exc:
-            raise BrokerUnavailableError(
-                f"cannot publish to {self.topology.commands!r} on "
-                f"{self.settings.bootstrap_servers}: {exc}"
-            ) from exc
+            while (remaining := deadline - loop.time()) > 0:
+                try:
+                    await asyncio.wait_for(
+                        self._producer.send_and_wait(self.topology.commands, value, key=key),
+                        remaining,
+                    )
+                    published = True
+                except (KafkaError, TimeoutError) as exc:
+                    failure = exc
+                    await asyncio.sleep(min(_RESEND_FIRST, max(0.0, deadline - loop.time())))
+                    continue
+                try:
+                    return await asyncio.wait_for(
+                        asyncio.shield(fut), min(wait, max(0.0, deadline - loop.time()))
+                    )
+                except TimeoutError:
+                    wait = min(wait * 2, _RESEND_MAX)
         finally:
             self._pending.pop(cmd.command_id, None)
+        if not published:
+            raise BrokerUnavailableError(
+                f"cannot publish to {self.topology.commands!r} on "
+                f"{self.settings.bootstrap_servers} within {timeout:g}s: {failure!r}"
+            ) from failure
+        raise WorkflowError(
+            f"no worker answered the {cmd.kind} of {cmd.workflow_id!r} within {timeout:g}s "
+            f"(is a worker running for {self.topology.commands!r}?)"
+        )
 
     def _command(self, kind: str, workflow_id: str, **fields: Any) -> Command:
         if not isinstance(workflow_id, str) or not workflow_id:

@@ -263,6 +263,10 @@ class GroupConsumer(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafk
             return f"{self.group}: reading partitions {sorted(self._recovering)}"
         return f"{self.group}: partitions {sorted(self.owned)}"
 
+    async def wait_joined(self, timeout: float) -> None:
+        """Return once the first assignment arrived."""
+        await asyncio.wait_for(self._joined.wait(), timeout)
+
     def highwater(self, partition: int) -> int | None:
         """The partition's end offset as of the last fetch."""
         if self._consumer is None:
@@ -320,18 +324,26 @@ class GroupConsumer(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafk
             await self._maybe_commit()
             return
         self._resume_ready(consumer)
-        epoch = self._epoch
         batches = await consumer.getmany(timeout_ms=self._poll_ms(), max_records=free)
+        # aiokafka returns only records of the current assignment. If the group
+        # rebalances before they are taken, the next assignment starts again from the
+        # committed offsets: they are dropped here, and read again there.
+        epoch = self._epoch
         async with self._gate:
             if epoch == self._epoch:
-                await self._take(batches)
+                await self._take(consumer, batches)
             await self._maybe_commit()
 
-    async def _take(self, batches: dict[TopicPartition, list[Record]]) -> None:
+    async def _take(
+        self, consumer: AIOKafkaConsumer, batches: dict[TopicPartition, list[Record]]
+    ) -> None:
         for tp, records in batches.items():
             tracker = self._trackers.get(tp.partition)
             if tracker is None or tp.partition not in self.owned:
-                continue  # not ours (any more): its owner reads it from the last commit
+                # Not to be handled now (its state is being read): read them again later.
+                with contextlib.suppress(Exception):
+                    consumer.seek(tp, records[0].offset)
+                continue
             for record in records:
                 if self._revoking or self._stopping:
                     return
