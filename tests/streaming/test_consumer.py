@@ -264,7 +264,6 @@ async def test_records_a_fetch_returns_after_a_rebalance_it_waited_through_are_h
         for p in (0, 1):
             await _produce(kafka_bootstrap, topic, 3, partition=p)
         proceed.set()
-        owners = (owner, other_owner)
 
         (mine,) = kept
         await owner.until(
