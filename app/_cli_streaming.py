@@ -16,9 +16,10 @@ import logging
 import os
 import signal
 import sys
+import time
 from typing import TYPE_CHECKING, Any
 
-from app._render import render_history, render_state, render_workflow_list
+from app._render import render_history, render_state, render_waiting, render_workflow_list
 from app.workflow import Signal, WorkflowOptions, WorkflowState, WorkflowStatus
 
 if TYPE_CHECKING:
@@ -379,8 +380,11 @@ async def _cancel(args: argparse.Namespace) -> int:
 
 async def show_from_broker(args: argparse.Namespace) -> int:
     async with _client(args) as ex:
-        state = await ex.describe(args.workflow_id)
+        state, waiting = await ex.describe_waiting(args.workflow_id)
     print(render_state(state))
+    if waiting is not None and state.status is WorkflowStatus.RUNNING:
+        print()
+        print(render_waiting(waiting, time.time()))
     print(f"\nHistory ({len(state.history)} events)")
     print(render_history(state.history))
     return 0

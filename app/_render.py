@@ -15,6 +15,7 @@ __all__ = [
     "format_value",
     "render_history",
     "render_state",
+    "render_waiting",
     "render_workflow_list",
     "truncate",
 ]
@@ -150,3 +151,43 @@ def render_workflow_list(states: Sequence[WorkflowState]) -> str:
         for state in states
     ]
     return format_table(headers, rows, right=(6,))
+
+
+def _moment(epoch: float | None, now: float) -> str:
+    if epoch is None:
+        return "unknown"
+    stamp = datetime.fromtimestamp(epoch).astimezone().strftime("%H:%M:%S.%f")[:-3]
+    delta = now - epoch
+    return f"{stamp} ({delta:.1f}s ago)" if delta >= 0 else f"{stamp} (in {-delta:.1f}s)"
+
+
+def render_waiting(waiting: dict[str, Any], now: float) -> str:
+    """What a running workflow waits on (the owner's answer to ``describe``), as lines."""
+    lines = [f"Waiting on (owner: partition {waiting.get('partition')})"]
+    for act in waiting.get("activities", []):
+        line = (
+            f"  activity {act['activity']!r} step {act['step']} attempt {act['attempt']}: "
+            f"started {_moment(act.get('started'), now)}"
+        )
+        if act.get("inherited"):
+            line += "; run by the previous generation's activity workers"
+        else:
+            line += f", task sent {_moment(act.get('dispatched'), now)}"
+            if act.get("redrives"):
+                line += f", sent again {act['redrives']} time(s)"
+        lines.append(line)
+    for act in waiting.get("backing_off", []):
+        lines.append(
+            f"  retry of activity {act['activity']!r} step {act['step']} after attempt "
+            f"{act['attempt']} failed"
+        )
+    for timer in waiting.get("timers", []):
+        what = timer["kind"]
+        if timer.get("activity"):
+            what += f" of activity {timer['activity']!r}"
+        lines.append(f"  timer at step {timer['step']} ({what}): due {_moment(timer['due'], now)}")
+    for name in waiting.get("signals", []):
+        lines.append(f"  signal {name!r}")
+    if len(lines) == 1:
+        lines.append("  nothing (it is parked, or its next step is being applied)")
+    return "\n".join(lines)

@@ -476,6 +476,23 @@ class KafkaExecutor:
         """The latest run of ``workflow_id``: status, result or error, and its history."""
         return (await self._state(workflow_id, None))[0]
 
+    async def describe_waiting(
+        self, workflow_id: str
+    ) -> tuple[WorkflowState, dict[str, Any] | None]:
+        """Like :meth:`describe`, with what a running run waits on, from its owner.
+
+        The second value has ``partition`` (the owning partition), ``activities``
+        (pending attempts: ``activity``, ``step``, ``attempt``, ``started`` and
+        ``dispatched`` in epoch seconds, ``redrives``), ``backing_off`` (failed
+        attempts waiting out a retry backoff), ``timers`` (``step``, ``kind``,
+        ``due``) and ``signals`` (names the code waits on).
+        """
+        reply = await self._request(self._command(CommandKind.QUERY, workflow_id, name=DESCRIBE))
+        self._raise_for(workflow_id, reply)
+        state = WorkflowState.model_validate(reply.payload["state"])
+        waiting = reply.payload.get("waiting")
+        return state, waiting if isinstance(waiting, dict) else None
+
     def _ended_value(self, workflow_id: str, run_id: str, fn: Callable[..., Any] | None) -> Any:
         """The run's value from its terminal history event, if seen; a failure raises."""
         ended = self._ended.get(workflow_id)

@@ -95,5 +95,20 @@ async def lingering(ctx: WorkflowContext, seconds: float) -> float:
     return result
 
 
-workflows = [chain, crashing, signalled, ticking, lingering]
-activities = [work, crash_once, linger]
+async def held(path: str) -> str:
+    """Runs until the file ``path`` exists (at most a minute)."""
+    deadline = time.monotonic() + 60
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    return "released"
+
+
+async def waiting(ctx: WorkflowContext, path: str) -> list[str]:
+    """Waits on an activity, a timer (a receive timeout) and a signal at once."""
+    pending = asyncio.ensure_future(ctx.execute_activity(held, path))
+    got = await ctx.receive_signal("go").receive(timeout=3600)
+    return [str(got), await pending]
+
+
+workflows = [chain, crashing, signalled, ticking, lingering, waiting]
+activities = [work, crash_once, linger, held]

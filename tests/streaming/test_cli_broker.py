@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -224,7 +226,7 @@ def test_errors_exit_1_with_a_clear_message(deployment: Deployment) -> None:
     bad_type = deployment.app("start", "no_such_type", "--id", "cli-bad")
     assert bad_type.returncode == 1, bad_type
     assert "'no_such_type' is not registered" in bad_type.stderr
-    for name in ("chain", "crashing", "signalled", "ticking"):
+    for name in ("chain", "crashing", "signalled", "ticking", "waiting"):
         assert name in bad_type.stderr
     assert "Traceback" not in bad_type.stderr
 
@@ -307,3 +309,59 @@ def test_metrics_endpoint(deployment: Deployment) -> None:
     assert lag, "no consumer lag reported"
     assert {labels["partition"] for labels, _ in lag} <= {str(p) for p in range(PARTITIONS)}
     assert all(0 <= v < 1000 for _, v in lag), lag
+
+
+def _get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_show_says_what_a_running_workflow_waits_on(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    release = tmp_path / "release"
+    ok(deployment.app("start", "waiting", "--id", "cli-w", "--input", json.dumps(str(release))))
+    deadline = time.monotonic() + WAIT
+    while True:  # the activity's attempt is recorded once the start is applied
+        shown = ok(deployment.app("show", "cli-w"))
+        if "activity" in shown.split("Waiting on", 1)[-1]:
+            break
+        assert time.monotonic() < deadline, shown
+        time.sleep(0.1)
+    waiting = shown.split("Waiting on (owner: partition ", 1)[1]
+    partition = int(waiting.split(")", 1)[0])
+    assert 0 <= partition < PARTITIONS
+    assert re.search(r"activity 'held' step \d+ attempt 1: started ", waiting), waiting
+    assert "task sent " in waiting
+    assert "(sleep): due " in waiting and "(in 3" in waiting  # the receive timeout, in ~1 h
+    assert "signal 'go'" in waiting
+
+    # the owner's gauge of its oldest pending attempt counts this one
+    deadline = time.monotonic() + WAIT
+    while True:
+        ages = {
+            labels["partition"]: v
+            for labels, v in _metrics(deployment.metrics_port).get(
+                "streamflow_oldest_pending_attempt_seconds", []
+            )
+        }
+        if ages.get(str(partition), 0) > 0:
+            break
+        assert time.monotonic() < deadline, ages
+        time.sleep(0.2)
+
+    release.write_text("go")
+    ok(deployment.app("signal", "cli-w", "go", "--payload", '"now"'))
+    deployment.wait_for_status("cli-w", "completed")
+    assert deployment.query("cli-w", "result") == ["now", "released"]
+    assert "Waiting on" not in ok(deployment.app("show", "cli-w"))
+
+
+def test_health_endpoints_of_a_running_worker(deployment: Deployment) -> None:
+    assert _get(deployment.metrics_port, "/healthz") == (200, "ok\n")
+    status, text = _get(deployment.metrics_port, "/readyz")
+    assert status == 200, text
+    assert f"{deployment.app_id}.g1: partitions [0, 1, 2, 3]" in text

@@ -1,0 +1,84 @@
+"""Run the streaming chaos scenario for many seeds (not part of CI).
+
+``python -m bench.chaos --rounds 20 --seed 1`` runs seeds 1..20 one after the
+other, each on a fresh broker (Tansu on s3 storage against a local moto
+server, so that the broker itself can be restarted), and prints one line per
+round and a summary. It stops at the first failing round unless
+``--keep-going``; the failing round's worker logs stay in its directory.
+The scenario and its checks are in ``tests/streaming/chaos.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from tests.streaming import chaos
+
+
+async def _round(config: chaos.Config, verbose: bool) -> chaos.Report:
+    workdir = Path(tempfile.mkdtemp(prefix=f"chaos-{config.seed}-"))
+    broker = chaos.Broker(workdir)
+    try:
+        bootstrap = broker.start()
+        report = await chaos.run(
+            config,
+            workdir,
+            bootstrap,
+            broker.restart if config.restart_broker else None,
+            log=print if verbose else lambda line: None,
+        )
+    finally:
+        broker.stop()
+    if report.ok:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.chaos", description=__doc__)
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=1, help="seed of the first round")
+    parser.add_argument("--workflows", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--disruptions", type=int, default=6)
+    parser.add_argument("--no-broker-restart", action="store_true")
+    parser.add_argument("--keep-going", action="store_true")
+    parser.add_argument("-v", "--verbose", action="store_true", help="print each disruption")
+    args = parser.parse_args(argv)
+    clean = 0
+    durations = []
+    started = time.monotonic()
+    for seed in range(args.seed, args.seed + args.rounds):
+        config = chaos.Config(
+            seed=seed,
+            workflows=args.workflows,
+            steps=args.steps,
+            disruptions=args.disruptions,
+            restart_broker=not args.no_broker_restart,
+        )
+        report = asyncio.run(_round(config, args.verbose))
+        print(report.summary(), flush=True)
+        if report.ok:
+            clean += 1
+            durations.append(report.finished - report.started)
+            continue
+        for problem in report.problems:
+            print(f"  {problem}", flush=True)
+        if not args.keep_going:
+            break
+    total = time.monotonic() - started
+    print(
+        f"{clean} of {args.rounds} rounds clean in {total:.0f}s"
+        + (f"; workflows done in {min(durations):.1f}-{max(durations):.1f}s" if durations else "")
+    )
+    return 0 if clean == args.rounds else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
