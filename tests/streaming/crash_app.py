@@ -95,11 +95,11 @@ async def lingering(ctx: WorkflowContext, seconds: float) -> float:
     return result
 
 
-async def held(path: str) -> str:
-    """Runs until the file ``path`` exists (at most a minute)."""
+def held(path: str) -> str:
+    """Runs (in a worker thread) until the file ``path`` exists, at most a minute."""
     deadline = time.monotonic() + 60
     while not os.path.exists(path) and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
+        time.sleep(0.05)  # another process creates it: there is nothing to await
     return "released"
 
 

@@ -319,9 +319,7 @@ def _get(port: int, path: str) -> tuple[int, str]:
         return exc.code, exc.read().decode()
 
 
-def test_show_says_what_a_running_workflow_waits_on(
-    deployment: Deployment, tmp_path: Path
-) -> None:
+def test_show_says_what_a_running_workflow_waits_on(deployment: Deployment, tmp_path: Path) -> None:
     release = tmp_path / "release"
     ok(deployment.app("start", "waiting", "--id", "cli-w", "--input", json.dumps(str(release))))
     deadline = time.monotonic() + WAIT
