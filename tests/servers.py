@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import shutil
 import signal
@@ -24,7 +25,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -225,18 +226,72 @@ def scratch_dir(prefix: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=f"{prefix}-"))
 
 
-# --- Tansu on s3 storage (a local moto_server): a broker that can restart ---------
+# --- Tansu on s3 storage (a local moto_server): a broker that can restart ----------
 #
-# Tansu's only persistent storage compiled in is ``s3://BUCKET/``; against a local
-# moto_server (from ``moto[server]``) its topics, records and committed offsets
-# survive a broker restart (SIGTERM or SIGKILL), so a test can restart the broker
-# itself: ``broker.stop()`` or ``broker.kill()``, then ``broker.start()`` on the same
-# port. moto keeps everything in its own memory: restart the broker, never moto.
+# Tansu's only persistent storage compiled in is ``s3://BUCKET/``. Against a local
+# moto_server (from ``moto[server]``) its topics, records, consumer groups and
+# committed offsets survive a broker restart (SIGTERM or SIGKILL), so a test can
+# restart the broker itself: ``broker.kill()`` (or ``stop()``), then ``broker.start()``
+# on the same port. moto keeps everything in its own memory: restart the broker,
+# never moto.
+#
+# Measured costs of s3 storage (Tansu 0.6.0, moto 5.2): every produced batch is
+# one S3 object, and a fetch lists the partition's objects, so a fetch costs about
+# 0.13 ms per stored batch; Tansu answers a fetch with what it read within the
+# fetch's max wait, so a consumer with a small ``fetch_max_wait_ms`` (10 ms) can get
+# empty fetches forever. Give consumers on this broker ``fetch_max_wait_ms=500`` and
+# keep its topics small. SIGTERM takes 5 s while a client is connected; kill() is
+# the quick restart.
 
 S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 
-# urllib would honour an http_proxy of the environment, even for 127.0.0.1
+# urllib would send even a request to 127.0.0.1 through an http_proxy of the environment
 _direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+@dataclass
+class ProbedServer(Server):
+    """A server that is up only once ``probe(port, timeout)`` answers, not as soon as
+    its port accepts connections; ``prepare()`` runs before each (re)start."""
+
+    probe: Callable[[int, float], bool] | None = None
+    prepare: Callable[[], None] | None = None
+
+    def start(self, timeout: float = START_TIMEOUT) -> Server:
+        if self.process is not None and self.process.poll() is None:
+            return self
+        deadline = time.monotonic() + timeout
+        if self.prepare is not None:
+            self.prepare()
+        super().start(timeout)
+        while self.probe is not None and not self.probe(
+            self.port, max(0.1, min(2.0, deadline - time.monotonic()))
+        ):
+            process = self.process
+            if process is None or process.poll() is not None:
+                self.process = None
+                code = None if process is None else process.returncode
+                raise ServerStartError(
+                    f"{self.name} exited with {code} before answering on "
+                    f"127.0.0.1:{self.port}; log:\n{self.log()}"
+                )
+            if time.monotonic() > deadline:
+                self.stop()
+                raise ServerStartError(
+                    f"{self.name} listened on 127.0.0.1:{self.port} but did not answer "
+                    f"within {timeout:.0f}s; log:\n{self.log()}"
+                )
+            time.sleep(0.05)
+        return self
+
+
+def _s3_answers(port: int, timeout: float) -> bool:
+    """Whether an S3 API (moto_server) answers ListBuckets on ``port``."""
+    try:
+        with _direct.open(f"http://127.0.0.1:{port}/", timeout=timeout) as response:
+            return b"ListAllMyBucketsResult" in response.read()
+    except OSError:
+        return False
 
 
 def moto(workdir: Path, port: int | None = None) -> Server:
@@ -246,7 +301,7 @@ def moto(workdir: Path, port: int | None = None) -> Server:
     """
     port = port or free_port()
     argv = [_binary("moto_server"), "-H", "127.0.0.1", "-p", str(port)]
-    return Server("moto", argv, port, workdir)
+    return ProbedServer("moto", argv, port, workdir, probe=_s3_answers)
 
 
 def create_bucket(moto_port: int, bucket: str, timeout: float = 10.0) -> None:
@@ -262,13 +317,13 @@ def create_bucket(moto_port: int, bucket: str, timeout: float = 10.0) -> None:
             return
         raise ServerStartError(f"PUT {url} answered {exc.code}: {body[:2000]}") from exc
     except OSError as exc:  # URLError, a refused connection, a timeout
-        raise ServerStartError(f"PUT {url} failed: {exc!r}") from exc
+        raise ServerStartError(f"PUT {url} failed (is moto_server up?): {exc!r}") from exc
 
 
 def _kafka_answers(port: int, timeout: float) -> bool:
     """Whether a broker answers a Metadata request (v1, all topics) within ``timeout``.
 
-    Tansu listens at once even when its storage is unreachable, then closes the
+    Tansu listens at once even when its storage is unreachable, and closes the
     connection of a request that needs the storage: listing the topics does.
     """
     correlation_id = 7
@@ -294,43 +349,10 @@ def _kafka_answers(port: int, timeout: float) -> bool:
     return bool(answered == correlation_id)
 
 
-@dataclass
-class S3Tansu(Server):
-    """A Tansu broker on s3 storage: :meth:`start` (and a restart) first makes sure
-    the bucket exists, then waits until the broker answers a Metadata request, so a
-    broker that listens but cannot reach its storage fails to start."""
-
-    moto_port: int = 0
-    bucket: str = ""
-
-    def start(self, timeout: float = START_TIMEOUT) -> Server:
-        if self.process is not None and self.process.poll() is None:
-            return self
-        deadline = time.monotonic() + timeout
-        create_bucket(self.moto_port, self.bucket)
-        super().start(timeout)
-        while not _kafka_answers(self.port, timeout=2.0):
-            if self.process is not None and self.process.poll() is not None:
-                code = self.process.returncode
-                self.process = None
-                raise ServerStartError(
-                    f"{self.name} exited with {code} before answering on "
-                    f"127.0.0.1:{self.port}; log:\n{self.log()}"
-                )
-            if time.monotonic() > deadline:
-                self.stop()
-                raise ServerStartError(
-                    f"{self.name} listened on 127.0.0.1:{self.port} but did not answer a "
-                    f"Metadata request within {timeout:.0f}s (is moto_server on "
-                    f"127.0.0.1:{self.moto_port} up?); log:\n{self.log()}"
-                )
-            time.sleep(0.05)
-        return self
-
-
 def tansu_s3(workdir: Path, moto_port: int, bucket: str, port: int | None = None) -> Server:
     """A Tansu broker storing in ``s3://bucket/`` on the moto_server at ``moto_port``;
-    not started yet. :meth:`~Server.start` creates the bucket if it is missing."""
+    not started yet. Each (re)start creates the bucket if it is missing and waits until
+    the broker answers a Metadata request (which reads the storage)."""
     port = port or free_port()
     url = f"tcp://127.0.0.1:{port}"
     endpoint = f"http://127.0.0.1:{moto_port}"
@@ -346,7 +368,7 @@ def tansu_s3(workdir: Path, moto_port: int, bucket: str, port: int | None = None
     ]
     env = {
         **S3_CREDENTIALS,
-        # Tansu reads every AWS_* variable; set the ones that could point it elsewhere
+        # Tansu reads every AWS_* variable: set those that could point it elsewhere
         "AWS_ENDPOINT": endpoint,
         "AWS_ENDPOINT_URL": endpoint,
         "AWS_ALLOW_HTTP": "true",
@@ -356,13 +378,13 @@ def tansu_s3(workdir: Path, moto_port: int, bucket: str, port: int | None = None
         "NO_PROXY": "127.0.0.1",
         "no_proxy": "127.0.0.1",
     }
-    return S3Tansu(
+    return ProbedServer(
         "tansu-s3",
         argv,
         port,
         workdir,
         env=env,
         ports={"moto": moto_port},
-        moto_port=moto_port,
-        bucket=bucket,
+        probe=_kafka_answers,
+        prepare=functools.partial(create_bucket, moto_port, bucket),
     )

@@ -433,17 +433,23 @@ class StreamingWorker:
                     value=encode_history(wid, state.run_id, state.workflow_type, ev),
                     headers=headers,
                 )
+        tasks = fx.tasks
+        if cmd.kind == CommandKind.RESUME:
+            # A resume sent by an earlier owner, still in the topic, finds attempts this
+            # owner already sent (its own resume, or their deadline, covers them).
+            known = self.attempts.of(wid)
+            tasks = [t for t in tasks if (t.step, t.attempt) not in known]
         now = _now()
-        for task in fx.tasks:  # a resume re-dispatches work without recording anything
+        for task in tasks:  # a resume re-dispatches work without recording anything
             await self.tasks.send(key=task.task_id.encode(), value=encode_task(task, now))
         started = None
         if cmd.kind in (CommandKind.RESUME, CommandKind.HANDOVER):
-            if fx.tasks:
+            if tasks:
                 log.info(
                     "resumed %s on partition %s: dispatched attempts %s again",
                     wid,
                     partition,
-                    ", ".join(f"{t.activity_name}#{t.step}.{t.attempt}" for t in fx.tasks),
+                    ", ".join(f"{t.activity_name}#{t.step}.{t.attempt}" for t in tasks),
                 )
             started = {
                 (e.step, e.attempt): e.timestamp.timestamp()
@@ -455,7 +461,7 @@ class StreamingWorker:
             wid,
             partition,
             [t for t in pending if (t.step, t.attempt) not in run.inherited],
-            fx.tasks,
+            tasks,
             started,
         )
         await self.store.write_timers(run, partition)

@@ -57,6 +57,12 @@ class Config:
     join: bool = True
     bound: float = 180.0
     """Seconds from the first start within which every workflow must have completed."""
+    redrive_after: float = 10.0
+    """Above what an attempt waits in a busy task queue here, so that re-drives mean
+    something was lost."""
+    fetch_wait_ms: int = 100
+    """Longer than the test broker needs on memory storage: on s3 storage each fetch
+    lists the partition's objects on the (single-threaded) moto server."""
 
 
 @dataclass
@@ -124,7 +130,12 @@ async def run(
     rng = random.Random(config.seed)
     app_id = f"chaos-{config.seed}-{int(time.time() * 1000) % 10**8}"
     runs_file = workdir / "runs.txt"
-    settings = test_settings(bootstrap, app_id=app_id, partitions=config.partitions)
+    settings = test_settings(
+        bootstrap,
+        app_id=app_id,
+        partitions=config.partitions,
+        fetch_wait_ms=config.fetch_wait_ms,
+    )
     await ensure_topics(settings)
     count = 0
     workers: list[WorkerProcess] = []
@@ -139,7 +150,12 @@ async def run(
             "tests.streaming.chaos_app",
             workdir,
             partitions=config.partitions,
-            extra_env={"STREAMFLOW_TEST_RUNS": str(runs_file), "STREAMFLOW_LOG_LEVEL": "INFO"},
+            extra_env={
+                "STREAMFLOW_TEST_RUNS": str(runs_file),
+                "STREAMFLOW_LOG_LEVEL": "INFO",
+                "STREAMFLOW_FETCH_WAIT_MS": str(config.fetch_wait_ms),
+                "STREAMFLOW_REDRIVE_AFTER": str(config.redrive_after),
+            },
         ).start()
         workers.append(worker)
         return worker
@@ -169,7 +185,7 @@ async def run(
                 plan.insert(rng.randrange(len(plan) + 1), "join")
             if config.restart_broker and restart_broker is not None:
                 plan.insert(rng.randrange(1, len(plan) + 1), "broker")
-            signal_at = rng.randrange(1, len(plan) + 1)
+            signal_at = rng.randrange(1, len(plan) + 1) if plan else 0
             sending: asyncio.Task[None] | None = None
             for i, action in enumerate(plan):
                 await asyncio.sleep(rng.uniform(*config.gap))
