@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--seed", type=int, default=1, help="seed of the first round")
     parser.add_argument("--workflows", type=int, default=30)
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--partitions", type=int, default=3)
     parser.add_argument("--disruptions", type=int, default=6)
     parser.add_argument("--no-broker-restart", action="store_true")
     parser.add_argument("--keep-going", action="store_true")
@@ -59,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=seed,
             workflows=args.workflows,
             steps=args.steps,
+            partitions=args.partitions,
             disruptions=args.disruptions,
             restart_broker=not args.no_broker_restart,
         )
