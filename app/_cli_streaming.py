@@ -245,7 +245,14 @@ async def _worker(args: argparse.Namespace) -> int:
         stopped.cancel()
         log.info("stopping")
     except Exception as exc:
-        print(f"{args.prog}: the worker could not start: {exc}", file=sys.stderr)
+        reason = str(exc) or type(exc).__name__
+        if type(exc).__name__ not in reason:
+            reason = f"{type(exc).__name__}: {reason}"
+        print(
+            f"{args.prog}: the worker could not start (Kafka at {settings.bootstrap_servers}): "
+            f"{reason}",
+            file=sys.stderr,
+        )
         return 1
     finally:
         await worker.stop()

@@ -206,6 +206,7 @@ class GroupConsumer(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafk
         self._recovery: asyncio.Task[None] | None = None
         self._gate = asyncio.Lock()  # held while records are handled; a revoke waits for it
         self._revoking = False
+        self._rebalancing = False  # from a revoke until the next assignment
         self._stopping = False
         self._joined = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
@@ -247,7 +248,7 @@ class GroupConsumer(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafk
         return (
             self._joined.is_set()
             and not self._recovering
-            and not self._revoking
+            and not self._rebalancing
             and not self._stopping
         )
 
@@ -257,7 +258,7 @@ class GroupConsumer(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafk
             return f"{self.group}: stopping"
         if not self._joined.is_set():
             return f"{self.group}: joining the group"
-        if self._revoking:
+        if self._rebalancing:
             return f"{self.group}: rebalancing"
         if self._recovering:
             return f"{self.group}: reading partitions {sorted(self._recovering)}"
@@ -451,7 +452,7 @@ class GroupConsumer(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafk
     # -- rebalances ----------------------------------------------------------------
     async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
         """Before the group rebalances: finish the record in hand, flush, commit."""
-        self._revoking = True
+        self._revoking = self._rebalancing = True
         try:
             async with self._gate:
                 self._epoch += 1
@@ -506,6 +507,7 @@ class GroupConsumer(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafk
             sorted(kept),
             sorted(gained),
         )
+        self._rebalancing = False
         self._joined.set()
 
     def _start_recovery(self, partitions: set[int]) -> None:
