@@ -9,8 +9,11 @@ at each other (selectors, ports, scrape targets, ConfigMap names).
 
 from __future__ import annotations
 
+import copy
 import importlib
+import re
 import shlex
+import textwrap
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +23,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from app.streaming._health import LOOP_DEADLINE
 from app.streaming._wire import ENV_SCHEMAS, SCHEMA_NAMES
 from app.streaming.settings import StreamingSettings
 
@@ -38,6 +42,16 @@ SETTINGS_ENV: dict[str, str] = {
 }
 OTHER_ENV = {ENV_SCHEMAS}  # read by the codec, not a StreamingSettings field
 DEFAULT_METRICS_PORT = StreamingSettings.model_fields["metrics_port"].default
+# Settings of the Faust-based worker: gone, and no deployment file may name them.
+REMOVED_ENV = {"STREAMFLOW_WEB_PORT", "STREAMFLOW_DATA_DIR", "STREAMFLOW_STREAM_BUFFER"}
+# Every deployment file, for what they mention (README and Dockerfile included).
+DEPLOY_FILES = [COMPOSE, *sorted(p for p in K8S.rglob("*") if p.is_file())]
+# What each probe of a worker container asks for.
+PROBE_PATHS = {"startupProbe": "/healthz", "livenessProbe": "/healthz", "readinessProbe": "/readyz"}
+# Static membership misbehaves with a shorter session (docs/architecture.md).
+STATIC_MIN_SESSION_TIMEOUT = 10.0
+# Time past the activities' drain for the commit and the leave of a stopping worker.
+STOP_MARGIN = 15
 
 # The command line the deployments use: flag -> whether it takes a value.
 _TOPICS_FLAGS = {"--broker": True, "--partitions": True, "--replication": True, "--app-id": True}
@@ -53,6 +67,7 @@ CLI: dict[tuple[str, ...], dict[str, bool]] = {
         "--metrics-port": True,
         "--partitions": True,
         "--app-id": True,
+        "--instance-id": True,
     },
 }
 
@@ -118,6 +133,32 @@ def check_settings_env(env: dict[str, Any], where: str) -> StreamingSettings:
 def metrics_port(inv: Invocation, settings: StreamingSettings) -> int:
     port = inv.flags.get("--metrics-port")
     return int(port) if port is not None else settings.metrics_port
+
+
+def seconds(duration: str | int) -> float:
+    """A compose duration (``1m30s``, ``45s``, ``500ms``) in seconds."""
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001, "us": 1e-6}
+    text = str(duration)
+    parts = re.findall(r"(\d+(?:\.\d+)?)(h|ms|us|m|s)", text)
+    assert parts and "".join(n + u for n, u in parts) == text, f"bad duration {duration!r}"
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+# -- every deployment file --------------------------------------------------------
+@pytest.mark.parametrize("path", DEPLOY_FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_deploy_files_name_only_real_settings(path: Path) -> None:
+    """No Faust, no removed setting, and every STREAMFLOW_* named is a real one."""
+    text = path.read_text()
+    where = path.relative_to(ROOT)
+    assert "faust" not in text.lower(), f"{where} still mentions Faust"
+    named = set(re.findall(r"\bSTREAMFLOW_[A-Z0-9_]*[A-Z0-9]", text))
+    assert not named & REMOVED_ENV, f"{where} names removed settings {sorted(named & REMOVED_ENV)}"
+    unknown = named - SETTINGS_ENV.keys() - OTHER_ENV
+    assert not unknown, f"{where}: {sorted(unknown)} are not settings"
+
+
+def test_removed_settings_are_gone() -> None:
+    assert not REMOVED_ENV & SETTINGS_ENV.keys()
 
 
 # -- docker-compose.yml ---------------------------------------------------------
@@ -222,15 +263,38 @@ def test_compose_start_order(services: dict[str, dict[str, Any]]) -> None:
         assert "healthcheck" in services[name], f"{name} has no healthcheck"
 
 
-def test_compose_worker_healthchecks_probe_the_metrics_port(
+def test_compose_worker_healthchecks_ask_readyz(
     services: dict[str, dict[str, Any]],
 ) -> None:
+    """Healthy means ready; urlopen raises on a 503, so the check fails then."""
     for name, inv in invocations(services).items():
         if inv.command != ("worker",):
             continue
         settings = check_settings_env(services[name]["environment"], name)
-        test = " ".join(services[name]["healthcheck"]["test"])
-        assert f":{metrics_port(inv, settings)}/metrics" in test, name
+        check = services[name]["healthcheck"]
+        test = check["test"]
+        assert test[:3] == ["CMD", "python", "-c"] and len(test) == 4, name
+        urls = re.findall(r"urlopen\('([^']+)'", test[3])
+        assert urls == [f"http://127.0.0.1:{metrics_port(inv, settings)}/readyz"], name
+        compile(test[3], f"{name} healthcheck", "exec")
+        # The probe's own timeout fits in the check's, and a start has time to read back.
+        assert 0 < seconds(check["timeout"]) <= seconds(check["interval"]), name
+        assert check["retries"] >= 2, name
+        assert seconds(check["start_period"]) >= 30, name
+
+
+def test_compose_workers_get_time_to_drain(services: dict[str, dict[str, Any]]) -> None:
+    for name, inv in invocations(services).items():
+        if inv.command != ("worker",):
+            continue
+        settings = check_settings_env(services[name]["environment"], name)
+        grace = seconds(services[name].get("stop_grace_period", "10s"))
+        assert grace >= settings.drain_timeout + STOP_MARGIN, (
+            f"{name}: stop_grace_period {grace:g}s leaves no time past the "
+            f"{settings.drain_timeout:g}s drain to commit and leave the group"
+        )
+        # One id shared by several members fences them out of the group.
+        assert settings.instance_id is None, f"{name}: STREAMFLOW_INSTANCE_ID in a shared env"
 
 
 def test_prometheus_scrapes_every_worker(services: dict[str, dict[str, Any]]) -> None:
@@ -392,6 +456,8 @@ def test_manifests_are_namespace_less_and_complete() -> None:
 def test_configmap_keys_are_valid_settings() -> None:
     settings = k8s_settings()
     assert settings.metrics_port != 0, "the probes and the Service need the metrics server"
+    # Every pod reads the ConfigMap: one id shared by several members fences them out.
+    assert settings.instance_id is None, "STREAMFLOW_INSTANCE_ID must be set per pod"
 
 
 def test_containers_run_the_cli_with_the_configmap() -> None:
@@ -404,11 +470,32 @@ def test_containers_run_the_cli_with_the_configmap() -> None:
             assert container.get("command", ENTRYPOINT) == ENTRYPOINT, where
             parse_cli(container["args"], where)
             assert {"configMapRef": {"name": name}} in container.get("envFrom", []), where
-            check_settings_env(
-                {e["name"]: e.get("value", "") for e in container.get("env", [])}, where
-            )
+            check_container_env(container, where)
         assert spec["securityContext"]["runAsNonRoot"] is True, workload
     assert len(images) == 1
+
+
+def check_container_env(container: dict[str, Any], where: str) -> None:
+    """Env names are settings (or referenced in args), literal values are valid ones."""
+    env = container.get("env", [])
+    referenced = {
+        ref for arg in container.get("args", []) for ref in re.findall(r"\$\((\w+)\)", arg)
+    }
+    defined = {e["name"] for e in env}
+    assert referenced <= defined, f"{where}: args use undefined {sorted(referenced - defined)}"
+    check_settings_env({e["name"]: e["value"] for e in env if "value" in e}, where)
+    unknown = defined - SETTINGS_ENV.keys() - OTHER_ENV - referenced
+    assert not unknown, f"{where}: {sorted(unknown)} are not settings"
+
+
+def worker_containers() -> dict[str, dict[str, Any]]:
+    """``Kind/name`` -> the worker container of every worker workload."""
+    workers = {}
+    for workload, spec in pod_specs().items():
+        for container in spec["containers"]:
+            if parse_cli(container["args"], workload).command == ("worker",):
+                workers[f"{workload} container {container['name']}"] = container
+    return workers
 
 
 def roles(spec: dict[str, Any], key: str) -> list[str]:
@@ -469,20 +556,112 @@ def test_metrics_service_exposes_every_worker() -> None:
     assert service_port["port"] == port
     selector = service["spec"]["selector"].items()
 
+    # Not ready (rebalancing, reading partitions) is when metrics matter most.
+    assert service["spec"].get("publishNotReadyAddresses") is True
+
     for workload in by_kind("Deployment"):
         labels = workload["spec"]["template"]["metadata"]["labels"].items()
         assert selector <= labels, f"{workload['metadata']['name']} is not scraped"
         [container] = workload["spec"]["template"]["spec"]["containers"]
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
         assert ports[service_port["targetPort"]] == port
-        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        for probe in PROBE_PATHS:
             assert container[probe]["httpGet"]["port"] == service_port["targetPort"]
     for job in by_kind("Job"):
         labels = job["spec"]["template"]["metadata"]["labels"].items()
         assert not selector <= labels, "the topics Job has no metrics to scrape"
 
 
+def test_worker_probes_ask_healthz_and_readyz() -> None:
+    workers = worker_containers()
+    assert len(workers) == 2
+    for where, container in workers.items():
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        for kind, path in PROBE_PATHS.items():
+            probe = container[kind]
+            assert set(probe) & {"httpGet", "tcpSocket", "exec", "grpc"} == {"httpGet"}, where
+            assert probe["httpGet"]["path"] == path, f"{where}: {kind} must GET {path}"
+            assert ports[probe["httpGet"]["port"]] == k8s_settings().metrics_port, where
+            # Both paths wait up to LOOP_DEADLINE for the event loop before answering 503.
+            assert probe.get("timeoutSeconds", 1) > LOOP_DEADLINE, f"{where}: {kind} timeout"
+        startup, ready = container["startupProbe"], container["readinessProbe"]
+        assert startup["periodSeconds"] * startup["failureThreshold"] >= 60, where
+        assert ready.get("periodSeconds", 10) <= 10, where
+        assert "successThreshold" not in container["livenessProbe"], where
+
+
+def test_workers_write_only_tmp() -> None:
+    """No data directory: the root filesystem is read-only and /tmp the one writable place."""
+    for workload, spec in pod_specs().items():
+        volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        mounted = set()
+        for container in spec.get("initContainers", []) + spec["containers"]:
+            where = f"{workload} container {container['name']}"
+            assert container["securityContext"]["readOnlyRootFilesystem"] is True, where
+            mounts = container.get("volumeMounts", [])
+            mounted |= {m["name"] for m in mounts}
+            if container in spec["containers"] and container["args"][0] == "worker":
+                assert [m["mountPath"] for m in mounts] == ["/tmp"], where
+        assert mounted == set(volumes), f"{workload}: volumes unused or missing"
+        assert all(v == {"name": v["name"], "emptyDir": {}} for v in volumes.values()), workload
+
+
+def test_workers_get_time_to_drain() -> None:
+    drain = k8s_settings().drain_timeout
+    for workload, spec in pod_specs().items():
+        if not any(c["args"][0] == "worker" for c in spec["containers"]):
+            continue
+        grace = spec.get("terminationGracePeriodSeconds", 30)
+        assert grace >= drain + STOP_MARGIN, (
+            f"{workload}: terminationGracePeriodSeconds {grace} leaves no time past the "
+            f"{drain:g}s drain (STREAMFLOW_DRAIN_TIMEOUT) to commit and leave the group"
+        )
+
+
 def test_readme_explains_partition_bound_scaling() -> None:
     text = (K8S / "README.md").read_text()
     assert "STREAMFLOW_PARTITIONS" in text
     assert "STREAMFLOW_GENERATION" in text
+
+
+def test_readme_explains_the_probes_and_stopping() -> None:
+    text = (K8S / "README.md").read_text()
+    for word in ("/healthz", "/readyz", "liveness", "readiness", "startup"):
+        assert word in text, word
+    assert "STREAMFLOW_DRAIN_TIMEOUT" in text and "terminationGracePeriodSeconds" in text
+
+
+def test_readme_static_membership_recipe_makes_a_valid_statefulset() -> None:
+    """The README's recipe, applied to executor.yaml, is a valid StatefulSet."""
+    text = (K8S / "README.md").read_text()
+    heading = text.index("## Static membership")
+    section = text[heading:]
+    for word in ("StatefulSet", "STREAMFLOW_INSTANCE_ID", "--instance-id", "LeaveGroup"):
+        assert word in section, word
+    assert "STREAMFLOW_SESSION_TIMEOUT" in section
+    assert k8s_settings().session_timeout >= STATIC_MIN_SESSION_TIMEOUT, (
+        "static membership needs STREAMFLOW_SESSION_TIMEOUT >= "
+        f"{STATIC_MIN_SESSION_TIMEOUT:g} s in the ConfigMap"
+    )
+
+    [block] = re.findall(r"```yaml\n(.*?)```", section, re.S)
+    patch = yaml.safe_load(textwrap.dedent(block))
+    deployment = one("Deployment", "streamflow-executor")
+    statefulset = copy.deepcopy(deployment)
+    statefulset["kind"] = "StatefulSet"
+    spec = statefulset["spec"]
+    del spec["strategy"]
+    spec.update(
+        updateStrategy={"type": "RollingUpdate"},
+        serviceName=by_kind("Service")[0]["metadata"]["name"],
+        podManagementPolicy="Parallel",
+    )
+    [container] = spec["template"]["spec"]["containers"]
+    container.update(patch)
+    kubernetes_validate.validate(statefulset, K8S_VERSION, strict=True)
+
+    inv = parse_cli(container["args"], "README StatefulSet")
+    assert inv.role == "executor"
+    check_container_env(container, "README StatefulSet")
+    [pod_name] = [e for e in container["env"] if f"$({e['name']})" == inv.flags["--instance-id"]]
+    assert pod_name["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
