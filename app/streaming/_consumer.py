@@ -414,8 +414,8 @@ class GroupConsumer(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafk
             return
         offsets = {TopicPartition(self.topic, p): o for p, o in points.items()}
         try:
-            await self._consumer.commit(offsets)
-        except KafkaError as exc:
+            await asyncio.wait_for(self._consumer.commit(offsets), self.settings.request_timeout)
+        except (KafkaError, TimeoutError) as exc:
             # Not fatal: the records are handled again by whoever owns them next (or
             # here after a rewind), and handling is idempotent.
             log.warning("%s: offset commit failed (%r); will retry", self.group, exc)
@@ -522,8 +522,9 @@ class GroupConsumer(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafk
         delay = 0.1
         while self._recovering:
             batch = set(self._recovering)
+            bound = self.settings.rebalance_timeout * 6 + self.settings.request_timeout
             try:
-                await self.owner.gain(batch)
+                await asyncio.wait_for(self.owner.gain(batch), bound)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

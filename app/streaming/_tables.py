@@ -15,6 +15,7 @@ never finished once in a while after a third worker joined.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
@@ -156,15 +157,17 @@ async def recover(
         fetch_max_wait_ms=fetch_wait_ms,
         max_partition_fetch_bytes=16 * 1024 * 1024,
     )
-    await consumer.start()
+    deadline = time.monotonic() + timeout
     read = 0
     try:
+        # every step is bounded: a broker that goes away mid-way must not hang the
+        # recovery (the caller retries it)
+        await asyncio.wait_for(consumer.start(), timeout)
         tps = list(by_tp)
         consumer.assign(tps)
-        ends = await consumer.end_offsets(tps)
-        await consumer.seek_to_beginning(*tps)
+        ends = await asyncio.wait_for(consumer.end_offsets(tps), _left(deadline))
+        await asyncio.wait_for(consumer.seek_to_beginning(*tps), _left(deadline))
         remaining = set(tps)
-        deadline = time.monotonic() + timeout
         while remaining:
             if time.monotonic() > deadline:
                 names = ", ".join(sorted(f"{tp.topic}[{tp.partition}]" for tp in remaining))
@@ -177,8 +180,17 @@ async def recover(
                         table.apply(message.key, message.value, tp.partition)
                         read += 1
             for tp in list(remaining):
-                if not batches.get(tp) and await consumer.position(tp) >= ends[tp]:
+                position = await asyncio.wait_for(consumer.position(tp), _left(deadline))
+                if not batches.get(tp) and position >= ends[tp]:
                     remaining.discard(tp)
     finally:
-        await consumer.stop()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(consumer.stop(), 10.0)
     return read
+
+
+def _left(deadline: float) -> float:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("reading the changelogs took too long")
+    return left

@@ -31,7 +31,14 @@ from pathlib import Path
 from app.streaming import KafkaExecutor
 from app.streaming.admin import ensure_topics
 from app.streaming.settings import test_settings
-from app.workflow import EventType, Signal, WorkflowOptions, WorkflowState, WorkflowStatus
+from app.workflow import (
+    EventType,
+    Signal,
+    WorkflowError,
+    WorkflowOptions,
+    WorkflowState,
+    WorkflowStatus,
+)
 from tests import servers
 from tests.streaming import chaos_app
 from tests.streaming.harness import OWNED, WorkerProcess
@@ -190,7 +197,7 @@ async def run(
             for i, action in enumerate(plan):
                 await asyncio.sleep(rng.uniform(*config.gap))
                 if i == signal_at - 1:
-                    sending = asyncio.create_task(_send_signals(ex, signals, rng))
+                    sending = asyncio.create_task(_send_signals(ex, signals, rng, report))
                 alive = [w for w in workers if w.alive]
                 if action == "broker":
                     assert restart_broker is not None
@@ -208,7 +215,7 @@ async def run(
                         await asyncio.to_thread(victim.stop)
                     disrupt(f"replace {victim.name} by {new_worker().name}")
             if sending is None:
-                sending = asyncio.create_task(_send_signals(ex, signals, rng))
+                sending = asyncio.create_task(_send_signals(ex, signals, rng, report))
             remaining = config.bound - (time.time() - report.started)
             try:
                 await asyncio.wait_for(sending, max(remaining, 1.0))
@@ -238,11 +245,19 @@ async def run(
     return report
 
 
-async def _send_signals(ex: KafkaExecutor, signals: dict[str, int], rng: random.Random) -> None:
+async def _send_signals(
+    ex: KafkaExecutor, signals: dict[str, int], rng: random.Random, report: Report
+) -> None:
     order = list(signals)
     rng.shuffle(order)
     for wid in order:
-        await ex.signal(wid, Signal(name="go", payload=signals[wid]))
+        while True:
+            try:
+                await ex.signal(wid, Signal(name="go", payload=signals[wid]))
+                break
+            except WorkflowError as exc:
+                # the client's own deadline passed: a failure, but the run goes on
+                report.problems.append(f"signal to {wid} failed at {time.time():.1f}: {exc}")
 
 
 async def _describe(ex: KafkaExecutor, workflow_id: str) -> WorkflowState | str:
