@@ -11,7 +11,8 @@ stranded workflows; each has a test here on the real broker:
   partition that was never committed (the old code seeked back only to a
   committed offset, so the head of such a partition was skipped).
 
-:class:`OffsetTracker` itself is checked without a broker.
+A send that fails makes the member go back to its last commit and read its
+state again. :class:`OffsetTracker` itself is checked without a broker.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from app.streaming._consumer import GroupConsumer, OffsetTracker, Producer
+from app.streaming._consumer import DeliveryError, GroupConsumer, OffsetTracker, Producer
 from app.streaming.settings import StreamingSettings, test_settings
 
 WAIT = 30.0
@@ -281,3 +282,42 @@ async def test_records_a_fetch_returns_after_a_rebalance_it_waited_through_are_h
             await other.stop()
         if other_producer is not None:
             await other_producer.stop()
+
+
+class FailingOnce(Owner):
+    """Raises a delivery failure the first time it handles ``fail_at``."""
+
+    def __init__(self, fail_at: int) -> None:
+        super().__init__()
+        self.fail_at = fail_at
+        self.failed = False
+        self.lost: list[set[int]] = []
+
+    def lose(self, partitions: set[int]) -> None:
+        self.lost.append(set(partitions))
+
+    async def handle(self, record: Any) -> None:
+        if record.offset == self.fail_at and not self.failed:
+            self.failed = True
+            self.handled.append(record.offset)
+            raise DeliveryError("a send was not acknowledged")
+        await super().handle(record)
+
+
+async def test_a_failed_send_rewinds_to_the_last_commit_and_reads_the_state_again(
+    kafka_bootstrap: str, topic: str
+) -> None:
+    """After a send failed, the state in memory is not trusted: it is read again."""
+    settings = _settings(kafka_bootstrap)
+    group = f"{topic}-group"
+    await _produce(kafka_bootstrap, topic, 3)
+    owner = FailingOnce(fail_at=1)
+    member, producer = await _member(settings, group, topic, owner, concurrency=1)
+    try:
+        await owner.until(lambda: owner.finished[-3:] == [0, 1, 2], "not handled again")
+        assert owner.handled == [0, 1, 0, 1, 2], "not rewound to the beginning (no commit)"
+        assert owner.lost == [{0}], "the partition's state was not dropped"
+        assert owner.gained == [{0}, {0}], "the partition's state was not read again"
+    finally:
+        await member.stop()
+        await producer.stop()
