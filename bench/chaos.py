@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--partitions", type=int, default=3)
     parser.add_argument("--disruptions", type=int, default=6)
+    parser.add_argument("--fetch-wait-ms", type=int, default=chaos.Config.fetch_wait_ms)
     parser.add_argument("--no-broker-restart", action="store_true")
     parser.add_argument("--keep-going", action="store_true")
     parser.add_argument("-v", "--verbose", action="store_true", help="print each disruption")
@@ -64,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
             steps=args.steps,
             partitions=args.partitions,
             disruptions=args.disruptions,
+            fetch_wait_ms=args.fetch_wait_ms,
             restart_broker=not args.no_broker_restart,
         )
         report = asyncio.run(_round(config, args.verbose))

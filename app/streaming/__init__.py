@@ -11,7 +11,7 @@ from app.workflow._errors import InvalidArgumentError
 from app.workflow._executor import DurableExecutor
 from app.workflow._registry import Config, register
 
-from ._client import BrokerUnavailableError, KafkaExecutor, KafkaHandle
+from ._client import BrokerUnavailableError, KafkaExecutor, KafkaHandle, NoReplyError
 from ._worker import StreamingWorker
 from .settings import StreamingSettings
 
@@ -19,6 +19,7 @@ __all__ = [
     "BrokerUnavailableError",
     "KafkaExecutor",
     "KafkaHandle",
+    "NoReplyError",
     "StreamingSettings",
     "StreamingWorker",
 ]

@@ -76,6 +76,11 @@ class BrokerUnavailableError(WorkflowError, ConnectionError):
     """The Kafka brokers could not be reached; the message names them."""
 
 
+class NoReplyError(WorkflowError, TimeoutError):
+    """No worker answered a command within ``request_timeout`` (its partition had no
+    working owner that long); the command may still be applied later."""
+
+
 class KafkaHandle(RunHandle):
     """A run started through (or looked up with) a :class:`KafkaExecutor`."""
 
@@ -374,7 +379,7 @@ class KafkaExecutor:
                 f"cannot publish to {self.topology.commands!r} on "
                 f"{self.settings.bootstrap_servers} within {timeout:g}s: {failure!r}"
             ) from failure
-        raise WorkflowError(
+        raise NoReplyError(
             f"no worker answered the {cmd.kind} of {cmd.workflow_id!r} within {timeout:g}s "
             f"(is a worker running for {self.topology.commands!r}?)"
         )
@@ -550,7 +555,20 @@ class KafkaExecutor:
                 if value is not _NOT_ENDED:
                     return value
                 if look:
-                    state, parked = await self._state(workflow_id, run_id)
+                    left = None if deadline is None else max(0.0, deadline - loop.time())
+                    try:
+                        state, parked = await asyncio.wait_for(
+                            self._state(workflow_id, run_id), left
+                        )
+                    except (TimeoutError, BrokerUnavailableError):
+                        # no answer yet (NoReplyError is a TimeoutError): the owner is
+                        # moving or the broker is back soon; look again, within the
+                        # caller's own timeout
+                        if deadline is not None and loop.time() >= deadline:
+                            raise TimeoutError(
+                                f"workflow {workflow_id!r} did not end within {timeout:g}s"
+                            ) from None
+                        continue
                     run_id = run_id or state.run_id
                     if state.status is not WorkflowStatus.RUNNING:
                         fn = fn or self._workflows.get(state.workflow_type)

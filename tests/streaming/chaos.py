@@ -67,9 +67,11 @@ class Config:
     redrive_after: float = 10.0
     """Above what an attempt waits in a busy task queue here, so that re-drives mean
     something was lost."""
-    fetch_wait_ms: int = 100
-    """Longer than the test broker needs on memory storage: on s3 storage each fetch
-    lists the partition's objects on the (single-threaded) moto server."""
+    fetch_wait_ms: int = 500
+    """Longer than the test broker needs on memory storage: on s3 storage a fetch
+    lists and reads the partition's objects on the moto server, and one that takes
+    longer than its wait comes back empty (a partition of many batches would starve
+    a short wait); fewer fetches also leave the moto server less to do."""
 
 
 @dataclass
