@@ -11,7 +11,7 @@ import asyncio
 import itertools
 import uuid
 
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from app.streaming import KafkaExecutor, StreamingWorker
 from app.streaming._messages import partition_for
@@ -81,3 +81,60 @@ async def test_each_client_reads_only_its_replies_partition(kafka_bootstrap: str
                 await client.aclose()
     finally:
         await worker.stop()
+
+
+async def test_a_lost_publish_is_sent_again_and_a_late_owner_still_answers(
+    kafka_bootstrap: str,
+) -> None:
+    """Calls wait through a time without any worker and survive a command that was lost.
+
+    The start is published while no worker runs (no partition has an owner): it
+    waits in the topic and is answered once one joins. The first publish of a
+    signal is then dropped on the way (as if the broker had lost it): the
+    client publishes it again, with the same id, and it is applied once.
+    """
+    settings = test_settings(
+        kafka_bootstrap, app_id=f"resend-{uuid.uuid4().hex[:8]}", partitions=PARTITIONS
+    )
+    await ensure_topics(settings)
+    worker = StreamingWorker(settings, [doubler], [double])
+    async with KafkaExecutor(settings=settings) as ex:
+        starting = asyncio.ensure_future(ex.execute(doubler, WorkflowOptions(id="late", input=4)))
+        await _until_published(kafka_bootstrap, settings.topology.commands)
+        assert not starting.done()
+        await worker.start()
+        try:
+            handle = await asyncio.wait_for(starting, WAIT)
+            assert ex._producer is not None
+            real_send = ex._producer.send_and_wait
+            dropped: list[bytes] = []
+
+            async def lose_the_first(topic: str, value: bytes, **kwargs: object) -> object:
+                if not dropped:
+                    dropped.append(value)
+                    return None  # "acknowledged", never stored
+                return await real_send(topic, value, **kwargs)
+
+            ex._producer.send_and_wait = lose_the_first  # type: ignore[method-assign]
+            await asyncio.wait_for(ex.signal("late", Signal("bonus", 1)), WAIT)
+            ex._producer.send_and_wait = real_send  # type: ignore[method-assign]
+            assert dropped, "the first publish was not intercepted"
+            assert await handle.result(timeout=WAIT) == 9
+            state = await ex.describe("late")
+            signals = [e for e in state.history if e.type.value == "signal_received"]
+            assert len(signals) == 1, signals
+        finally:
+            await worker.stop()
+
+
+async def _until_published(bootstrap: str, topic: str) -> None:
+    """Return once ``topic`` holds a record."""
+    reader = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await reader.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+        async with asyncio.timeout(WAIT):
+            while not sum((await reader.end_offsets(tps)).values()):
+                await asyncio.sleep(0.05)  # nothing to await on the broker's side
+    finally:
+        await reader.stop()
