@@ -129,12 +129,10 @@ async def test_a_lost_publish_is_sent_again_and_a_late_owner_still_answers(
 
 async def _until_published(bootstrap: str, topic: str) -> None:
     """Return once ``topic`` holds a record."""
-    reader = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest")
     await reader.start()
     try:
-        tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
-        async with asyncio.timeout(WAIT):
-            while not sum((await reader.end_offsets(tps)).values()):
-                await asyncio.sleep(0.05)  # nothing to await on the broker's side
+        reader.assign([TopicPartition(topic, p) for p in range(PARTITIONS)])
+        await asyncio.wait_for(reader.getone(), WAIT)
     finally:
         await reader.stop()
