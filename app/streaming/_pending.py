@@ -36,6 +36,8 @@ class Attempt:
     dispatched: float
     """When its task was last sent."""
     redrives: int = 0
+    inherited: bool = False
+    """Started by the previous generation: its task goes to that generation's queue."""
 
 
 class PendingAttempts:
@@ -61,6 +63,7 @@ class PendingAttempts:
         sent: list[Task],
         started: dict[tuple[int, int], float] | None = None,
         now: float | None = None,
+        inherited: set[tuple[int, int]] | frozenset[tuple[int, int]] = frozenset(),
     ) -> None:
         """After a command: the run's attempts now ``pending``, those ``sent`` just now.
 
@@ -79,7 +82,7 @@ class PendingAttempts:
             attempt = known.get(key)
             if attempt is None:
                 begun = now if started is None else started.get(key, now)
-                attempt = Attempt(task, partition, begun, now)
+                attempt = Attempt(task, partition, begun, now, inherited=key in inherited)
             elif key in just_sent:
                 attempt.dispatched, attempt.redrives = now, 0
             fresh[key] = attempt

@@ -333,6 +333,10 @@ class StreamingWorker:
         )
         self.metrics.commands.labels(cmd.kind, "forwarded").inc()
 
+    def _tasks_of(self, generation: int) -> Outbox:
+        topology = dataclasses.replace(self.topology, generation=generation)
+        return Outbox(self.producer, topology.activity_tasks(self.settings.task_queue))
+
     def _commands_of(self, generation: int) -> Outbox:
         topic = self._generation_topics.get(generation)
         if topic is None:
@@ -460,9 +464,10 @@ class StreamingWorker:
         self.attempts.update(
             wid,
             partition,
-            [t for t in pending if (t.step, t.attempt) not in run.inherited],
+            pending,
             tasks,
             started,
+            inherited=run.inherited,
         )
         await self.store.write_timers(run, partition)
         if run.parked is not None:
@@ -559,6 +564,10 @@ class StreamingWorker:
         now = _now()
         for attempt in self.attempts.due(self.consumer.owned):
             task = attempt.task
+            queue = self.tasks
+            if attempt.inherited:
+                # its result is known to the previous generation's done-tasks table
+                queue = self._tasks_of(self.settings.generation - 1)
             log.warning(
                 "re-driving %s: attempt %s of step %s (%s) still pending %.1fs after it "
                 "started; its task is sent again (re-drive %d)",
@@ -570,7 +579,7 @@ class StreamingWorker:
                 attempt.redrives,
             )
             self.metrics.redrives.inc()
-            await self.tasks.send(key=task.task_id.encode(), value=encode_task(task, now))
+            await queue.send(key=task.task_id.encode(), value=encode_task(task, now))
 
     def _update_ages(self) -> None:
         now = time.time()

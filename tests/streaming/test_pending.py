@@ -1,0 +1,56 @@
+"""The deadlines of pending activity attempts (``_pending.py``), with no broker."""
+
+from __future__ import annotations
+
+from app.streaming._machine import Task
+from app.streaming._pending import PendingAttempts
+
+
+def task(step: int, attempt: int = 1, wid: str = "w") -> Task:
+    return Task(f"{wid}/run/{step}/{attempt}", wid, "run", "act", step, attempt, None, None)
+
+
+def test_a_pending_attempt_is_due_after_its_deadline_then_waits_twice_as_long() -> None:
+    p = PendingAttempts(redrive_after=10, redrive_max=35)
+    t = task(1)
+    p.update("w", 3, [t], [t], now=100.0)
+    assert p.due({3}, now=109.9) == []
+    (due,) = p.due({3}, now=110.0)
+    assert due.task == t and due.redrives == 1
+    assert p.due({3}, now=129.0) == []  # next wait: 20 s
+    assert len(p.due({3}, now=130.0)) == 1
+    assert p.due({3}, now=164.0) == []  # next wait: 40 s, capped at 35
+    assert len(p.due({3}, now=165.0)) == 1
+
+
+def test_sending_again_restarts_the_deadline_and_an_ended_attempt_is_forgotten() -> None:
+    p = PendingAttempts(redrive_after=10, redrive_max=300)
+    first, second = task(1), task(2)
+    p.update("w", 0, [first], [first], now=0.0)
+    assert len(p.due({0}, now=10.0)) == 1
+    p.update("w", 0, [first], [first], now=15.0)  # a resume sent it again
+    assert p.due({0}, now=24.0) == []
+    assert len(p.due({0}, now=25.0)) == 1
+    p.update("w", 0, [second], [second], now=30.0)  # step 1 completed, step 2 started
+    assert set(p.of("w")) == {(2, 1)}
+    p.update("w", 0, [], [], now=31.0)
+    assert p.of("w") == {} and len(p) == 0
+
+
+def test_only_owned_partitions_are_due_and_lost_ones_are_dropped() -> None:
+    p = PendingAttempts(redrive_after=1, redrive_max=1)
+    p.update("a", 0, [task(1, wid="a")], [], now=0.0)
+    p.update("b", 1, [task(1, wid="b")], [], now=0.0)
+    assert [a.task.workflow_id for a in p.due({1}, now=5.0)] == ["b"]
+    p.forget({0})
+    assert p.of("a") == {} and set(p.of("b")) == {(1, 1)}
+
+
+def test_age_counts_from_the_recorded_start_and_inherited_attempts_are_marked() -> None:
+    p = PendingAttempts(redrive_after=30, redrive_max=300)
+    t = task(4, 2)
+    p.update("w", 2, [t], [t], started={(4, 2): 50.0}, now=80.0, inherited={(4, 2)})
+    attempt = p.of("w")[(4, 2)]
+    assert attempt.started == 50.0 and attempt.dispatched == 80.0
+    assert attempt.inherited
+    assert p.oldest() == {2: 50.0}
