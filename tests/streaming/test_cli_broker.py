@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app.streaming.settings import test_settings
 from tests.servers import free_port
-from tests.streaming.harness import FAST_ENV, OWNED, REPO, WorkerProcess
+from tests.streaming.harness import FAST_ENV, OWNED, REPO, WorkerProcess, http_get
 
 CLI_TIMEOUT = 60.0
 WAIT = 30.0
@@ -311,14 +311,6 @@ def test_metrics_endpoint(deployment: Deployment) -> None:
     assert all(0 <= v < 1000 for _, v in lag), lag
 
 
-def _get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-
-
 def test_show_says_what_a_running_workflow_waits_on(deployment: Deployment, tmp_path: Path) -> None:
     release = tmp_path / "release"
     ok(deployment.app("start", "waiting", "--id", "cli-w", "--input", json.dumps(str(release))))
@@ -359,7 +351,7 @@ def test_show_says_what_a_running_workflow_waits_on(deployment: Deployment, tmp_
 
 
 def test_health_endpoints_of_a_running_worker(deployment: Deployment) -> None:
-    assert _get(deployment.metrics_port, "/healthz") == (200, "ok\n")
-    status, text = _get(deployment.metrics_port, "/readyz")
+    assert http_get(deployment.metrics_port, "/healthz") == (200, "ok\n")
+    status, text = http_get(deployment.metrics_port, "/readyz")
     assert status == 200, text
     assert f"{deployment.app_id}.g1: partitions [0, 1, 2, 3]" in text

@@ -15,8 +15,6 @@ import hashlib
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -24,27 +22,16 @@ import pytest
 from app.streaming.admin import ensure_topics
 from app.streaming.settings import test_settings
 from tests.servers import free_port
-from tests.streaming.harness import FAST_ENV, REPO, WorkerProcess
+from tests.streaming.harness import FAST_ENV, REPO, WorkerProcess, http_get
 
 WAIT = 60.0
 PARTITIONS = 4
 
 
-def _get(port: int, path: str) -> tuple[int, str]:
-    """Status and body of ``GET path`` (0 and the error when nothing answers)."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-    except OSError as exc:
-        return 0, repr(exc)
-
-
 def _until_ready(worker: WorkerProcess, port: int) -> str:
     deadline = time.monotonic() + WAIT
     while True:
-        status, body = _get(port, "/readyz")
+        status, body = http_get(port, "/readyz")
         if status == 200:
             return body
         assert worker.alive, worker.log()[-3000:]
@@ -57,8 +44,8 @@ def _watch(port: int, until: object, what: str) -> list[tuple[int, str, int]]:
     seen = []
     deadline = time.monotonic() + WAIT
     while True:
-        ready, body = _get(port, "/readyz")
-        healthy, _ = _get(port, "/healthz")
+        ready, body = http_get(port, "/readyz")
+        healthy, _ = http_get(port, "/healthz")
         seen.append((ready, body, healthy))
         if until():  # type: ignore[operator]
             return seen
@@ -98,20 +85,20 @@ def test_readyz_and_healthz_through_a_join_and_a_leave(
         body = _until_ready(a, port_a)
         assert f"{app_id}.g1: partitions [0, 1, 2, 3]" in body, body
         assert f"{app_id}.g1.activities.default: partitions [0, 1, 2, 3]" in body, body
-        assert _get(port_a, "/healthz") == (200, "ok\n")
+        assert http_get(port_a, "/healthz") == (200, "ok\n")
 
         b.start()
         # A's view while B joins: not ready during the rebalance, ready after it.
         seen = _watch(
             port_a,
-            lambda: _get(port_b, "/readyz")[0] == 200 and _get(port_a, "/readyz")[0] == 200,
+            lambda: http_get(port_b, "/readyz")[0] == 200 and http_get(port_a, "/readyz")[0] == 200,
             "the two workers did not both become ready",
         )
         not_ready = [body for status, body, _ in seen if status == 503]
         assert not_ready, "a's /readyz never said 503 while b joined"
         assert any("rebalancing" in body or "reading partitions" in body for body in not_ready)
         assert all(healthy == 200 for _, _, healthy in seen), seen
-        owned = [_get(port, "/readyz")[1] for port in (port_a, port_b)]
+        owned = [http_get(port, "/readyz")[1] for port in (port_a, port_b)]
         assert all("partitions [" in body for body in owned), owned
 
         # B leaves with SIGTERM: A is not ready while it takes the partitions back.
@@ -122,7 +109,7 @@ def test_readyz_and_healthz_through_a_join_and_a_leave(
             lambda: (
                 b.process is not None
                 and b.process.poll() is not None
-                and f"{app_id}.g1: partitions [0, 1, 2, 3]" in _get(port_a, "/readyz")[1]
+                and f"{app_id}.g1: partitions [0, 1, 2, 3]" in http_get(port_a, "/readyz")[1]
             ),
             "a did not take every partition back",
         )
@@ -177,7 +164,7 @@ def test_a_second_worker_on_a_taken_port_fails_at_once_with_one_line(
         assert "--metrics-port" in lines[0] and "STREAMFLOW_METRICS_PORT" in lines[0]
         assert "Traceback" not in second.stdout + second.stderr
         assert took < 30, f"the second worker took {took:.1f}s to fail"
-        assert _get(port, "/readyz")[0] == 200, "the first worker was disturbed"
+        assert http_get(port, "/readyz")[0] == 200, "the first worker was disturbed"
     finally:
         first.kill()
 
