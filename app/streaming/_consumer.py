@@ -322,7 +322,8 @@ class GroupConsumer(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafk
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._slot_freed.wait(), 0.2)
             await consumer.getmany(timeout_ms=0)
-            await self._maybe_commit()
+            async with self._gate:
+                await self._maybe_commit()
             return
         self._resume_ready(consumer)
         batches = await consumer.getmany(timeout_ms=self._poll_ms(), max_records=free)
@@ -438,16 +439,34 @@ class GroupConsumer(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafk
             self.owner.lose(partitions)
             self.owned -= partitions
             for p in partitions:
-                tp = TopicPartition(self.topic, p)
                 self._trackers[p] = OffsetTracker()
-                with contextlib.suppress(Exception):
-                    committed = await self._consumer.committed(tp)
-                    if committed is None:
-                        await self._consumer.seek_to_beginning(tp)
-                    else:
-                        self._consumer.seek(tp, committed)
-            self._start_recovery(partitions)
+                await self._seek_to_commit(TopicPartition(self.topic, p))
+            self._start_recovery(partitions & self._assigned)
         await asyncio.sleep(min(1.0, self.settings.heartbeat_interval))
+
+    async def _seek_to_commit(self, tp: TopicPartition) -> None:
+        """Go back to ``tp``'s committed offset (its beginning if none), until that works.
+
+        Going on from the current position would skip the records whose effects
+        were not acknowledged.
+        """
+        assert self._consumer is not None
+        delay = 0.1
+        while not self._stopping:
+            try:
+                if tp not in self._consumer.assignment():
+                    return  # its next owner starts from the commit
+                timeout = self.settings.request_timeout
+                committed = await asyncio.wait_for(self._consumer.committed(tp), timeout)
+                if committed is None:
+                    await asyncio.wait_for(self._consumer.seek_to_beginning(tp), timeout)
+                else:
+                    self._consumer.seek(tp, committed)
+                return
+            except Exception as exc:
+                log.warning("%s: cannot go back to the commit of %s yet: %r", self.group, tp, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     # -- rebalances ----------------------------------------------------------------
     async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
