@@ -176,14 +176,14 @@ class StreamingWorker(Generations):
 
     def lose(self, partitions: set[int]) -> None:
         """Forget ``partitions``: their next owner reads them from the changelogs."""
-        partitions &= self._owned | partitions
         self.store.forget(partitions)
         self.attempts.forget(partitions)
         for p in partitions:
+            for gauge in (self.metrics.oldest_attempt, self.metrics.oldest_timer):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(str(p))
             with contextlib.suppress(KeyError):
-                self.metrics.oldest_attempt.remove(str(p))
-            with contextlib.suppress(KeyError):
-                self.metrics.oldest_timer.remove(str(p))
+                self.metrics.consumer_lag.remove(str(p))
         if self._owned & partitions:
             self._owned -= partitions
             log.info("%s: %s", OWNED, sorted(self._owned))
