@@ -1,4 +1,4 @@
-"""Throughput and latency of the streaming runtime (Faust worker, KafkaExecutor) on Tansu.
+"""Throughput and latency of the streaming runtime (worker, KafkaExecutor) on Tansu.
 
 Usage::
 
@@ -444,8 +444,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     scratch = servers.scratch_dir("bench-streaming")
     broker = servers.tansu(scratch)
-    # Faust keeps an app directory per app id under the working directory: keep
-    # them with the broker's log, out of the checkout.
+    # worker processes log into the working directory: keep that with the broker's
+    # log, out of the checkout
     cwd = Path.cwd()
     errors: dict[str, str] = {}
     results: dict[str, dict[str, float]] = {}

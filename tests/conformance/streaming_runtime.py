@@ -1,4 +1,4 @@
-"""The streaming runtime in the conformance suite: a Faust worker and a KafkaExecutor.
+"""The streaming runtime in the conformance suite: a streaming worker and a KafkaExecutor.
 
 Each test gets its own topic namespace (``app_id``) on the session's broker,
 a worker running in the test's event loop (its workflows and activities are
