@@ -37,6 +37,8 @@ from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
+from aiokafka.coordinator.assignors.sticky.sticky_assignor import StickyPartitionAssignor
 from aiokafka.errors import KafkaError
 
 from .settings import StreamingSettings
@@ -197,6 +199,7 @@ class GroupConsumer(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafk
         self._assigned: set[int] = set()
         self._before: set[int] = set()
         self._recovering: set[int] = set()
+        self._read: set[int] = set()  # read during a rebalance: owned if it stays here
         self._generation: int | None = None
         self._epoch = 0  # bumped at each revoke and rewind: a fetch from before is dropped
         self._trackers: dict[int, OffsetTracker] = {}
@@ -213,6 +216,14 @@ class GroupConsumer(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafk
         self._slot_freed = asyncio.Event()
         self._suspect = False  # a send failed: the state in memory may be ahead of the logs
         self._last_commit = time.monotonic()
+        # The sticky assignor keeps a partition with its owner across rebalances, so
+        # a join or a leave moves only what it must: a partition kept is not read
+        # again. Its state lives on the class, so each member gets a class of its own.
+        self._assignor: Any = type(
+            "StickyAssignor",
+            (StickyPartitionAssignor,),
+            {"member_assignment": None, "generation": -1},
+        )
 
     # -- lifecycle -----------------------------------------------------------------
     async def start(self) -> None:
@@ -231,6 +242,7 @@ class GroupConsumer(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafk
             fetch_max_wait_ms=s.fetch_wait_ms,
             max_partition_fetch_bytes=MAX_RECORD,
             request_timeout_ms=int(max(40.0, s.session_timeout * 2) * 1000),
+            partition_assignment_strategy=(self._assignor, RoundRobinPartitionAssignor),
         )
         try:
             await self._consumer.start()
@@ -480,13 +492,8 @@ class GroupConsumer(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafk
                 except Exception as exc:
                     log.warning("%s: commit before the rebalance failed: %r", self.group, exc)
                     self._suspect = True
-                if self._recovery is not None:
-                    self._recovery.cancel()
-                    self._recovery = None
-                if self._recovering:
-                    self.owner.lose(self._recovering)
-                    self._recovering = set()
-                # Nothing is handled until the next assignment says what stays here.
+                # Nothing is handled until the next assignment says what stays here;
+                # partitions being read go on being read (nobody writes them meanwhile).
                 self._before, self.owned = set(self.owned), set()
         finally:
             self._revoking = False
@@ -496,6 +503,7 @@ class GroupConsumer(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafk
         assert self._consumer is not None
         partitions = {tp.partition for tp in assigned if tp.topic == self.topic}
         generation = getattr(getattr(self._consumer, "_coordinator", None), "generation", None)
+        held = self._before | self._read | self._recovering
         if (
             self._suspect
             or generation is None
@@ -505,20 +513,32 @@ class GroupConsumer(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafk
             # A generation may have passed without this member: another one may have
             # worked on any partition since this one last read it.
             kept: set[int] = set()
+            reading: set[int] = set()
         else:
-            kept = self._before & partitions
+            kept = (self._before | self._read) & partitions
+            reading = self._recovering & partitions
         self._generation = generation
+        if generation is not None:
+            # aiokafka does not tell the assignor: its claims carry the generation
+            self._assignor.on_generation_assignment(generation)
         self._suspect = False
-        lost, self._before = self._before - kept, set()
+        if self._recovering - reading and self._recovery is not None:
+            # it was reading partitions that are not ours now: start it again
+            self._recovery.cancel()
+            self._recovery = None
+            reading = set()
+        lost = held - kept - reading
+        self._before, self._read = set(), set()
         if lost:
             self.owner.lose(lost)
+        self._recovering = reading
         self._assigned = partitions
         self._trackers = {p: OffsetTracker() for p in partitions}
         self._committed = {}
         self.owned = kept
         gained = partitions - kept
         if gained:
-            self._start_recovery(gained)
+            self._start_recovery(gained)  # pauses again those still being read
         log.info(
             "%s: assigned %s (kept %s, reading %s)",
             self.group,
@@ -557,4 +577,7 @@ class GroupConsumer(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafk
                 delay = min(delay * 2, 5.0)
                 continue
             self._recovering -= batch
-            self.owned |= batch & self._assigned
+            if self._rebalancing:
+                self._read |= batch  # owned if the next assignment keeps it here
+            else:
+                self.owned |= batch & self._assigned
