@@ -5,7 +5,10 @@ other, each on a fresh broker (Tansu on s3 storage against a local moto
 server, so that the broker itself can be restarted), and prints one line per
 round and a summary. It stops at the first failing round unless
 ``--keep-going``; the failing round's worker logs stay in its directory.
-The scenario and its checks are in ``tests/streaming/chaos.py``.
+``--memory`` runs on the test broker's memory storage instead (no broker
+restart), where heavier rounds fit: ``--memory --steps 30 --disruptions 12``
+is the churn of issue 9's report. The scenario and its checks are in
+``tests/streaming/chaos.py``.
 """
 
 from __future__ import annotations
@@ -19,23 +22,27 @@ import tempfile
 import time
 from pathlib import Path
 
+from tests import servers
 from tests.streaming import chaos
 
 
-async def _round(config: chaos.Config, verbose: bool) -> chaos.Report:
+async def _round(config: chaos.Config, verbose: bool, memory: bool) -> chaos.Report:
     workdir = Path(tempfile.mkdtemp(prefix=f"chaos-{config.seed}-"))
-    broker = chaos.Broker(workdir)
-    try:
-        bootstrap = broker.start()
-        report = await chaos.run(
-            config,
-            workdir,
-            bootstrap,
-            broker.restart if config.restart_broker else None,
-            log=print if verbose else lambda line: None,
-        )
-    finally:
-        broker.stop()
+    log = print if verbose else lambda line: None
+    if memory:
+        tansu = servers.tansu(workdir).start()
+        try:
+            report = await chaos.run(config, workdir, f"127.0.0.1:{tansu.port}", None, log=log)
+        finally:
+            tansu.stop()
+    else:
+        broker = chaos.Broker(workdir)
+        try:
+            bootstrap = broker.start()
+            restart = broker.restart if config.restart_broker else None
+            report = await chaos.run(config, workdir, bootstrap, restart, log=log)
+        finally:
+            broker.stop()
     if report.ok:
         shutil.rmtree(workdir, ignore_errors=True)
     return report
@@ -51,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--disruptions", type=int, default=6)
     parser.add_argument("--fetch-wait-ms", type=int, default=chaos.Config.fetch_wait_ms)
     parser.add_argument("--no-broker-restart", action="store_true")
+    parser.add_argument(
+        "--memory", action="store_true", help="memory storage: no broker restart, faster"
+    )
     parser.add_argument("--keep-going", action="store_true")
     parser.add_argument("-v", "--verbose", action="store_true", help="print each disruption")
     args = parser.parse_args(argv)
@@ -65,10 +75,10 @@ def main(argv: list[str] | None = None) -> int:
             steps=args.steps,
             partitions=args.partitions,
             disruptions=args.disruptions,
-            fetch_wait_ms=args.fetch_wait_ms,
-            restart_broker=not args.no_broker_restart,
+            fetch_wait_ms=10 if args.memory else args.fetch_wait_ms,
+            restart_broker=not (args.no_broker_restart or args.memory),
         )
-        report = asyncio.run(_round(config, args.verbose))
+        report = asyncio.run(_round(config, args.verbose, args.memory))
         print(report.summary(), flush=True)
         if report.ok:
             clean += 1
