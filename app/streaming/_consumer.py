@@ -448,6 +448,12 @@ class GroupConsumer(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafk
             self._suspect = False
             with contextlib.suppress(Exception):
                 await self.producer.flush()
+            if self._recovery is not None:
+                # a read that began before the flush may miss what the flush sent
+                self._recovery.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await self._recovery
+                self._recovery = None
             partitions = set(self.owned) | set(self._recovering)
             self.owner.lose(partitions)
             self.owned -= partitions
