@@ -88,6 +88,8 @@ class Report:
     finished: float = 0.0
     reruns: dict[tuple[str, int, int], int] = field(default_factory=dict)
     attempts_run: int = 0
+    slowest_call: float = 0.0
+    """Seconds the slowest ``signal`` call took (a rebalance in progress waits)."""
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -100,7 +102,8 @@ class Report:
             f"seed {self.config.seed}: {'ok' if self.ok else 'FAILED'}; "
             f"{self.config.workflows} workflows done in {self.finished - self.started:.1f}s; "
             f"disruptions {dict(kinds)}; {self.attempts_run} attempt runs, "
-            f"{sum(n - 1 for n in self.reruns.values())} re-runs"
+            f"{sum(n - 1 for n in self.reruns.values())} re-runs; "
+            f"slowest signal() {self.slowest_call:.1f}s"
         )
 
 
@@ -259,8 +262,10 @@ async def _send_signals(
     rng.shuffle(order)
     for wid in order:
         while True:
+            began = time.monotonic()
             try:
                 await ex.signal(wid, Signal(name="go", payload=signals[wid]))
+                report.slowest_call = max(report.slowest_call, time.monotonic() - began)
                 break
             except WorkflowError as exc:
                 # the client's own deadline passed: a failure, but the run goes on
