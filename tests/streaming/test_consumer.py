@@ -65,13 +65,13 @@ def test_tracker_skips_offsets_that_hold_no_record() -> None:
 class Owner:
     """Records the records it handles; those in ``hold`` wait for their release."""
 
-    def __init__(self, hold: set[int] | None = None) -> None:
+    def __init__(self, hold: set[int] | None = None, changed: asyncio.Event | None = None) -> None:
         self.hold = hold or set()
         self.release = asyncio.Event()
         self.handled: list[int] = []
         self.finished: list[int] = []
         self.by_partition: dict[int, list[int]] = {}
-        self.changed = asyncio.Event()
+        self.changed = changed or asyncio.Event()
         self.gained: list[set[int]] = []
 
     async def gain(self, partitions: set[int]) -> None:
@@ -189,10 +189,19 @@ async def test_records_fetched_when_a_rebalance_starts_are_read_again_from_the_b
 ) -> None:
     settings = _settings(kafka_bootstrap)
     group = f"{topic}-group"
-    owner = Owner()
+    changed = asyncio.Event()  # either owner handled something
+    owner = Owner(changed=changed)
     member, producer = await _member(settings, group, topic, owner, concurrency=1)
     other: GroupConsumer | None = None
     other_producer: Producer | None = None
+    revoking = asyncio.Event()
+    revoke = member.on_partitions_revoked
+
+    async def noted_revoke(revoked: Any) -> None:
+        revoking.set()
+        await revoke(revoked)
+
+    member.on_partitions_revoked = noted_revoke  # type: ignore[method-assign]
     try:
         await member.wait_joined(WAIT)
         await owner.until(lambda: owner.gained, "the partition was never assigned")
@@ -200,22 +209,17 @@ async def test_records_fetched_when_a_rebalance_starts_are_read_again_from_the_b
         await member._gate.acquire()
         await _produce(kafka_bootstrap, topic, 5)
         # A second member joins: the group rebalances while the records wait.
-        other_owner = Owner()
+        other_owner = Owner(changed=changed)
         other, other_producer = await _member(settings, group, topic, other_owner, 1)
-        deadline = asyncio.get_running_loop().time() + WAIT
-        while not member._revoking:
-            assert asyncio.get_running_loop().time() < deadline, "no rebalance started"
-            await asyncio.sleep(0.01)
+        await asyncio.wait_for(revoking.wait(), WAIT)
         member._gate.release()
         # Nothing was committed, and the records fetched before the rebalance were
         # dropped: whoever owns the partition now must read it from its beginning.
         both = (owner, other_owner)
-        deadline = asyncio.get_running_loop().time() + WAIT
-        while sorted(set(owner.finished) | set(other_owner.finished)) != [0, 1, 2, 3, 4]:
-            assert asyncio.get_running_loop().time() < deadline, (
-                f"records lost: {[o.finished for o in both]}"
-            )
-            await asyncio.sleep(0.01)
+        await owner.until(
+            lambda: sorted(set(owner.finished) | set(other_owner.finished)) == [0, 1, 2, 3, 4],
+            f"records lost: {[o.finished for o in both]}",
+        )
         handled_by = [o for o in both if o.finished]
         assert len(handled_by) == 1
         assert handled_by[0].finished == [0, 1, 2, 3, 4]
