@@ -1,6 +1,6 @@
 """The wire format is open: a publisher with no engine code writes commands the engine decodes.
 
-``docs/examples/raw_publish.py`` (confluent-kafka, fastavro, avro and the
+``docs/examples/raw_publish.py`` (confluent-kafka, fastavro and the
 ``.avsc`` files only) runs as a separate process against the session's real
 broker; the message is read back with aiokafka and decoded by the engine's
 own codec.
@@ -111,7 +111,7 @@ def test_publisher_uses_no_engine_code() -> None:
             assert node.level == 0, "the publisher must not use relative imports"
             imported.add((node.module or "").split(".")[0])
     third_party = imported - set(sys.stdlib_module_names) - {"__future__"}
-    assert third_party == {"confluent_kafka", "fastavro", "avro"}
+    assert third_party == {"confluent_kafka", "fastavro"}
 
 
 async def test_start_and_signal_decode_with_the_engine_codec(

@@ -6,6 +6,18 @@ encoding). A reader resolves the writer schema by fingerprint, so a message
 written with an older or newer compatible schema still decodes, and bytes
 that are not one of our messages are rejected with a reason instead of
 decoding to garbage.
+
+The fingerprint is taken over the specification's Parsing Canonical Form (a
+logical type such as ``{"type": "long", "logicalType": "timestamp-micros"}``
+becomes ``"long"``), as Java's ``SchemaNormalization``, fastavro and avsc
+compute it, so a writer in another language frames messages we read.
+``docs/wire.md`` is the whole contract.
+
+Release 0.1.0 wrote a different fingerprint for every schema with a logical
+type (the ``avro`` package's canonical form keeps ``{"type":"long"}``).
+Readers accept those values as aliases of the same schema until
+:data:`LEGACY_FINGERPRINTS_UNTIL`, so messages already in the topics, and
+writers not yet upgraded, still decode.
 """
 
 from __future__ import annotations
@@ -21,13 +33,22 @@ from typing import Any
 
 import avro.schema
 import fastavro
-from fastavro.schema import parse_schema
+from fastavro.schema import (
+    SchemaParseException,
+    UnknownType,
+    parse_schema,
+    to_parsing_canonical_form,
+)
+from fastavro.schema import fingerprint as _fastavro_fingerprint
 
 MAGIC = b"\xc3\x01"
 SCHEMA_NAMES = ("command", "history_event", "activity_task", "reply", "dead_letter")
 ENV_SCHEMAS = "STREAMFLOW_SCHEMAS"
 PREVIOUS_DIR = "previous"  # earlier schema versions, still read
 _NAMESPACE = "streamflow.v1"
+FINGERPRINT_ALGORITHM = "CRC-64-AVRO"
+LEGACY_FINGERPRINTS_UNTIL = "0.2.0"
+"""The first release whose readers no longer accept the 0.1.0 fingerprints."""
 
 
 class WireError(ValueError):
@@ -50,12 +71,34 @@ def load_raw(name: str, directory: Path | None = None) -> dict[str, Any]:
     return raw
 
 
-def _fingerprint(raw: Mapping[str, Any]) -> bytes:
-    # The reference implementation's Parsing Canonical Form (it drops logicalType, as
-    # Java's does) so that fingerprints match other languages' writers; it returns the
-    # CRC-64-AVRO value little-endian, as the single-object encoding puts it on the wire.
+def canonical_form(raw: Any) -> str:
+    """The Parsing Canonical Form of a schema, as the Avro specification defines it.
+
+    Raises:
+        WireError: ``raw`` is not a valid Avro schema (the reason says why).
+    """
+    try:
+        form: str = to_parsing_canonical_form(raw)
+    except (SchemaParseException, UnknownType, ValueError, TypeError, KeyError) as exc:
+        raise WireError(f"not a valid Avro schema: {type(exc).__name__}: {exc}") from exc
+    return form
+
+
+def fingerprint(raw: Any) -> bytes:
+    """The CRC-64-AVRO of ``raw``'s Parsing Canonical Form, little-endian (as framed)."""
+    # fastavro renders the 64-bit value as the hex of its little-endian bytes
+    return bytes.fromhex(_fastavro_fingerprint(canonical_form(raw), FINGERPRINT_ALGORITHM))
+
+
+def legacy_fingerprint(raw: Mapping[str, Any]) -> bytes:
+    """The fingerprint release 0.1.0 framed ``raw`` with; read until 0.2.0.
+
+    It came from the ``avro`` package's canonical form, which renders a
+    logical type as ``{"type":"long"}`` where the specification says
+    ``"long"``; for a schema without logical types it equals :func:`fingerprint`.
+    """
     parsed = avro.schema.parse(json.dumps(raw))
-    return bytes(parsed.fingerprint("CRC-64-AVRO"))
+    return bytes(parsed.fingerprint(FINGERPRINT_ALGORITHM))
 
 
 class Codec:
@@ -64,13 +107,23 @@ class Codec:
     def __init__(self, name: str, raw: Mapping[str, Any]) -> None:
         self.name = name
         self.schema = parse_schema(dict(raw))
-        self.fingerprint = _fingerprint(raw)
-        self._writers: dict[bytes, Any] = {self.fingerprint: self.schema}
+        self.fingerprint = fingerprint(raw)
+        # each accepted 0.1.0 fingerprint -> the fingerprint it stands for
+        self.legacy_fingerprints: dict[bytes, bytes] = {}
+        self._writers: dict[bytes, Any] = {}
+        self._register(raw, self.schema)
 
     def add_writer(self, raw: Mapping[str, Any]) -> None:
         """Also accept messages written with ``raw`` (an older or newer version)."""
-        schema = parse_schema(dict(raw))
-        self._writers[_fingerprint(raw)] = schema
+        self._register(raw, parse_schema(dict(raw)))
+
+    def _register(self, raw: Mapping[str, Any], schema: Any) -> None:
+        current = fingerprint(raw)
+        self._writers[current] = schema
+        legacy = legacy_fingerprint(raw)
+        if legacy != current and legacy not in self._writers:
+            self._writers[legacy] = schema
+            self.legacy_fingerprints[legacy] = current
 
     def encode(self, record: Mapping[str, Any]) -> bytes:
         out = io.BytesIO()
@@ -94,7 +147,9 @@ class Codec:
         if writer is None:
             raise WireError(
                 f"unknown schema fingerprint {data[2:10].hex()} for a {self.name} "
-                "(written with a schema this reader does not know)"
+                f"(written with a schema this reader does not know; the current {self.name} "
+                f"schema's is {self.fingerprint.hex()}: the CRC-64-AVRO of its Parsing "
+                "Canonical Form, little-endian, see docs/wire.md)"
             )
         buf = io.BytesIO(data[10:])
         try:

@@ -1,7 +1,7 @@
 """Start or signal a workflow by publishing a raw Avro command to Kafka.
 
-The wire format is open: this script uses only confluent-kafka, fastavro,
-avro and ``schemas/command.avsc``, none of the engine's code. Each message
+The wire format is open (``docs/wire.md``): this script uses only
+confluent-kafka, fastavro and ``schemas/command.avsc``, none of the engine's code. Each message
 is the Avro single-object encoding of a ``Command``: the bytes ``C3 01``,
 the 8-byte little-endian CRC-64-AVRO fingerprint of the schema's Parsing
 Canonical Form, then the Avro binary body. It goes to
@@ -31,9 +31,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import avro.schema
 import fastavro
 from confluent_kafka import KafkaError, Message, Producer
+from fastavro.schema import fingerprint as crc64_fingerprint
+from fastavro.schema import to_parsing_canonical_form
 
 MAGIC = b"\xc3\x01"
 CONTENT_TYPE = "application/json"
@@ -51,10 +52,11 @@ def load_command_schema(schemas: Path) -> tuple[Any, bytes]:
         text = path.read_text()
     except OSError as exc:
         raise SystemExit(f"cannot read the command schema {path}: {exc}") from None
-    # avro computes CRC-64-AVRO over the Parsing Canonical Form and returns it
-    # little-endian, as the single-object encoding puts it on the wire.
-    fingerprint = bytes(avro.schema.parse(text).fingerprint("CRC-64-AVRO"))
-    return fastavro.parse_schema(json.loads(text)), fingerprint
+    raw = json.loads(text)
+    # CRC-64-AVRO of the specification's Parsing Canonical Form; fastavro gives the
+    # hex of its little-endian bytes, the order the single-object encoding uses.
+    fingerprint = bytes.fromhex(crc64_fingerprint(to_parsing_canonical_form(raw), "CRC-64-AVRO"))
+    return fastavro.parse_schema(raw), fingerprint
 
 
 def command_record(
