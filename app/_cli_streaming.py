@@ -451,11 +451,9 @@ async def read_headers(settings: Any) -> list[WorkflowState]:
     from app.streaming._tables import ChangelogTable, partitions_of, recover
 
     table = ChangelogTable(settings.topology.changelog("workflows"))
-    partitions = await partitions_of(
-        settings.bootstrap_servers, table.topic, settings.request_timeout
-    )
+    partitions = await partitions_of(settings, table.topic, settings.request_timeout)
     await recover(
-        settings.bootstrap_servers,
+        settings,
         [table],
         partitions,
         fetch_wait_ms=settings.fetch_wait_ms,

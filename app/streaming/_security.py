@@ -33,8 +33,12 @@ SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 
 
-class BrokerSecurityError(WorkflowError, ConnectionError):
-    """A Kafka broker refused the connection's TLS or SASL: retrying will not help."""
+class BrokerSecurityError(WorkflowError):
+    """A Kafka broker refused the connection's TLS or SASL: retrying will not help.
+
+    Not a ``ConnectionError`` (an ``OSError``): code that retries those on the
+    assumption that the broker is away for a while must not retry this.
+    """
 
 
 class BrokerTLSError(BrokerSecurityError):
@@ -192,7 +196,7 @@ class KafkaSecurity(BaseModel):
 
     def confluent_config(self) -> dict[str, str]:
         """The same settings as confluent-kafka (librdkafka) config entries."""
-        config = {"security.protocol": self.security_protocol}
+        config: dict[str, str] = {"security.protocol": self.security_protocol}
         if self.tls:
             names = {
                 "ssl.ca.location": self.ssl_ca_location,

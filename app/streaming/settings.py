@@ -113,6 +113,10 @@ class StreamingSettings(KafkaSecurity):
                 raise ValueError(f"{server!r} is not host:port")
         return value
 
+    def kafka_options(self) -> dict[str, Any]:
+        """Keyword arguments of every aiokafka client: the brokers, TLS and SASL."""
+        return {"bootstrap_servers": self.bootstrap_servers, **self.aiokafka_options()}
+
     @property
     def topology(self) -> Topology:
         return Topology(
