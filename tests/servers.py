@@ -168,12 +168,49 @@ class Server:
         process.wait(timeout=10)
 
 
-def tansu(workdir: Path, port: int | None = None) -> Server:
-    """A Tansu broker (Kafka protocol, memory storage); not started yet."""
+def tansu(
+    workdir: Path,
+    port: int | None = None,
+    *,
+    advertised: str | None = None,
+    args: Sequence[str] = (),
+) -> Server:
+    """A Tansu broker (Kafka protocol, memory storage); not started yet.
+
+    ``advertised`` (``host:port``): the address it gives clients in metadata,
+    when they must reach it through something else (tls_proxy); ``args``: more
+    flags, e.g. ``--authentication``.
+    """
     port = port or free_port()
     url = f"tcp://127.0.0.1:{port}"
-    argv = [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url]
+    shown = f"tcp://{advertised}" if advertised else url
+    argv = [
+        tansu_binary(),
+        "broker",
+        "--listener-url",
+        url,
+        "--advertised-listener-url",
+        shown,
+        *args,
+    ]
     return Server("tansu", argv, port, workdir)
+
+
+def tls_proxy(
+    workdir: Path,
+    upstream: int,
+    cert: Path,
+    key: Path,
+    port: int | None = None,
+    client_ca: Path | None = None,
+) -> Server:
+    """A TLS-terminating proxy (``tests/tls_proxy.py``) in front of ``127.0.0.1:upstream``."""
+    port = port or free_port()
+    argv = [sys.executable, "-m", "tests.tls_proxy", str(port), str(upstream), str(cert), str(key)]
+    if client_ca is not None:
+        argv.append(str(client_ca))
+    repo = str(Path(__file__).resolve().parents[1])
+    return Server("tls-proxy", argv, port, workdir, env={"PYTHONPATH": repo})
 
 
 def nats(workdir: Path, port: int | None = None) -> Server:

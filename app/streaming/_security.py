@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Literal, Self
 
 from aiokafka.conn import create_conn
+from aiokafka.errors import KafkaConnectionError
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from app.workflow._errors import WorkflowError
@@ -237,13 +238,19 @@ async def _connect(server: str, options: dict[str, Any], timeout: float) -> None
     conn.close()
 
 
+def _closed(exc: BaseException) -> bool:
+    return isinstance(exc, KafkaConnectionError) and "closed" in str(exc)
+
+
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, KeyError):
         # aiokafka 0.14 reads a SCRAM server-final message without its signature
         # ("e=unknown-user", "e=invalid-proof") as a KeyError('v').
         return "the broker sent a SCRAM error instead of its signature (unknown user or bad proof)"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"certificate verify failed: {exc.verify_message}"
     if isinstance(exc, ssl.SSLError):
-        return exc.reason or str(exc)
+        return str(exc.reason or exc)
     text = str(exc)
     name = type(exc).__name__
     return text if text.startswith(name) else f"{name}: {text}" if text else name
@@ -270,7 +277,15 @@ async def diagnose(
                 f"(ssl_ca_location: {security.ssl_ca_location or 'system CAs'}; "
                 "is the broker's certificate signed by it and for this host?)"
             )
-        except Exception:
+        except Exception as exc:
+            if security.tls and not security.ssl_certificate_location and _closed(exc):
+                # TLS 1.3: a server that wants a client certificate says so by
+                # closing the connection after the handshake.
+                return BrokerTLSError(
+                    f"the Kafka broker {server.strip()} closed the TLS connection after the "
+                    f"handshake ({_reason(exc)}): it may require a client certificate "
+                    "(ssl_certificate_location, ssl_key_location)"
+                )
             continue  # not reachable at all: not a TLS or SASL problem
         if not security.sasl:
             return None

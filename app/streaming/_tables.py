@@ -124,8 +124,8 @@ class ChangelogTable:
 async def partitions_of(settings: StreamingSettings, topic: str, timeout: float) -> set[int]:
     """The partitions of ``topic`` (empty if it does not exist)."""
     consumer = AIOKafkaConsumer(**settings.kafka_options())
-    await start_client(consumer.start, settings, settings.bootstrap_servers, timeout)
     try:
+        await start_client(consumer.start, settings, settings.bootstrap_servers, timeout)
         return set(consumer.partitions_for_topic(topic) or ())
     finally:
         await consumer.stop()
