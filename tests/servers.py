@@ -213,12 +213,16 @@ def tls_proxy(
     return Server("tls-proxy", argv, port, workdir, env={"PYTHONPATH": repo})
 
 
-def nats(workdir: Path, port: int | None = None) -> Server:
-    """A nats-server with JetStream storing under ``workdir``; not started yet."""
+def nats(workdir: Path, port: int | None = None, args: Sequence[str] = ()) -> Server:
+    """A nats-server with JetStream storing under ``workdir``; not started yet.
+
+    ``args``: more flags, e.g. ``--tls --tlscert FILE --tlskey FILE``.
+    """
     port = port or free_port()
     store = workdir / "jetstream"
     store.mkdir(parents=True, exist_ok=True)
     argv = [_binary("nats-server"), "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(store)]
+    argv += args
     return Server("nats", argv, port, workdir)
 
 
