@@ -163,7 +163,7 @@ class StreamingSettings(KafkaSecurity):
             value = values[name]
             if value is not None:
                 secret = isinstance(value, SecretStr)
-                env[_env_name(name)] = value.get_secret_value() if secret else str(value)
+                env[env_name(name)] = value.get_secret_value() if secret else str(value)
         return env
 
     @classmethod
@@ -179,7 +179,7 @@ class StreamingSettings(KafkaSecurity):
             info = cls.model_fields[name]
             rows.append(
                 (
-                    _env_name(name),
+                    env_name(name),
                     _type_name(info.annotation),
                     repr(info.default),
                     info.description or "",
@@ -188,7 +188,7 @@ class StreamingSettings(KafkaSecurity):
         return rows
 
 
-def _env_name(field: str) -> str:
+def env_name(field: str) -> str:
     return ENV_BOOTSTRAP if field == "bootstrap_servers" else ENV_PREFIX + field.upper()
 
 
