@@ -178,7 +178,7 @@ def tansu(
     """A Tansu broker (Kafka protocol, memory storage); not started yet.
 
     ``advertised`` (``host:port``): the address it gives clients in metadata,
-    when they must reach it through something else (tls_proxy); ``args``: more
+    when they must reach it through something else (secure_proxy); ``args``: more
     flags, e.g. ``--authentication``.
     """
     port = port or free_port()
@@ -196,21 +196,30 @@ def tansu(
     return Server("tansu", argv, port, workdir)
 
 
-def tls_proxy(
+def secure_proxy(
     workdir: Path,
     upstream: int,
-    cert: Path,
-    key: Path,
-    port: int | None = None,
+    *,
+    cert: Path | None = None,
+    key: Path | None = None,
     client_ca: Path | None = None,
+    users: dict[str, str] | None = None,
+    port: int | None = None,
 ) -> Server:
-    """A TLS-terminating proxy (``tests/tls_proxy.py``) in front of ``127.0.0.1:upstream``."""
+    """``tests/secure_proxy.py`` in front of ``127.0.0.1:upstream``: TLS with ``cert``
+    and ``key`` (client certificates signed by ``client_ca`` required when given), a
+    SASL login as one of ``users`` (name: password) when given; not started yet."""
     port = port or free_port()
-    argv = [sys.executable, "-m", "tests.tls_proxy", str(port), str(upstream), str(cert), str(key)]
+    argv = [sys.executable, "-m", "tests.secure_proxy", "--port", str(port)]
+    argv += ["--upstream", str(upstream)]
+    if cert is not None and key is not None:
+        argv += ["--cert", str(cert), "--key", str(key)]
     if client_ca is not None:
-        argv.append(str(client_ca))
+        argv += ["--client-ca", str(client_ca)]
+    for name, password in (users or {}).items():
+        argv += ["--user", f"{name}:{password}"]
     repo = str(Path(__file__).resolve().parents[1])
-    return Server("tls-proxy", argv, port, workdir, env={"PYTHONPATH": repo})
+    return Server("secure-proxy", argv, port, workdir, env={"PYTHONPATH": repo})
 
 
 def nats(workdir: Path, port: int | None = None, args: Sequence[str] = ()) -> Server:

@@ -19,6 +19,7 @@ that says what was refused, by which broker, for which mechanism and user.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import ssl
 from collections.abc import Awaitable, Callable
@@ -220,6 +221,23 @@ class KafkaSecurity(BaseModel):
         """Just these security settings (of a subclass such as StreamingSettings)."""
         return KafkaSecurity(**{name: getattr(self, name) for name in KafkaSecurity.model_fields})
 
+
+class _HideSaslTokens(logging.Filter):
+    """aiokafka logs each request at DEBUG, a SASL PLAIN token (user and password) too."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        if any(type(arg).__name__.startswith("SaslAuthenticateRequest") for arg in args):
+            record.args = tuple(
+                "SaslAuthenticateRequest(<token not logged>)"
+                if type(arg).__name__.startswith("SaslAuthenticateRequest")
+                else arg
+                for arg in args
+            )
+        return True
+
+
+logging.getLogger("aiokafka.conn").addFilter(_HideSaslTokens())
 
 SECRETS = frozenset({"sasl_password", "ssl_key_password"})
 """Settings only read from the environment: a command line is visible to every local user."""

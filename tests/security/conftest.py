@@ -1,10 +1,13 @@
 """Certificates made with trustme, and brokers that need TLS or a SASL login.
 
-The test broker cannot serve TLS itself (docs/security.md): ``tls_broker`` is
-a Tansu broker behind ``tests/tls_proxy.py``, which terminates real TLS with
-a certificate for ``localhost``/``127.0.0.1`` and advertises the proxy, so
-every client connection is TLS. ``sasl_broker`` is Tansu with
-``--authentication``: it refuses every login (it can hold no users).
+The test broker can neither serve TLS nor accept a SASL login (docs/security.md,
+"What the test broker supports"). ``tls_broker`` is a Tansu broker behind
+``tests/secure_proxy.py``, which terminates real TLS with a certificate for
+``localhost``/``127.0.0.1``; the broker advertises the proxy, so every client
+connection is TLS. ``sasl_ssl_broker`` and ``sasl_plaintext_broker`` put the
+proxy's SASL server (PLAIN, SCRAM-SHA-256/512) in front too. ``sasl_broker``
+and ``sasl_tls_broker`` are Tansu's own ``--authentication``, which refuses
+every login.
 """
 
 from __future__ import annotations
@@ -64,21 +67,49 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
     )
 
 
-def tansu_behind_tls(
-    cert: Path, key: Path, *, client_ca: Path | None = None, args: tuple[str, ...] = ()
+USERS = {"alice": "alice-pass-w0rd", "bob": "bob-pass-w0rd"}
+"""The users (name: password) the SASL proxy accepts."""
+
+
+def tansu_behind_proxy(
+    cert: Path | None = None,
+    key: Path | None = None,
+    *,
+    client_ca: Path | None = None,
+    users: dict[str, str] | None = None,
+    args: tuple[str, ...] = (),
 ) -> tuple[servers.Server, servers.Server]:
-    """A Tansu broker reached only through a TLS proxy on ``localhost:PORT``; not started."""
-    workdir = servers.scratch_dir("tansu-tls")
+    """A Tansu broker reached only through tests/secure_proxy.py on ``localhost:PORT``
+    (TLS with ``cert``/``key``, a SASL login with ``users``); neither started yet."""
+    workdir = servers.scratch_dir("tansu-proxied")
     port = servers.free_port()
     broker = servers.tansu(workdir, advertised=f"localhost:{port}", args=args)
-    proxy = servers.tls_proxy(workdir, broker.port, cert, key, port=port, client_ca=client_ca)
+    proxy = servers.secure_proxy(
+        workdir, broker.port, cert=cert, key=key, client_ca=client_ca, users=users, port=port
+    )
     return broker, proxy
 
 
 @pytest.fixture(scope="session")
 def tls_broker(certs: Certs) -> Iterator[str]:
     """``localhost:PORT`` of a broker that speaks TLS only (certificate for localhost)."""
-    broker, proxy = tansu_behind_tls(certs.cert, certs.key)
+    broker, proxy = tansu_behind_proxy(certs.cert, certs.key)
+    with servers.running(broker), servers.running(proxy):
+        yield f"localhost:{proxy.port}"
+
+
+@pytest.fixture(scope="session")
+def sasl_ssl_broker(certs: Certs) -> Iterator[str]:
+    """``localhost:PORT``: TLS, then a SASL login (PLAIN or SCRAM) as one of USERS."""
+    broker, proxy = tansu_behind_proxy(certs.cert, certs.key, users=USERS)
+    with servers.running(broker), servers.running(proxy):
+        yield f"localhost:{proxy.port}"
+
+
+@pytest.fixture(scope="session")
+def sasl_plaintext_broker() -> Iterator[str]:
+    """``localhost:PORT``: a SASL login (PLAIN or SCRAM) as one of USERS, no TLS."""
+    broker, proxy = tansu_behind_proxy(users=USERS)
     with servers.running(broker), servers.running(proxy):
         yield f"localhost:{proxy.port}"
 
@@ -94,6 +125,6 @@ def sasl_broker() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def sasl_tls_broker(certs: Certs) -> Iterator[str]:
     """``localhost:PORT`` of a broker behind TLS that requires a SASL login (SASL_SSL)."""
-    broker, proxy = tansu_behind_tls(certs.cert, certs.key, args=("--authentication",))
+    broker, proxy = tansu_behind_proxy(certs.cert, certs.key, args=("--authentication",))
     with servers.running(broker), servers.running(proxy):
         yield f"localhost:{proxy.port}"

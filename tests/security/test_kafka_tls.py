@@ -25,7 +25,7 @@ from app.workflow import WorkflowOptions
 from app.workflow._types import WorkflowState
 from providers.kafka import KafkaStore, KafkaStoreError
 from tests import servers
-from tests.security.conftest import Certs, tansu_behind_tls
+from tests.security.conftest import Certs, tansu_behind_proxy
 from tests.streaming import crash_app
 from tests.streaming.harness import OWNED, REPO, WorkerProcess
 
@@ -160,7 +160,7 @@ async def test_a_certificate_from_an_unknown_ca_is_refused(tls_broker: str, cert
 async def test_a_certificate_for_another_host_is_refused_unless_the_check_is_off(
     certs: Certs,
 ) -> None:
-    broker, proxy = tansu_behind_tls(certs.other_host_cert, certs.other_host_key)
+    broker, proxy = tansu_behind_proxy(certs.other_host_cert, certs.other_host_key)
     with servers.running(broker), servers.running(proxy):
         address = f"localhost:{proxy.port}"
         settings = test_settings(
@@ -176,7 +176,7 @@ async def test_a_certificate_for_another_host_is_refused_unless_the_check_is_off
 
 
 async def test_a_broker_that_requires_a_client_certificate(certs: Certs) -> None:
-    broker, proxy = tansu_behind_tls(certs.cert, certs.key, client_ca=certs.ca)
+    broker, proxy = tansu_behind_proxy(certs.cert, certs.key, client_ca=certs.ca)
     with servers.running(broker), servers.running(proxy):
         address = f"localhost:{proxy.port}"
         without = test_settings(
