@@ -16,7 +16,7 @@ import uuid
 import pytest
 from confluent_kafka import KafkaError, Message, Producer
 
-from app.streaming._security import KafkaSecurity
+from app.streaming import KafkaSecurity
 from app.streaming.admin import ensure_topics
 from app.streaming.settings import test_settings
 from tests.security.conftest import USERS, Certs

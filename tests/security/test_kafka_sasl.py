@@ -17,8 +17,7 @@ import time
 
 import pytest
 
-from app.streaming import KafkaExecutor
-from app.streaming._security import BrokerAuthenticationError
+from app.streaming import BrokerAuthenticationError, KafkaExecutor
 from app.streaming.admin import ensure_topics
 from app.streaming.settings import test_settings
 from providers.kafka import KafkaStore, KafkaStoreError

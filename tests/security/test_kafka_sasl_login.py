@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from app.streaming import KafkaExecutor
-from app.streaming._security import BrokerAuthenticationError
+from app.streaming import BrokerAuthenticationError, KafkaExecutor
 from app.streaming.admin import check_topics, ensure_topics
 from app.streaming.settings import StreamingSettings, test_settings
 from app.workflow import WorkflowOptions

@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from app.streaming import KafkaExecutor
-from app.streaming._security import BrokerTLSError
+from app.streaming import BrokerTLSError, KafkaExecutor
 from app.streaming.admin import check_topics, ensure_topics
 from app.streaming.settings import test_settings
 from app.workflow import WorkflowOptions

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from app.streaming._security import KafkaSecurity
+from app.streaming import KafkaSecurity
 from app.streaming.settings import StreamingSettings
 from app.workflow import InvalidArgumentError
 from providers.kafka import KafkaStoreConfig
