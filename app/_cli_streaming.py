@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 from app._render import render_history, render_state, render_waiting, render_workflow_list
 from app.workflow import Signal, WorkflowOptions, WorkflowState, WorkflowStatus
 
+ENV_PREFIX = "STREAMFLOW_"
+
 if TYPE_CHECKING:
     SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
@@ -35,6 +37,35 @@ def add_broker_options(parser: argparse.ArgumentParser, *, topology: bool = True
     if topology:
         parser.add_argument("--app-id", metavar="ID", help="topic prefix (default: streamflow)")
         parser.add_argument("--partitions", type=int, metavar="N", help="partitions per topic")
+    _add_security_options(parser)
+
+
+def _add_security_options(parser: argparse.ArgumentParser) -> None:
+    """A flag per TLS/SASL setting, from its declaration (passwords: env only)."""
+    try:
+        from app.streaming._security import SECRETS, KafkaSecurity
+    except ImportError:  # no kafka extra: the broker commands cannot run anyway
+        return
+    group = parser.add_argument_group("TLS and SASL (docs/security.md)")
+    for name, info in KafkaSecurity.model_fields.items():
+        if name not in SECRETS:
+            group.add_argument(
+                "--" + name.replace("_", "-"),
+                metavar=name.rpartition("_")[2].upper(),
+                help=f"{info.description} (default: ${ENV_PREFIX}{name.upper()})",
+            )
+
+
+def _security_args(args: argparse.Namespace) -> dict[str, Any]:
+    try:
+        from app.streaming._security import SECRETS, KafkaSecurity
+    except ImportError:
+        return {}
+    return {
+        name: getattr(args, name, None)
+        for name in KafkaSecurity.model_fields
+        if name not in SECRETS
+    }
 
 
 def broker_given(args: argparse.Namespace) -> bool:
@@ -49,6 +80,7 @@ def settings_from(args: argparse.Namespace, **extra: Any) -> Any:
         app_id=getattr(args, "app_id", None),
         partitions=getattr(args, "partitions", None),
         generation=getattr(args, "generation", None),
+        **_security_args(args),
         **extra,
     )
 
@@ -73,8 +105,10 @@ def add_settings(subparsers: SubParsers) -> None:
 async def _settings(args: argparse.Namespace) -> int:
     from app.streaming.settings import StreamingSettings
 
-    for env, kind, default, doc in StreamingSettings.describe():
-        print(f"{env:<34} {kind:<6} {default:<18} {doc}")
+    rows = StreamingSettings.describe()
+    width = max(len(env) for env, *_ in rows)
+    for env, kind, default, doc in rows:
+        print(f"{env:<{width}} {kind:<6} {default:<18} {doc}")
     return 0
 
 
@@ -417,11 +451,9 @@ async def read_headers(settings: Any) -> list[WorkflowState]:
     from app.streaming._tables import ChangelogTable, partitions_of, recover
 
     table = ChangelogTable(settings.topology.changelog("workflows"))
-    partitions = await partitions_of(
-        settings.bootstrap_servers, table.topic, settings.request_timeout
-    )
+    partitions = await partitions_of(settings, table.topic, settings.request_timeout)
     await recover(
-        settings.bootstrap_servers,
+        settings,
         [table],
         partitions,
         fetch_wait_ms=settings.fetch_wait_ms,

@@ -60,7 +60,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, KafkaTimeoutError
+from pydantic import ValidationError
 
+from app.streaming._security import BrokerSecurityError, KafkaSecurity, start_client
 from app.workflow._errors import InvalidArgumentError, WorkflowError
 from app.workflow._registry import register, store_backed_factory
 from app.workflow._store import StoreClosedError, StoreConflictError
@@ -159,8 +161,16 @@ class KafkaStoreConfig:
         sasl_mechanism: ``PLAIN``, ``SCRAM-SHA-256`` or ``SCRAM-SHA-512``.
         sasl_plain_username: The SASL user.
         sasl_plain_password: The SASL password; never shown in a repr or a log.
-        ssl_context: TLS settings for ``SSL``/``SASL_SSL`` (the system
-            defaults when ``None``).
+        ssl_ca_location: CA certificates (PEM) that sign the brokers'
+            certificates (the system CAs when ``None``).
+        ssl_certificate_location: A client certificate (PEM), for brokers
+            that require one; ``ssl_key_location`` its private key and
+            ``ssl_key_password`` the key's password (never shown).
+        ssl_endpoint_identification_algorithm: ``"https"`` (the default)
+            checks that a broker's certificate names its host; ``"none"`` does not.
+        ssl_context: A ready TLS context for ``SSL``/``SASL_SSL``; overrides
+            the ``ssl_*`` files. These settings mean what the streaming
+            runtime's do (docs/security.md).
     """
 
     bootstrap_servers: str | Sequence[str]
@@ -178,7 +188,13 @@ class KafkaStoreConfig:
     sasl_mechanism: str | None = None
     sasl_plain_username: str | None = None
     sasl_plain_password: str | None = None
+    ssl_ca_location: str | None = None
+    ssl_certificate_location: str | None = None
+    ssl_key_location: str | None = None
+    ssl_key_password: str | None = field(default=None, repr=False)
+    ssl_endpoint_identification_algorithm: str = "https"
     ssl_context: ssl.SSLContext | None = None
+    security: KafkaSecurity = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -239,12 +255,34 @@ class KafkaStoreConfig:
             )
         if self.ssl_context is not None and not isinstance(self.ssl_context, ssl.SSLContext):
             raise InvalidArgumentError("KafkaStoreConfig.ssl_context must be an ssl.SSLContext")
+        try:
+            security = KafkaSecurity(
+                security_protocol=self.security_protocol,
+                sasl_mechanism=self.sasl_mechanism,
+                sasl_username=self.sasl_plain_username,
+                sasl_password=self.sasl_plain_password,
+                ssl_ca_location=self.ssl_ca_location,
+                ssl_certificate_location=self.ssl_certificate_location,
+                ssl_key_location=self.ssl_key_location,
+                ssl_key_password=self.ssl_key_password,
+                ssl_endpoint_identification_algorithm=self.ssl_endpoint_identification_algorithm,
+            )
+        except ValidationError as exc:
+            problems = "; ".join(
+                (f"{'.'.join(str(p) for p in err['loc'])}: " if err["loc"] else "")
+                + err["msg"].removeprefix("Value error, ")
+                for err in exc.errors()
+            )
+            raise InvalidArgumentError(f"KafkaStoreConfig: {problems}") from None
+        set_(self, "security", security)
 
     def __repr__(self) -> str:
         shown = []
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name == "sasl_plain_password" and value is not None:
+            if f.name == "security":
+                continue
+            if f.name in ("sasl_plain_password", "ssl_key_password") and value is not None:
                 value = "***"
             elif f.name == "ssl_context" and value is not None:
                 value = "<SSLContext>"
@@ -258,23 +296,22 @@ class KafkaStoreConfig:
 
     def client_options(self) -> dict[str, Any]:
         """Keyword arguments shared by the aiokafka clients."""
-        tls = self.security_protocol in ("SSL", "SASL_SSL")
         options: dict[str, Any] = {
             "bootstrap_servers": list(self.bootstrap_servers),
             "client_id": self.client_id,
             "request_timeout_ms": _ms(_seconds(self.request_timeout)),
             "retry_backoff_ms": max(1, _ms(_seconds(self.retry_backoff))),
-            "security_protocol": self.security_protocol,
-            "ssl_context": (self.ssl_context or ssl.create_default_context()) if tls else None,
         }
-        if self.security_protocol.startswith("SASL"):
-            options["sasl_mechanism"] = self.sasl_mechanism
-            options["sasl_plain_username"] = self.sasl_plain_username
-            options["sasl_plain_password"] = self.sasl_plain_password
+        try:
+            options.update(self.security.aiokafka_options())
+        except ValueError as exc:  # a file that exists but holds no usable PEM
+            raise InvalidArgumentError(f"KafkaStoreConfig: {exc}") from None
+        if self.ssl_context is not None and self.security.tls:
+            options["ssl_context"] = self.ssl_context
         return options
 
 
-_CONFIG_KEYS: Final = frozenset(f.name for f in fields(KafkaStoreConfig))
+_CONFIG_KEYS: Final = frozenset(f.name for f in fields(KafkaStoreConfig) if f.init)
 
 
 def _seconds(value: Duration) -> float:
@@ -445,7 +482,7 @@ class KafkaStore:
             linger_ms=0,
         )
         try:
-            await self._timed(producer.start())
+            await self._start_client(producer)
             partitions = await self._timed(producer.partitions_for(config.topic))
             states = await self._read_topic(sorted(partitions))
         except BaseException:
@@ -457,7 +494,7 @@ class KafkaStore:
     async def _check_topic(self) -> None:
         admin = AIOKafkaAdminClient(**self._config.client_options())
         try:
-            await self._timed(admin.start())
+            await self._start_client(admin)
             await self._ensure_topic(admin)
         finally:
             await self._stop(admin.close(), "admin client")
@@ -529,7 +566,7 @@ class KafkaStore:
             fetch_max_bytes=max(fetch_bytes, 52_428_800),
         )
         states: dict[str, _Entry] = {}
-        await self._timed(consumer.start())
+        await self._start_client(consumer)
         try:
             tps = [TopicPartition(config.topic, p) for p in partitions]
             consumer.assign(tps)
@@ -744,6 +781,18 @@ class KafkaStore:
         # whole call (connects, metadata refreshes, internal retries) too.
         try:
             return await asyncio.wait_for(awaitable, self._call_timeout)
+        except TimeoutError as exc:
+            raise TimeoutError(f"no answer within {self._call_timeout:g}s") from exc
+
+    async def _start_client(self, client: Any) -> None:
+        # A refused certificate or login is not transient: fail at once, saying which.
+        config = self._config
+        try:
+            await start_client(client.start, config.security, config.servers, self._call_timeout)
+        except BrokerSecurityError as exc:
+            raise KafkaStoreError(
+                f"Kafka store at {config.servers} (topic {config.topic!r}): {exc}"
+            ) from exc
         except TimeoutError as exc:
             raise TimeoutError(f"no answer within {self._call_timeout:g}s") from exc
 

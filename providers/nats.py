@@ -43,6 +43,7 @@ import math
 import os
 import random
 import re
+import ssl
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
@@ -229,6 +230,33 @@ def _redact(url: str) -> str:
     return parts._replace(netloc=f"***@{host}").geturl()
 
 
+def _tls_context(
+    ca: str | os.PathLike[str] | None,
+    cert: str | os.PathLike[str] | None,
+    key: str | os.PathLike[str] | None,
+) -> ssl.SSLContext | None:
+    """The TLS context of the given PEM files (None when none is given); errors name the file."""
+    if ca is None and cert is None and key is None:
+        return None
+    for name, path in (("tls_ca_file", ca), ("tls_cert_file", cert), ("tls_key_file", key)):
+        if path is not None and not os.path.isfile(path):
+            raise InvalidArgumentError(f"NatsStore {name}: no such file {os.fspath(path)!r}")
+    if key is not None and cert is None:
+        raise InvalidArgumentError("NatsStore tls_key_file needs tls_cert_file")
+    try:
+        context = ssl.create_default_context(cafile=ca)
+    except (ssl.SSLError, OSError) as exc:
+        raise InvalidArgumentError(f"NatsStore tls_ca_file {ca!r}: not PEM ({exc})") from None
+    if cert is not None:
+        try:
+            context.load_cert_chain(cert, key)
+        except (ssl.SSLError, OSError) as exc:
+            raise InvalidArgumentError(
+                f"NatsStore tls_cert_file {cert!r} / tls_key_file {key!r}: cannot load ({exc})"
+            ) from None
+    return context
+
+
 def _servers(url: str) -> list[str]:
     servers = [part.strip() for part in url.split(",")]
     for server in servers:
@@ -332,7 +360,12 @@ class NatsStore:
         user: User name (with ``password``) for the server.
         password: Password for ``user``.
         token: Authentication token.
-        credentials: Path of a ``.creds`` file (JWT and NKey).
+        credentials: Path of a ``.creds`` file (JWT and NKey); else ``$NATS_CREDS``.
+        tls_ca_file: CA certificates (PEM) that sign the server's certificate;
+            else ``$NATS_CA``. Setting it (or a ``tls://`` URL) turns TLS on;
+            the server's hostname is always checked.
+        tls_cert_file: A client certificate (PEM), for servers that verify
+            clients; else ``$NATS_CERT``. ``tls_key_file`` (``$NATS_KEY``) is its key.
 
     Bad values raise :class:`~app.workflow.InvalidArgumentError` here; the
     connection is opened on first use. Use ``async with`` or :meth:`close`.
@@ -353,8 +386,19 @@ class NatsStore:
         password: str | None = None,
         token: str | None = None,
         credentials: str | os.PathLike[str] | None = None,
+        tls_ca_file: str | os.PathLike[str] | None = None,
+        tls_cert_file: str | os.PathLike[str] | None = None,
+        tls_key_file: str | os.PathLike[str] | None = None,
     ) -> None:
+        if connection is None:  # the nats CLI's variables
+            credentials = credentials or os.environ.get("NATS_CREDS") or None
+            tls_ca_file = tls_ca_file or os.environ.get("NATS_CA") or None
+            tls_cert_file = tls_cert_file or os.environ.get("NATS_CERT") or None
+            tls_key_file = tls_key_file or os.environ.get("NATS_KEY") or None
+        tls_files = {"tls_ca_file": tls_ca_file, "tls_cert_file": tls_cert_file}
+        tls_files["tls_key_file"] = tls_key_file
         secrets = {"user": user, "password": password, "token": token, "credentials": credentials}
+        secrets.update(tls_files)
         if connection is not None:
             if not isinstance(connection, Client):
                 raise InvalidArgumentError(
@@ -413,7 +457,12 @@ class NatsStore:
         if token is not None:
             self._auth["token"] = token
         if credentials is not None:
+            if not os.path.isfile(credentials):
+                raise InvalidArgumentError(f"NatsStore credentials: no such file {credentials!r}")
             self._auth["user_credentials"] = os.fspath(credentials)
+        context = _tls_context(*tls_files.values())
+        if context is not None:
+            self._auth["tls"] = context
         self._borrowed = connection
         self._nc: Client | None = connection
         self._kv: KeyValue | None = None
@@ -820,6 +869,13 @@ class NatsStore:
                 await nc.connect(**options)
         except BaseException as exc:
             await self._close_client(nc)
+            if isinstance(exc, ssl.SSLError):  # a refused certificate: not transient
+                verify = getattr(exc, "verify_message", None)
+                reason = f"certificate verify failed: {verify}" if verify else exc.reason or exc
+                raise NatsUnavailableError(
+                    f"TLS handshake with NATS at {self._shown} failed: {reason} "
+                    "(check tls_ca_file / $NATS_CA and the server's certificate name)"
+                ) from exc
             if isinstance(exc, nats.errors.Error) and not isinstance(exc, _TRANSIENT):
                 # e.g. an authorization violation: trying again would not help
                 raise NatsUnavailableError(

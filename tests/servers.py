@@ -168,20 +168,70 @@ class Server:
         process.wait(timeout=10)
 
 
-def tansu(workdir: Path, port: int | None = None) -> Server:
-    """A Tansu broker (Kafka protocol, memory storage); not started yet."""
+def tansu(
+    workdir: Path,
+    port: int | None = None,
+    *,
+    advertised: str | None = None,
+    args: Sequence[str] = (),
+) -> Server:
+    """A Tansu broker (Kafka protocol, memory storage); not started yet.
+
+    ``advertised`` (``host:port``): the address it gives clients in metadata,
+    when they must reach it through something else (secure_proxy); ``args``: more
+    flags, e.g. ``--authentication``.
+    """
     port = port or free_port()
     url = f"tcp://127.0.0.1:{port}"
-    argv = [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url]
+    shown = f"tcp://{advertised}" if advertised else url
+    argv = [
+        tansu_binary(),
+        "broker",
+        "--listener-url",
+        url,
+        "--advertised-listener-url",
+        shown,
+        *args,
+    ]
     return Server("tansu", argv, port, workdir)
 
 
-def nats(workdir: Path, port: int | None = None) -> Server:
-    """A nats-server with JetStream storing under ``workdir``; not started yet."""
+def secure_proxy(
+    workdir: Path,
+    upstream: int,
+    *,
+    cert: Path | None = None,
+    key: Path | None = None,
+    client_ca: Path | None = None,
+    users: dict[str, str] | None = None,
+    port: int | None = None,
+) -> Server:
+    """``tests/secure_proxy.py`` in front of ``127.0.0.1:upstream``: TLS with ``cert``
+    and ``key`` (client certificates signed by ``client_ca`` required when given), a
+    SASL login as one of ``users`` (name: password) when given; not started yet."""
+    port = port or free_port()
+    argv = [sys.executable, "-m", "tests.secure_proxy", "--port", str(port)]
+    argv += ["--upstream", str(upstream)]
+    if cert is not None and key is not None:
+        argv += ["--cert", str(cert), "--key", str(key)]
+    if client_ca is not None:
+        argv += ["--client-ca", str(client_ca)]
+    for name, password in (users or {}).items():
+        argv += ["--user", f"{name}:{password}"]
+    repo = str(Path(__file__).resolve().parents[1])
+    return Server("secure-proxy", argv, port, workdir, env={"PYTHONPATH": repo})
+
+
+def nats(workdir: Path, port: int | None = None, args: Sequence[str] = ()) -> Server:
+    """A nats-server with JetStream storing under ``workdir``; not started yet.
+
+    ``args``: more flags, e.g. ``--tls --tlscert FILE --tlskey FILE``.
+    """
     port = port or free_port()
     store = workdir / "jetstream"
     store.mkdir(parents=True, exist_ok=True)
     argv = [_binary("nats-server"), "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(store)]
+    argv += args
     return Server("nats", argv, port, workdir)
 
 

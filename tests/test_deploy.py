@@ -25,7 +25,7 @@ import yaml
 
 from app.streaming._health import LOOP_DEADLINE
 from app.streaming._wire import ENV_SCHEMAS, SCHEMA_NAMES
-from app.streaming.settings import StreamingSettings
+from app.streaming.settings import StreamingSettings, env_name
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -35,11 +35,8 @@ PROMETHEUS = K8S / "compose" / "prometheus.yml"
 K8S_VERSION = "1.30"
 ENTRYPOINT = ["python", "-m", "app"]
 
-# env var -> settings field, in the order describe() lists them
-SETTINGS_ENV: dict[str, str] = {
-    row[0]: name
-    for name, row in zip(StreamingSettings.model_fields, StreamingSettings.describe(), strict=True)
-}
+# env var -> settings field
+SETTINGS_ENV: dict[str, str] = {env_name(name): name for name in StreamingSettings.model_fields}
 OTHER_ENV = {ENV_SCHEMAS}  # read by the codec, not a StreamingSettings field
 DEFAULT_METRICS_PORT = StreamingSettings.model_fields["metrics_port"].default
 # Settings of the Faust-based worker: gone, and no deployment file may name them.

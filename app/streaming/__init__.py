@@ -12,13 +12,23 @@ from app.workflow._executor import DurableExecutor
 from app.workflow._registry import Config, register
 
 from ._client import BrokerUnavailableError, KafkaExecutor, KafkaHandle, NoReplyError
+from ._security import (
+    BrokerAuthenticationError,
+    BrokerSecurityError,
+    BrokerTLSError,
+    KafkaSecurity,
+)
 from ._worker import StreamingWorker
 from .settings import StreamingSettings
 
 __all__ = [
+    "BrokerAuthenticationError",
+    "BrokerSecurityError",
+    "BrokerTLSError",
     "BrokerUnavailableError",
     "KafkaExecutor",
     "KafkaHandle",
+    "KafkaSecurity",
     "NoReplyError",
     "StreamingSettings",
     "StreamingWorker",

@@ -60,6 +60,7 @@ from ._messages import (
     encode_command,
     partition_for,
 )
+from ._security import BrokerSecurityError, start_client
 from .settings import StreamingSettings
 
 log = logging.getLogger("app.streaming.client")
@@ -152,6 +153,9 @@ class KafkaExecutor:
                 raise WorkflowError("this KafkaExecutor is closed")
             try:
                 await asyncio.wait_for(self._connect(), self.settings.request_timeout)
+            except BrokerSecurityError:
+                await self._disconnect()
+                raise
             except (TimeoutError, KafkaError, OSError) as exc:
                 await self._disconnect()
                 raise BrokerUnavailableError(
@@ -171,13 +175,13 @@ class KafkaExecutor:
                     update={"generation": generation, "partitions": partitions}
                 )
                 self.topology = self.settings.topology
-        servers = self.settings.bootstrap_servers
+        s = self.settings
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=servers, acks="all", linger_ms=0, client_id=self.client_id
+            **s.kafka_options(), acks="all", linger_ms=0, client_id=self.client_id
         )
-        await self._producer.start()
+        await start_client(self._producer.start, s, s.bootstrap_servers, s.request_timeout)
         common: dict[str, Any] = {
-            "bootstrap_servers": servers,
+            **s.kafka_options(),
             "enable_auto_commit": False,
             "fetch_max_wait_ms": self.settings.fetch_wait_ms,
             "client_id": self.client_id,

@@ -40,6 +40,7 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.coordinator.assignors.sticky.sticky_assignor import StickyPartitionAssignor
 from aiokafka.errors import KafkaError
 
+from ._security import start_client
 from .settings import StreamingSettings
 
 log = logging.getLogger("app.streaming.consumer")
@@ -99,15 +100,16 @@ class Producer:
         self._outstanding: list[asyncio.Future[Any]] = []
 
     async def start(self) -> None:
+        s = self._settings
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=self._settings.bootstrap_servers,
+            **s.kafka_options(),
             client_id=self._client_id,
             acks="all",
             linger_ms=0,
             max_request_size=MAX_RECORD,
             request_timeout_ms=int(self._settings.request_timeout * 1000),
         )
-        await self._producer.start()
+        await start_client(self._producer.start, s, s.bootstrap_servers, s.request_timeout)
 
     async def stop(self) -> None:
         producer, self._producer = self._producer, None
@@ -229,7 +231,7 @@ class GroupConsumer(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafk
         """Join the group; records flow once partitions are assigned and read."""
         s = self.settings
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=s.bootstrap_servers,
+            **s.kafka_options(),
             group_id=self.group,
             group_instance_id=s.instance_id,
             client_id=self.group,
@@ -246,7 +248,7 @@ class GroupConsumer(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafk
             partition_assignment_strategy=(self._assignor,),
         )
         try:
-            await self._consumer.start()
+            await start_client(self._consumer.start, s, s.bootstrap_servers, s.request_timeout)
         except BaseException:
             with contextlib.suppress(Exception):
                 await self._consumer.stop()

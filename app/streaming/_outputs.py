@@ -52,7 +52,7 @@ async def recover_tables(
     """Read ``partitions`` of ``tables`` from their changelogs, within the recovery bound."""
     started = time.monotonic()
     read = await recover(
-        settings.bootstrap_servers,
+        settings,
         tables,
         partitions,
         fetch_wait_ms=settings.fetch_wait_ms,

@@ -22,6 +22,9 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from ._security import start_client
+from .settings import StreamingSettings
+
 # Buffers one record; returns what completes once the broker acknowledged it.
 Send = Callable[[str, bytes, bytes | None, int], Awaitable[Awaitable[Any]]]
 
@@ -118,18 +121,18 @@ class ChangelogTable:
             self._partition[key] = partition
 
 
-async def partitions_of(bootstrap_servers: str, topic: str, timeout: float) -> set[int]:
+async def partitions_of(settings: StreamingSettings, topic: str, timeout: float) -> set[int]:
     """The partitions of ``topic`` (empty if it does not exist)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers)
-    await asyncio.wait_for(consumer.start(), timeout)
+    consumer = AIOKafkaConsumer(**settings.kafka_options())
     try:
+        await start_client(consumer.start, settings, settings.bootstrap_servers, timeout)
         return set(consumer.partitions_for_topic(topic) or ())
     finally:
         await consumer.stop()
 
 
 async def recover(
-    bootstrap_servers: str,
+    settings: StreamingSettings,
     tables: list[ChangelogTable],
     partitions: set[int],
     *,
@@ -149,7 +152,7 @@ async def recover(
         table.drop(partitions)
     by_tp = {TopicPartition(t.topic, p): t for t in tables for p in partitions}
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers,
+        **settings.kafka_options(),
         enable_auto_commit=False,
         # Assigning starts a reset with this policy; "latest" could land after the
         # seek to the beginning below and skip the whole changelog.
@@ -162,7 +165,7 @@ async def recover(
     try:
         # every step is bounded: a broker that goes away mid-way must not hang the
         # recovery (the caller retries it)
-        await asyncio.wait_for(consumer.start(), timeout)
+        await start_client(consumer.start, settings, settings.bootstrap_servers, timeout)
         tps = list(by_tp)
         consumer.assign(tps)
         ends = await asyncio.wait_for(consumer.end_offsets(tps), _left(deadline))

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -16,6 +18,7 @@ from topics import TopicSpec
 
 from ._machine import Command, CommandKind
 from ._messages import encode_command
+from ._security import start_client
 from ._tables import ChangelogTable, partitions_of, recover
 from .settings import StreamingSettings
 
@@ -35,9 +38,21 @@ class TopicProblem:
 
 def _admin(settings: StreamingSettings) -> AIOKafkaAdminClient:
     return AIOKafkaAdminClient(
-        bootstrap_servers=settings.bootstrap_servers,
+        **settings.kafka_options(),
         request_timeout_ms=int(settings.request_timeout * 1000),
     )
+
+
+async def _start(client: Any, settings: StreamingSettings) -> None:
+    try:
+        await start_client(
+            client.start, settings, settings.bootstrap_servers, settings.request_timeout
+        )
+    except BaseException:
+        with contextlib.suppress(Exception):
+            stop = client.close if isinstance(client, AIOKafkaAdminClient) else client.stop
+            await asyncio.wait_for(stop(), settings.request_timeout)
+        raise
 
 
 async def ensure_topics(
@@ -46,7 +61,7 @@ async def ensure_topics(
     """Create the topics of ``settings.topology`` that do not exist; returns those created."""
     specs = specs if specs is not None else settings.topology.specs()
     admin = _admin(settings)
-    await asyncio.wait_for(admin.start(), settings.request_timeout)
+    await _start(admin, settings)
     try:
         existing = set(await admin.list_topics())
         missing = [s for s in specs if s.name not in existing]
@@ -71,11 +86,11 @@ async def ensure_topics(
 async def read_generation(settings: StreamingSettings) -> tuple[int, int] | None:
     """(generation, partitions) announced on the control topic, or None if none is."""
     control = ChangelogTable(settings.topology.control)
-    if not await partitions_of(settings.bootstrap_servers, control.topic, settings.request_timeout):
+    if not await partitions_of(settings, control.topic, settings.request_timeout):
         return None
     await asyncio.wait_for(
         recover(
-            settings.bootstrap_servers,
+            settings,
             [control],
             {0},
             fetch_wait_ms=settings.fetch_wait_ms,
@@ -110,8 +125,8 @@ async def grow(settings: StreamingSettings, partitions: int) -> StreamingSetting
         update={"generation": settings.generation + 1, "partitions": partitions}
     )
     await ensure_topics(new)
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all")
-    await asyncio.wait_for(producer.start(), settings.request_timeout)
+    producer = AIOKafkaProducer(**settings.kafka_options(), acks="all")
+    await _start(producer, settings)
     try:
         for partition in range(old.partitions):
             wid = f"__migrate__/{partition}"
@@ -140,7 +155,7 @@ async def check_topics(
     """What differs between the cluster and the specs (empty: all good)."""
     specs = specs if specs is not None else settings.topology.specs()
     admin = _admin(settings)
-    await asyncio.wait_for(admin.start(), settings.request_timeout)
+    await _start(admin, settings)
     try:
         existing = set(await admin.list_topics())
         problems = [TopicProblem(s.name, "missing") for s in specs if s.name not in existing]

@@ -9,19 +9,25 @@ them. Invalid values fail at construction, naming the setting.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from app.workflow._errors import InvalidArgumentError
 from topics import DEFAULT_APP_ID, DEFAULT_PARTITIONS, DEFAULT_TASK_QUEUE, Topology
+
+from ._security import KafkaSecurity
 
 ENV_PREFIX = "STREAMFLOW_"
 ENV_BOOTSTRAP = "KAFKA_BOOTSTRAP_SERVERS"
 
 
-class StreamingSettings(BaseModel):
-    """Broker address, topology and every broker-facing timing of workers and clients."""
+class StreamingSettings(KafkaSecurity):
+    """Broker address and security, topology, and every broker-facing timing.
+
+    The TLS and SASL settings (``security_protocol``, ``sasl_*``, ``ssl_*``) come
+    from :class:`~app.streaming._security.KafkaSecurity`; docs/security.md.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -107,6 +113,10 @@ class StreamingSettings(BaseModel):
                 raise ValueError(f"{server!r} is not host:port")
         return value
 
+    def kafka_options(self) -> dict[str, Any]:
+        """Keyword arguments of every aiokafka client: the brokers, TLS and SASL."""
+        return {"bootstrap_servers": self.bootstrap_servers, **self.aiokafka_options()}
+
     @property
     def topology(self) -> Topology:
         return Topology(
@@ -143,23 +153,55 @@ class StreamingSettings(BaseModel):
         return cls.create(**values)
 
     def to_env(self) -> dict[str, str]:
-        """These settings as environment variables (``from_env`` reads them back)."""
+        """These settings as environment variables (``from_env`` reads them back).
+
+        Secrets are included (to start a worker process with them): never log this.
+        """
         values = self.model_dump()
-        return {
-            env: str(values[name])
-            for name, (env, *_) in zip(type(self).model_fields, self.describe(), strict=True)
-            if values[name] is not None
-        }
+        env: dict[str, str] = {}
+        for name in type(self).model_fields:
+            value = values[name]
+            if value is not None:
+                secret = isinstance(value, SecretStr)
+                env[env_name(name)] = value.get_secret_value() if secret else str(value)
+        return env
 
     @classmethod
     def describe(cls) -> list[tuple[str, str, str, str]]:
-        """(env var, type, default, description) of every setting, for docs and the CLI."""
+        """(env var, type, default, description) of every setting, for docs and the CLI.
+
+        The broker's address comes first, then the TLS/SASL settings, then the rest.
+        """
+        security = list(KafkaSecurity.model_fields)
+        own = [name for name in cls.model_fields if name not in security]
         rows = []
-        for name, info in cls.model_fields.items():
-            env = ENV_BOOTSTRAP if name == "bootstrap_servers" else ENV_PREFIX + name.upper()
-            annotation = getattr(info.annotation, "__name__", str(info.annotation))
-            rows.append((env, annotation, repr(info.default), info.description or ""))
+        for name in [own[0], *security, *own[1:]]:
+            info = cls.model_fields[name]
+            rows.append(
+                (
+                    env_name(name),
+                    _type_name(info.annotation),
+                    repr(info.default),
+                    info.description or "",
+                )
+            )
         return rows
+
+
+def env_name(field: str) -> str:
+    return ENV_BOOTSTRAP if field == "bootstrap_servers" else ENV_PREFIX + field.upper()
+
+
+def _type_name(annotation: Any) -> str:
+    if get_origin(annotation) is Literal:
+        return "|".join(str(arg) for arg in get_args(annotation))
+    args = get_args(annotation)
+    if type(None) in args:
+        inner = [arg for arg in args if arg is not type(None)]
+        return " | ".join([*(_type_name(arg) for arg in inner), "None"])
+    if annotation is SecretStr:
+        return "secret"
+    return str(getattr(annotation, "__name__", annotation))
 
 
 def test_settings(bootstrap_servers: str, **overrides: Any) -> StreamingSettings:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import sys
 import uuid
 from datetime import UTC, datetime
@@ -98,10 +99,21 @@ def encode(schema: Any, fingerprint: bytes, record: dict[str, Any]) -> bytes:
     return out.getvalue()
 
 
-def publish(broker: str, topic: str, key: str, value: bytes, timeout: float) -> Message:
-    """Produce one message and wait for the broker's acknowledgement."""
+def publish(
+    broker: str,
+    topic: str,
+    key: str,
+    value: bytes,
+    timeout: float,
+    config: dict[str, str] | None = None,
+) -> Message:
+    """Produce one message and wait for the broker's acknowledgement.
+
+    ``config``: more librdkafka properties, e.g. TLS and SASL (``-X`` options).
+    """
     producer = Producer(
         {
+            **(config or {}),
             "bootstrap.servers": broker,
             # Java's and aiokafka's default for keyed messages, so the command lands on
             # the partition every other client picks for this workflow id (librdkafka's
@@ -138,6 +150,22 @@ def _json_arg(text: str) -> Any:
         raise argparse.ArgumentTypeError(f"not valid JSON ({exc}): {text!r}") from None
 
 
+def _property(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def connection_config(properties: list[tuple[str, str]]) -> dict[str, str]:
+    """The ``-X`` properties, with the SASL password taken from the environment."""
+    config = dict(properties)
+    password = os.environ.get("STREAMFLOW_SASL_PASSWORD")
+    if config.get("security.protocol", "").upper().startswith("SASL") and password:
+        config.setdefault("sasl.password", password)
+    return config
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line: common connection options, then ``start`` or ``signal``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -151,6 +179,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--timeout", type=float, default=15.0, help="seconds to wait for the broker's ack"
+    )
+    parser.add_argument(
+        "-X",
+        dest="config",
+        action="append",
+        default=[],
+        type=_property,
+        metavar="KEY=VALUE",
+        help="a librdkafka property, e.g. -X security.protocol=SASL_SSL "
+        "-X sasl.mechanism=SCRAM-SHA-512 -X sasl.username=U -X ssl.ca.location=ca.pem "
+        "(sasl.password: from $STREAMFLOW_SASL_PASSWORD, never a flag)",
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -183,7 +222,12 @@ def main(argv: list[str] | None = None) -> int:
     topic = f"{args.app_id}.g{args.generation}.commands"
     try:
         msg = publish(
-            args.broker, topic, args.workflow_id, encode(schema, fingerprint, record), args.timeout
+            args.broker,
+            topic,
+            args.workflow_id,
+            encode(schema, fingerprint, record),
+            args.timeout,
+            connection_config(args.config),
         )
     except PublishError as exc:
         print(f"raw_publish: {exc}", file=sys.stderr)
