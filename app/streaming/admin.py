@@ -67,17 +67,23 @@ async def ensure_topics(
         missing = [s for s in specs if s.name not in existing]
         created: list[str] = []
         for spec in missing:
-            try:
-                await admin.create_topics(
-                    [
-                        NewTopic(
-                            spec.name, spec.partitions, spec.replication, topic_configs=spec.configs
-                        )
-                    ]
-                )
+            topic = NewTopic(
+                spec.name, spec.partitions, spec.replication, topic_configs=spec.configs
+            )
+            response = await admin.create_topics([topic])
+            # aiokafka returns the broker's answer per topic, it raises for none of them
+            for entry in response.topic_errors:
+                code, message = entry[1], entry[2] if len(entry) > 2 else None
+                if code == TopicAlreadyExistsError.errno:
+                    continue  # another worker created it first
+                if code != 0:
+                    raise InvalidArgumentError(
+                        f"the Kafka broker {settings.bootstrap_servers} refused to create topic "
+                        f"{spec.name!r} ({spec.partitions} partitions, replication "
+                        f"{spec.replication}, {spec.configs}): error {code}: {message or ''} "
+                        "(is the replication at most the number of brokers?)"
+                    )
                 created.append(spec.name)
-            except TopicAlreadyExistsError:
-                pass  # another worker created it first
         return created
     finally:
         await admin.close()
