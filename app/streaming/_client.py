@@ -42,6 +42,7 @@ from app.workflow._errors import (
 from app.workflow._handle import RunHandle, failure_error, outcome_value
 from app.workflow._hooks import Hooks, call_hook
 from app.workflow._names import FunctionTable, Registrable
+from app.workflow._tasks import cancel_and_wait
 from app.workflow._types import (
     EventType,
     HistoryEvent,
@@ -230,11 +231,7 @@ class KafkaExecutor:
     async def aclose(self) -> None:
         """Stop tailing and disconnect; running workflows are not affected."""
         self._closed = True
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(self._tasks)
         self._tasks = []
         await self._disconnect()
         for fut in self._pending.values():

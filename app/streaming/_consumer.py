@@ -40,6 +40,8 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.coordinator.assignors.sticky.sticky_assignor import StickyPartitionAssignor
 from aiokafka.errors import KafkaError
 
+from app.workflow._tasks import cancel_and_wait
+
 from ._security import start_client
 from .settings import StreamingSettings
 
@@ -297,16 +299,10 @@ class GroupConsumer(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafk
             for task in (self._loop_task, self._recovery):
                 if task is not None:
                     task.cancel()
-        for task in (self._loop_task, self._recovery):
-            if task is not None:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+        await cancel_and_wait((self._loop_task, self._recovery))
         if self._inflight:
             _, late = await asyncio.wait(set(self._inflight), timeout=drain_timeout)
-            for task in late:
-                task.cancel()
-            if late:
-                await asyncio.wait(late, timeout=5.0)
+            await cancel_and_wait(late)
         if self._consumer is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._commit(), self.settings.request_timeout)

@@ -37,6 +37,7 @@ from typing import Any
 from aiokafka.errors import KafkaError
 
 from app.workflow._names import FunctionTable, Registrable
+from app.workflow._tasks import cancel_and_wait
 from app.workflow._types import EventType
 
 from ._activities import ActivityWorker
@@ -154,11 +155,8 @@ class StreamingWorker(Generations):
         the next owner.
         """
         self._started = False
-        if self._timer_task is not None:
-            self._timer_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._timer_task
-            self._timer_task = None
+        await cancel_and_wait([self._timer_task])
+        self._timer_task = None
         if self.activity_worker is not None:
             await self.activity_worker.stop()
         if self.run_executor:

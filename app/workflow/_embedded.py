@@ -43,6 +43,7 @@ from ._handle import EmbeddedHandle, failure_error, outcome_value
 from ._hooks import Hooks, call_hook
 from ._names import FunctionTable, Registrable
 from ._store import AppendingStore, StoreConflictError, WorkflowStore
+from ._tasks import cancel_and_wait
 from ._types import (
     TERMINAL_EVENTS,
     EventType,
@@ -198,11 +199,7 @@ class DefaultExecutor:
                 )
                 run.done.exception()
         self._runs.clear()
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=5)
+        await cancel_and_wait(list(self._tasks))
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
         if (self._store_arg is None or self._close_store) and self._store is not None:
