@@ -8,8 +8,8 @@
   to the broker on ``127.0.0.1:U``.
 * With ``--user`` it is the SASL server, as a Kafka broker is: it passes
   ``ApiVersions`` through, answers ``SaslHandshake`` and ``SaslAuthenticate``
-  itself (PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512 per RFC 5802/7677, 4096
-  iterations), and refuses any other request before a login succeeds by
+  itself (PLAIN; SCRAM-SHA-256 and SCRAM-SHA-512 by the scramp library,
+  RFC 5802/7677, 4096 iterations), and refuses any other request before a login succeeds by
   closing the connection. A failed login gets error 58
   (SASL_AUTHENTICATION_FAILED) with Kafka's message. After a login, bytes flow
   unchanged.
@@ -22,19 +22,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
-import hashlib
-import hmac
-import os
 import ssl
 import struct
+
+import scramp
 
 SASL_HANDSHAKE, SASL_AUTHENTICATE = 17, 36
 UNSUPPORTED_SASL_MECHANISM, SASL_AUTHENTICATION_FAILED = 33, 58
 ITERATIONS = 4096
-HASHES = {"SCRAM-SHA-256": "sha256", "SCRAM-SHA-512": "sha512"}
-MECHANISMS = ["PLAIN", *HASHES]
+SCRAM = ("SCRAM-SHA-256", "SCRAM-SHA-512")
+MECHANISMS = ["PLAIN", *SCRAM]
 
 
 class Refused(Exception):
@@ -48,44 +46,32 @@ def _string(text: str | None) -> bytes:
     return struct.pack(">h", len(data)) + data
 
 
-def _hmac(key: bytes, message: bytes, name: str) -> bytes:
-    return hmac.new(key, message, name).digest()
-
-
 class Scram:
-    """The server side of one SCRAM exchange (client-first, then client-final)."""
+    """The server side of one SCRAM exchange (client-first, then client-final), by scramp."""
 
     def __init__(self, mechanism: str, users: dict[str, str]) -> None:
-        self.name = HASHES[mechanism]
+        self.mechanism = scramp.ScramMechanism(mechanism)
         self.users = users
-        self.step = 0
+        self.server = self.mechanism.make_server(self._auth_info)
+
+    def _auth_info(self, user: str) -> tuple[bytes, bytes, bytes, int]:
+        password = self.users.get(user)
+        if password is None:
+            raise Refused
+        info: tuple[bytes, bytes, bytes, int] = self.mechanism.make_auth_info(
+            password, iteration_count=ITERATIONS
+        )
+        return info
 
     def answer(self, message: bytes) -> tuple[bytes, bool]:
-        text = message.decode()
-        if self.step == 0:
-            self.step = 1
-            self.client_first_bare = text.split(",", 2)[2]  # after the gs2 header "n,,"
-            fields = dict(part.split("=", 1) for part in self.client_first_bare.split(","))
-            self.user = fields["n"]
-            self.salt = os.urandom(16)
-            self.nonce = fields["r"] + base64.b64encode(os.urandom(18)).decode()
-            salt = base64.b64encode(self.salt).decode()
-            self.server_first = f"r={self.nonce},s={salt},i={ITERATIONS}"
-            return self.server_first.encode(), False
-        without_proof, _, proof = text.rpartition(",p=")
-        password = self.users.get(self.user)
-        if password is None or f"r={self.nonce}" not in without_proof.split(","):
-            raise Refused
-        salted = hashlib.pbkdf2_hmac(self.name, password.encode(), self.salt, ITERATIONS)
-        client_key = _hmac(salted, b"Client Key", self.name)
-        stored = hashlib.new(self.name, client_key).digest()
-        auth = f"{self.client_first_bare},{self.server_first},{without_proof}".encode()
-        signature = _hmac(stored, auth, self.name)
-        expected = bytes(a ^ b for a, b in zip(client_key, signature, strict=True))
-        if not hmac.compare_digest(base64.b64decode(proof), expected):
-            raise Refused
-        server_signature = _hmac(_hmac(salted, b"Server Key", self.name), auth, self.name)
-        return b"v=" + base64.b64encode(server_signature), True
+        try:
+            if self.server.stage is None:
+                self.server.set_client_first(message.decode())
+                return self.server.get_server_first().encode(), False
+            self.server.set_client_final(message.decode())
+            return self.server.get_server_final().encode(), True
+        except scramp.ScramException as exc:
+            raise Refused from exc
 
 
 def _plain(message: bytes, users: dict[str, str]) -> tuple[bytes, bool]:
@@ -126,7 +112,7 @@ async def _login(
             code = 0 if mechanism in MECHANISMS else UNSUPPORTED_SASL_MECHANISM
             answer = struct.pack(">hi", code, len(MECHANISMS))
             answer += b"".join(_string(m) for m in MECHANISMS)
-            if mechanism in HASHES:
+            if mechanism in SCRAM:
                 exchange = Scram(mechanism, users)
         else:
             length = struct.unpack(">i", body[:4])[0]
