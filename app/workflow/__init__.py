@@ -14,6 +14,15 @@ Kafka, :mod:`app.streaming`); it is imported on first use and needs the
 from typing import TYPE_CHECKING, Any
 
 from . import activity
+from ._codec import (
+    CodecChain,
+    CompressionCodec,
+    EncryptionCodec,
+    PayloadCodec,
+    PayloadCodecError,
+    load_codec,
+    new_key,
+)
 from ._core import SignalChannel, WorkflowContext
 from ._embedded import DefaultExecutor, ExecutorStoppedError
 from ._errors import (
@@ -59,10 +68,13 @@ __all__ = [
     "ActivityError",
     "AppendingStore",
     "ApplicationError",
+    "CodecChain",
+    "CompressionCodec",
     "Config",
     "DefaultExecutor",
     "DurableExecutor",
     "Duration",
+    "EncryptionCodec",
     "EventType",
     "ExecutorStoppedError",
     "FailureInfo",
@@ -75,6 +87,8 @@ __all__ = [
     "Middleware",
     "NonDeterminismError",
     "NonRetryableError",
+    "PayloadCodec",
+    "PayloadCodecError",
     "PayloadError",
     "ProviderRegistry",
     "QueryNotFoundError",
@@ -104,8 +118,10 @@ __all__ = [
     "human_activity",
     "list_providers",
     "llm_activity",
+    "load_codec",
     "named",
     "new",
+    "new_key",
     "register",
     "tool_activity",
     "with_hooks",
