@@ -1,0 +1,113 @@
+"""The payload codec at the streaming runtime's boundary with Kafka.
+
+Commands, history events, activity tasks and replies are encoded here just
+before they become Avro records, and decoded just after: an encoded payload
+is a JSON marker object (``app/workflow/_codec.py``), so the schemas, the
+content type and any reader of the topics are unchanged. The run tables
+(``_runs.py``) encode the same way. ``Machine`` and the core see plain data.
+
+A payload that cannot be decoded (no codec, an unknown key id, a wrong key)
+raises :class:`PayloadCodecError`. Workers let it propagate instead of
+dead-lettering: the record is not committed and is read again after a
+rewind, so a worker started without the right key stalls, saying why in its
+log, and loses nothing; a worker with the key then carries on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime
+
+from app.workflow._codec import CodecChain, load_codec
+from app.workflow._payloads import Payloads
+from app.workflow._types import HistoryEvent
+
+from ._machine import Command, Reply, Task
+from ._messages import (
+    decode_command,
+    decode_history,
+    decode_task,
+    encode_command,
+    encode_history,
+    encode_reply,
+    encode_task,
+)
+from .settings import StreamingSettings
+
+
+def codec_from_settings(settings: StreamingSettings) -> CodecChain | None:
+    """The codec chain ``STREAMFLOW_CODEC_KEY_FILE`` and ``STREAMFLOW_COMPRESS_THRESHOLD`` make."""
+    return load_codec(settings.codec_key_file, compress_threshold=settings.compress_threshold)
+
+
+class WireCodec:
+    """Encodes and decodes the user payloads of the streaming runtime's records."""
+
+    def __init__(self, chain: CodecChain | None) -> None:
+        self.payloads = Payloads(chain)
+
+    async def command_out(self, cmd: Command) -> bytes:
+        p = self.payloads
+        if p.enabled and (cmd.payload is not None or cmd.failure is not None):
+            cmd = dataclasses.replace(
+                cmd,
+                payload=await p.encode_value(cmd.payload),
+                failure=await p.encode_failure(cmd.failure),
+            )
+        return encode_command(cmd)
+
+    async def command_in(self, data: bytes | None, key: bytes | None) -> Command:
+        """Decode and validate a command (InvalidCommandError, WireError), then its payload."""
+        cmd = decode_command(data, key)
+        if cmd.payload is None and cmd.failure is None:
+            return cmd
+        p = self.payloads
+        return dataclasses.replace(
+            cmd,
+            payload=await p.decode_value(cmd.payload),
+            failure=await p.decode_failure(cmd.failure),
+        )
+
+    async def history_out(
+        self, workflow_id: str, run_id: str, workflow_type: str, event: HistoryEvent
+    ) -> bytes:
+        event = await self.payloads.encode_event(event)
+        return encode_history(workflow_id, run_id, workflow_type, event)
+
+    async def history_in(self, data: bytes) -> tuple[str, str, str, HistoryEvent]:
+        wid, run_id, workflow_type, event = decode_history(data)
+        return wid, run_id, workflow_type, await self.payloads.decode_event(event)
+
+    async def task_out(self, task: Task, scheduled_at: datetime) -> bytes:
+        if self.payloads.enabled and task.input is not None:
+            task = dataclasses.replace(task, input=await self.payloads.encode_value(task.input))
+        return encode_task(task, scheduled_at)
+
+    async def task_in(self, data: bytes) -> Task:
+        task = decode_task(data)
+        if task.input is None:
+            return task
+        return dataclasses.replace(task, input=await self.payloads.decode_value(task.input))
+
+    async def reply_out(
+        self, command_id: str, client_id: str, workflow_id: str, reply: Reply
+    ) -> bytes:
+        p = self.payloads
+        if p.enabled:
+            reply = dataclasses.replace(
+                reply,
+                payload=await p.encode_value(reply.payload),
+                error=await p.encode_text(reply.error),
+            )
+        return encode_reply(command_id, client_id, workflow_id, reply)
+
+    async def reply_in(self, reply: Reply) -> Reply:
+        """Decode the payload of a reply read with ``decode_reply``."""
+        if reply.payload is None and reply.error is None:
+            return reply
+        p = self.payloads
+        return dataclasses.replace(
+            reply,
+            payload=await p.decode_value(reply.payload),
+            error=await p.decode_text(reply.error),
+        )
