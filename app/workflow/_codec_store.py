@@ -2,7 +2,9 @@
 
 This is where the embedded runtime applies its codec: whatever the store
 (SQLite, Kafka, NATS, memory, HTTP-backed), what it persists is encoded, and
-the executor and the core above it only see plain data.
+the executor and the core above it only see plain data. Without a codec it
+writes through unchanged, and reading an encoded payload raises
+:class:`PayloadCodecError` (rather than handing marker objects to workflow code).
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ class CodecStore:
         await self.inner.save(await self.payloads.encode_state(state))
 
     async def append(self, state: WorkflowState, events: Sequence[HistoryEvent]) -> None:
+        if not self.payloads.enabled and isinstance(self.inner, AppendingStore):
+            await self.inner.append(state, events)
+            return
         if not isinstance(self.inner, AppendingStore):
             await self.save(state)
             return

@@ -192,9 +192,7 @@ class DefaultExecutor:
 
             self._store = SQLiteStore()
         # the executor reads and writes through the codec; the store holds encoded data
-        self._io_store = (
-            self._store if self._codec is None else CodecStore(self._store, Payloads(self._codec))
-        )
+        self._io_store = CodecStore(self._store, Payloads(self._codec))
         self._appending = isinstance(self._io_store, AppendingStore)
         self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="activity")
         running = await self._io.list(WorkflowFilter(status=WorkflowStatus.RUNNING))
