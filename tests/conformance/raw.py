@@ -98,6 +98,11 @@ async def temporal_history_bytes(executor: Any, workflow_ids: list[str]) -> byte
     return b"\n".join(out)
 
 
+def _files_bytes(directory: Path, pattern: str) -> bytes:
+    # the database and its WAL: what was written and not yet checkpointed is there
+    return b"".join(p.read_bytes() for p in sorted(directory.glob(pattern)))
+
+
 async def persisted_bytes(
     runtime: Any, tmp_path: Path, request: pytest.FixtureRequest, executor: Any, ids: list[str]
 ) -> bytes:
@@ -108,7 +113,7 @@ async def persisted_bytes(
             s.model_dump_json().encode() for st in runtime.stores for s in st._states.values()
         )
     if name == "embedded-sqlite":
-        return b"".join(p.read_bytes() for p in sorted(tmp_path.glob("wf.db*")))
+        return _files_bytes(tmp_path, "wf.db*")
     if name == "embedded-kafka":
         bootstrap = request.getfixturevalue("kafka_bootstrap")
         data, topics = await kafka_topics_bytes(bootstrap, "wf-" + _digest(tmp_path, 20))

@@ -9,7 +9,9 @@ workflow type name (left plain) must, which shows the scan saw the data.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import hashlib
 import uuid
 from pathlib import Path
 from typing import Any
@@ -30,7 +32,7 @@ from app.workflow import (
     WorkflowStatus,
 )
 from tests.conformance.conftest import WAIT, Runtime
-from tests.conformance.raw import persisted_bytes
+from tests.conformance.raw import kafka_topics_bytes, persisted_bytes
 
 KEY_A = base64.b64encode(bytes(range(32))).decode()
 KEY_B = base64.b64encode(bytes(range(32, 64))).decode()
@@ -105,10 +107,10 @@ async def test_encrypted_payloads_are_never_stored_in_plaintext(
     assert marker[6:].encode() not in raw  # not even the random part alone
 
 
-def reader(runtime: Runtime, codec: list[Any] | None) -> Any:
+def reader(runtime: Runtime, codec: list[Any] | None, worker: list[Any] | None = None) -> Any:
     """An executor reading with ``codec``; on streaming, its workers keep the right key."""
     if runtime.name == "streaming":
-        return runtime.open(codec=codec_a(), client_codec=codec, **FLOWS)
+        return runtime.open(codec=worker or codec_a(), client_codec=codec, **FLOWS)
     return runtime.open(codec=codec, **FLOWS)
 
 
@@ -119,12 +121,12 @@ async def test_reading_without_the_key_says_so(runtime: Runtime) -> None:
         await ex.signal("nokey", Signal("secret", marker))
         await handle.result(timeout=WAIT)
     async with reader(runtime, None) as ex:
-        with pytest.raises(PayloadCodecError, match="aes-256-gcm.*key-a") as err:
+        with pytest.raises(PayloadCodecError, match=r"aes-256-gcm.*key-a") as err:
             await ex.describe("nokey")
     assert err.value.key_id == "key-a"
     wrong = [EncryptionCodec(KEY_B, "key-b")]
     async with reader(runtime, [CompressionCodec(256), *wrong]) as ex:
-        with pytest.raises(PayloadCodecError, match="key id 'key-a'.*does not have"):
+        with pytest.raises(PayloadCodecError, match=r"key id 'key-a'.*does not have"):
             await ex.describe("nokey")
     # under the right id but the wrong key material: named as such
     async with reader(runtime, [EncryptionCodec(KEY_B, "key-a")]) as ex:
@@ -147,7 +149,40 @@ async def test_payloads_written_under_an_old_key_are_read_after_rotation(
     assert result["echoed"] == f"{marker}|activity-result"
     assert result["signal"] == f"after-rotation:{marker}"
     assert state.input == marker
-    # key B alone (A dropped) cannot read what A wrote
-    async with reader(runtime, [EncryptionCodec(KEY_B, "key-b")]) as ex:
+
+
+async def test_a_dropped_old_key_is_named(
+    restartable: Runtime, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    runtime = restartable
+    async with runtime.open(codec=codec_a(), **FLOWS) as ex:
+        await ex.execute(codec_flow, WorkflowOptions(id="drop", input=_marker()))
+    # Key B alone (A dropped) cannot read what A wrote. On streaming the reader is
+    # the worker (a client reads what the worker re-encodes under the current key).
+    only_b = [CompressionCodec(256), EncryptionCodec(KEY_B, "key-b")]
+    if runtime.name == "streaming":
+        await _worker_stalls_without(runtime, only_b, tmp_path, request)
+        return
+    async with runtime.open(codec=only_b, **FLOWS) as ex:
         with pytest.raises(PayloadCodecError, match="key-a"):
-            await ex.describe("rot")
+            await ex.describe("drop")
+
+
+async def _worker_stalls_without(
+    runtime: Runtime, worker_codec: list[Any], tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A streaming worker without the key holds the workflow's commands, loses none.
+
+    It cannot read the run, so it neither applies the signal nor dead-letters it:
+    the command stays uncommitted until a worker with the key takes it.
+    """
+    async with runtime.open(codec=worker_codec, client_codec=codec_a(), **FLOWS) as ex:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(ex.signal("drop", Signal("secret", "late")), 3.0)
+    async with runtime.open(codec=codec_b_with_a(), **FLOWS) as ex:
+        result = await ex.get_handle("drop").result(timeout=WAIT)
+    assert result["signal"] == "late"
+    bootstrap = request.getfixturevalue("kafka_bootstrap")
+    prefix = "cf-" + hashlib.sha256(str(tmp_path).encode()).hexdigest()[:16]
+    letters, topics = await kafka_topics_bytes(bootstrap, f"{prefix}.dead-letter")
+    assert topics and letters == b"", "a command was dead-lettered"
