@@ -158,7 +158,11 @@ class DefaultExecutor:
 
     # -- lifecycle ------------------------------------------------------------
     async def __aenter__(self) -> DefaultExecutor:
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:
+            await self.aclose()  # a failed start (e.g. a payload it cannot decode) leaks nothing
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:
