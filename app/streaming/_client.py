@@ -384,7 +384,7 @@ class KafkaExecutor:
                     wait = min(wait * 2, _RESEND_MAX)
                     continue
                 # raises PayloadCodecError, naming the key, when this client lacks it
-                return await self.wire.reply_in(reply)
+                return await self.wire.reply_in(reply, describe=cmd.name == DESCRIBE)
         finally:
             self._pending.pop(cmd.command_id, None)
         if not published:

@@ -20,7 +20,7 @@ from datetime import datetime
 
 from app.workflow._codec import CodecChain, load_codec
 from app.workflow._payloads import Payloads
-from app.workflow._types import HistoryEvent
+from app.workflow._types import HistoryEvent, WorkflowState
 
 from ._machine import Command, Reply, Task
 from ._messages import (
@@ -43,8 +43,8 @@ def codec_from_settings(settings: StreamingSettings) -> CodecChain | None:
 class WireCodec:
     """Encodes and decodes the user payloads of the streaming runtime's records."""
 
-    def __init__(self, chain: CodecChain | None) -> None:
-        self.payloads = Payloads(chain)
+    def __init__(self, chain: CodecChain | None, *, lenient: bool = False) -> None:
+        self.payloads = Payloads(chain, lenient=lenient)
 
     async def command_out(self, cmd: Command) -> bytes:
         p = self.payloads
@@ -90,24 +90,38 @@ class WireCodec:
         return dataclasses.replace(task, input=await self.payloads.decode_value(task.input))
 
     async def reply_out(
-        self, command_id: str, client_id: str, workflow_id: str, reply: Reply
+        self,
+        command_id: str,
+        client_id: str,
+        workflow_id: str,
+        reply: Reply,
+        *,
+        describe: bool = False,
     ) -> bytes:
+        """The reply record; a ``describe`` reply keeps its state's ids and names readable."""
         p = self.payloads
         if p.enabled:
+            payload = reply.payload
+            if describe and isinstance(payload, dict) and isinstance(payload.get("state"), dict):
+                state = WorkflowState.model_validate(payload["state"])
+                encoded = await p.encode_state(state)
+                payload = {**payload, "state": encoded.model_dump(mode="json")}
+            else:
+                payload = await p.encode_value(payload)
             reply = dataclasses.replace(
-                reply,
-                payload=await p.encode_value(reply.payload),
-                error=await p.encode_text(reply.error),
+                reply, payload=payload, error=await p.encode_text(reply.error)
             )
         return encode_reply(command_id, client_id, workflow_id, reply)
 
-    async def reply_in(self, reply: Reply) -> Reply:
+    async def reply_in(self, reply: Reply, *, describe: bool = False) -> Reply:
         """Decode the payload of a reply read with ``decode_reply``."""
         if reply.payload is None and reply.error is None:
             return reply
         p = self.payloads
-        return dataclasses.replace(
-            reply,
-            payload=await p.decode_value(reply.payload),
-            error=await p.decode_text(reply.error),
-        )
+        payload = reply.payload
+        if describe and isinstance(payload, dict) and isinstance(payload.get("state"), dict):
+            state = await p.decode_state(WorkflowState.model_validate(payload["state"]))
+            payload = {**payload, "state": state.model_dump(mode="json")}
+        else:
+            payload = await p.decode_value(payload)
+        return dataclasses.replace(reply, payload=payload, error=await p.decode_text(reply.error))

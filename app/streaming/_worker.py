@@ -293,7 +293,11 @@ class StreamingWorker(Generations):
             await self.replies.send(
                 key=cmd.reply_to.encode(),
                 value=await self.wire.reply_out(
-                    cmd.command_id, cmd.reply_to, cmd.workflow_id, fx.reply
+                    cmd.command_id,
+                    cmd.reply_to,
+                    cmd.workflow_id,
+                    fx.reply,
+                    describe=cmd.name == DESCRIBE,
                 ),
             )
 

@@ -77,12 +77,18 @@ class PayloadCodec(Protocol):
 
 
 class CompressionCodec:
-    """zlib-compresses payloads of at least ``threshold`` bytes that shrink by a quarter or more."""
+    """zlib-compresses payloads of at least ``threshold`` bytes that shrink by a quarter or more.
+
+    ``threshold=None`` compresses nothing but still decompresses what others
+    compressed (a reader's chain).
+    """
 
     name = "zlib"
 
-    def __init__(self, threshold: int = 1024, level: int = 6) -> None:
-        if isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 0:
+    def __init__(self, threshold: int | None = 1024, level: int = 6) -> None:
+        if threshold is not None and (
+            isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 0
+        ):
             raise InvalidArgumentError(
                 f"CompressionCodec.threshold must be an int >= 0 (bytes), got {threshold!r}"
             )
@@ -92,7 +98,7 @@ class CompressionCodec:
         self.level = level
 
     async def encode(self, data: bytes) -> Encoded | None:
-        if len(data) < self.threshold:
+        if self.threshold is None or len(data) < self.threshold:
             return None
         packed = zlib.compress(data, self.level)
         # A payload is carried as base64 (4/3 of its bytes): compress only what then
@@ -255,17 +261,19 @@ def as_chain(codec: PayloadCodec | Sequence[PayloadCodec] | None, what: str) -> 
 def load_codec(
     key_file: str | os.PathLike[str] | None, *, compress_threshold: int | None = 1024
 ) -> CodecChain | None:
-    """The standard chain: compression (if ``compress_threshold`` is set), then encryption.
+    """The standard chain: compression (above ``compress_threshold``), then encryption.
 
     ``key_file`` is JSON ``{"current": "k2", "keys": {"k1": "<base64>", "k2": "<base64>"}}``;
-    the current key encrypts, every key decrypts. Returns None when neither is configured.
+    the current key encrypts, every key decrypts. Without a threshold nothing is
+    compressed, but compressed payloads are still read. Returns None when neither
+    is configured.
     """
-    codecs: list[PayloadCodec] = []
-    if compress_threshold is not None:
-        codecs.append(CompressionCodec(compress_threshold))
+    if key_file is None and compress_threshold is None:
+        return None
+    codecs: list[PayloadCodec] = [CompressionCodec(compress_threshold)]
     if key_file is not None:
         codecs.append(read_key_file(key_file))
-    return CodecChain(codecs) if codecs else None
+    return CodecChain(codecs)
 
 
 def read_key_file(path: str | os.PathLike[str]) -> EncryptionCodec:

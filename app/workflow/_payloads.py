@@ -62,6 +62,8 @@ class Payloads:
     def __init__(self, chain: CodecChain | None, *, lenient: bool = False) -> None:
         self.chain = chain
         self.lenient = lenient
+        self.undecoded = 0
+        """Payloads left encoded so far (lenient mode)."""
 
     @property
     def enabled(self) -> bool:
@@ -110,6 +112,7 @@ class Payloads:
             return json.loads(await self._open(marker))
         except PayloadCodecError:
             if self.lenient:
+                self.undecoded += 1
                 return f"<{describe_marker(marker)}>"
             raise
 
@@ -127,6 +130,7 @@ class Payloads:
             return (await self._open(marker)).decode()
         except PayloadCodecError:
             if self.lenient:
+                self.undecoded += 1
                 return f"<{describe_marker(marker)}>"
             raise
 
