@@ -362,7 +362,7 @@ class KafkaExecutor:
         deadline = loop.time() + timeout
         fut: asyncio.Future[Reply] = loop.create_future()
         self._pending[cmd.command_id] = fut
-        value, key = await self.wire.command_out(cmd), cmd.workflow_id.encode()
+        value, key = await self.wire.command_out(cmd, check_size=True), cmd.workflow_id.encode()
         wait, published, failure = _RESEND_FIRST, False, None
         try:
             while (remaining := deadline - loop.time()) > 0:
@@ -403,7 +403,8 @@ class KafkaExecutor:
                 f"workflow id must be a non-empty string, got {workflow_id!r}"
             )
         payload = dump_payload(fields.get("payload"))
-        if payload is not None and len(payload) > MAX_PAYLOAD:
+        # by reference, a large payload is only a key: its encoded size is checked instead
+        if payload is not None and len(payload) > MAX_PAYLOAD and not self.wire.by_reference:
             raise InvalidArgumentError(
                 f"the {kind} payload of {workflow_id!r} is {len(payload)} bytes of JSON, over "
                 f"the limit of {MAX_PAYLOAD}: pass a reference (a key, a URL) instead"

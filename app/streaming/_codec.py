@@ -18,7 +18,9 @@ from __future__ import annotations
 import dataclasses
 from datetime import datetime
 
+from app.workflow._claim_check import ClaimCheckCodec
 from app.workflow._codec import CodecChain, load_codec
+from app.workflow._errors import InvalidArgumentError
 from app.workflow._payloads import Payloads
 from app.workflow._types import HistoryEvent, WorkflowState
 
@@ -27,10 +29,12 @@ from ._messages import (
     decode_command,
     decode_history,
     decode_task,
+    dump_payload,
     encode_command,
     encode_history,
     encode_reply,
     encode_task,
+    payload_limit,
 )
 from .settings import StreamingSettings
 
@@ -46,13 +50,27 @@ class WireCodec:
     def __init__(self, chain: CodecChain | None, *, lenient: bool = False) -> None:
         self.payloads = Payloads(chain, lenient=lenient)
 
-    async def command_out(self, cmd: Command) -> bytes:
+    @property
+    def by_reference(self) -> bool:
+        """Whether large payloads travel as references (a claim-check codec is configured)."""
+        chain = self.payloads.chain
+        return chain is not None and any(c.name == ClaimCheckCodec.name for c in chain.codecs)
+
+    async def command_out(self, cmd: Command, *, check_size: bool = False) -> bytes:
+        """The command record; ``check_size`` refuses a payload workers would refuse."""
         p = self.payloads
         if p.enabled and (cmd.payload is not None or cmd.failure is not None):
             cmd = dataclasses.replace(
                 cmd,
                 payload=await p.encode_value(cmd.payload),
                 failure=await p.encode_failure(cmd.failure),
+            )
+        data = dump_payload(cmd.payload) if check_size else None
+        if data is not None and len(data) > payload_limit(data):
+            raise InvalidArgumentError(
+                f"the {cmd.kind} payload of {cmd.workflow_id!r} is {len(data)} bytes encoded, "
+                f"over the limit of {payload_limit(data)}: pass a reference (a key, a URL), "
+                "or configure a ClaimCheckCodec"
             )
         return encode_command(cmd)
 

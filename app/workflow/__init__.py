@@ -14,6 +14,7 @@ Kafka, :mod:`app.streaming`); it is imported on first use and needs the
 from typing import TYPE_CHECKING, Any
 
 from . import activity
+from ._claim_check import BlobStore, ClaimCheckCodec, LocalBlobStore, S3BlobStore
 from ._codec import (
     CodecChain,
     CompressionCodec,
@@ -68,6 +69,8 @@ __all__ = [
     "ActivityError",
     "AppendingStore",
     "ApplicationError",
+    "BlobStore",
+    "ClaimCheckCodec",
     "CodecChain",
     "CompressionCodec",
     "Config",
@@ -84,6 +87,7 @@ __all__ = [
     "InteractionRequest",
     "InvalidArgumentError",
     "KafkaExecutor",
+    "LocalBlobStore",
     "Middleware",
     "NonDeterminismError",
     "NonRetryableError",
@@ -93,6 +97,7 @@ __all__ = [
     "ProviderRegistry",
     "QueryNotFoundError",
     "RetryPolicy",
+    "S3BlobStore",
     "Signal",
     "SignalChannel",
     "StoreClosedError",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import os
 import uuid
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,10 @@ import pytest
 
 from app.workflow import (
     ActivityError,
+    ClaimCheckCodec,
     CompressionCodec,
     EncryptionCodec,
+    LocalBlobStore,
     NonRetryableError,
     PayloadCodecError,
     RetryPolicy,
@@ -33,6 +36,7 @@ from app.workflow import (
 )
 from tests.conformance.conftest import WAIT, Runtime
 from tests.conformance.raw import kafka_topics_bytes, persisted_bytes
+from tests.test_claim_check import blob_files
 
 KEY_A = base64.b64encode(bytes(range(32))).decode()
 KEY_B = base64.b64encode(bytes(range(32, 64))).decode()
@@ -188,3 +192,25 @@ async def _worker_stalls_without(
     prefix = "cf-" + hashlib.sha256(str(tmp_path).encode()).hexdigest()[:16]
     letters, topics = await kafka_topics_bytes(bootstrap, f"{prefix}.dead-letter")
     assert topics and letters == b"", "a command was dead-lettered"
+
+
+def echo_big(value: dict[str, Any]) -> dict[str, Any]:
+    return {**value, "seen": True}
+
+
+async def big_flow(ctx: WorkflowContext, value: dict[str, Any]) -> dict[str, Any]:
+    return await ctx.execute_activity(echo_big, value)
+
+
+async def test_large_payloads_travel_by_reference(runtime: Runtime, tmp_path: Path) -> None:
+    # incompressible and over the streaming runtime's 256 KiB limit
+    big = {"blob": base64.b64encode(os.urandom(600 * 1024)).decode()}
+    blobs = LocalBlobStore(tmp_path / "blobs")
+    codec = [EncryptionCodec(KEY_A, "key-a"), ClaimCheckCodec(blobs, threshold=64 * 1024)]
+    flows = {"workflows": [big_flow], "activities": [echo_big]}
+    async with runtime.open(codec=codec, **flows) as ex:
+        handle = await ex.execute(big_flow, WorkflowOptions(id="big", input=big))
+        assert await handle.result(timeout=WAIT) == {**big, "seen": True}
+        state = await ex.describe("big")
+    assert state.input == big
+    assert blob_files(tmp_path / "blobs"), "nothing went to the blob store"
