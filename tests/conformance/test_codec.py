@@ -172,6 +172,8 @@ async def test_a_dropped_old_key_is_named(
     with pytest.raises(PayloadCodecError, match="key-a"):
         async with runtime.open(codec=only_b, **FLOWS) as ex:
             await ex.describe("drop")
+    if runtime.name == "temporal":
+        await _temporal_worker_retries_without(runtime, only_b)
 
 
 async def _worker_stalls_without(
@@ -214,3 +216,15 @@ async def test_large_payloads_travel_by_reference(runtime: Runtime, tmp_path: Pa
         state = await ex.describe("big")
     assert state.input == big
     assert blob_files(tmp_path / "blobs"), "nothing went to the blob store"
+
+
+async def _temporal_worker_retries_without(runtime: Runtime, worker_codec: list[Any]) -> None:
+    """A Temporal worker without the key fails the workflow task (retried), not the workflow."""
+    async with runtime.open(codec=worker_codec, **FLOWS) as ex:
+        await ex.signal("drop", Signal("secret", "late"))
+        with pytest.raises(PayloadCodecError):
+            await ex.describe("drop")
+        assert await ex.get_handle("drop").status() is WorkflowStatus.RUNNING
+    async with runtime.open(codec=codec_b_with_a(), **FLOWS) as ex:
+        result = await ex.get_handle("drop").result(timeout=30)
+    assert result["signal"] == "late"
