@@ -123,9 +123,9 @@ def _key_bytes(key: bytes | str, what: str) -> bytes:
         raw = key
     else:
         raise InvalidArgumentError(f"{what} must be bytes or base64 text, got {type(key).__name__}")
-    if len(raw) not in (16, 24, 32):
+    if len(raw) != 32:
         raise InvalidArgumentError(
-            f"{what} must be 16, 24 or 32 bytes (AES-128/192/256), got {len(raw)} bytes"
+            f"{what} must be 32 bytes (AES-256; new_key() makes one), got {len(raw)} bytes"
         )
     return raw
 
