@@ -20,7 +20,16 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from app._render import render_history, render_state, render_waiting, render_workflow_list
-from app.workflow import Signal, WorkflowOptions, WorkflowState, WorkflowStatus
+from app.workflow import (
+    CodecChain,
+    CompressionCodec,
+    Signal,
+    WorkflowOptions,
+    WorkflowState,
+    WorkflowStatus,
+    load_codec,
+)
+from app.workflow._payloads import Payloads
 
 ENV_PREFIX = "STREAMFLOW_"
 
@@ -66,6 +75,31 @@ def _security_args(args: argparse.Namespace) -> dict[str, Any]:
         for name in KafkaSecurity.model_fields
         if name not in SECRETS
     }
+
+
+def add_key_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--key-file",
+        metavar="PATH",
+        help="key file to decrypt payloads with (default: $STREAMFLOW_CODEC_KEY_FILE); "
+        "without it, encrypted payloads are shown as such",
+    )
+
+
+def payload_reader(args: argparse.Namespace) -> Payloads:
+    """Decodes what it can for display; what it cannot stays marked as encrypted."""
+    key_file = getattr(args, "key_file", None) or os.environ.get("STREAMFLOW_CODEC_KEY_FILE")
+    chain = load_codec(key_file) if key_file else CodecChain([CompressionCodec(None)])
+    return Payloads(chain, lenient=True)
+
+
+def note_undecoded(args: argparse.Namespace, payloads: Payloads) -> None:
+    if payloads.undecoded:
+        print(
+            f"{args.prog}: note: {payloads.undecoded} payloads are encrypted with a key not "
+            "given: pass --key-file (or set STREAMFLOW_CODEC_KEY_FILE) to show them",
+            file=sys.stderr,
+        )
 
 
 def broker_given(args: argparse.Namespace) -> bool:
@@ -420,20 +454,27 @@ async def _cancel(args: argparse.Namespace) -> int:
 
 
 async def show_from_broker(args: argparse.Namespace) -> int:
+    from app.streaming._codec import WireCodec
+
+    reader = payload_reader(args)
     async with _client(args) as ex:
+        ex.wire = WireCodec(reader.chain, lenient=True)  # show what it can, mark the rest
         state, waiting = await ex.describe_waiting(args.workflow_id)
+        reader = ex.wire.payloads
     print(render_state(state))
     if waiting is not None and state.status is WorkflowStatus.RUNNING:
         print()
         print(render_waiting(waiting, time.time()))
     print(f"\nHistory ({len(state.history)} events)")
     print(render_history(state.history))
+    note_undecoded(args, reader)
     return 0
 
 
 async def list_from_broker(args: argparse.Namespace) -> int:
     """Every workflow's latest header, read from the ``workflows`` table's changelog."""
-    states = await read_headers(settings_from(args))
+    reader = payload_reader(args)
+    states = [await reader.decode_state(s) for s in await read_headers(settings_from(args))]
     if args.status:
         states = [s for s in states if s.status.value == args.status]
     states.sort(key=lambda s: s.created_at, reverse=True)
@@ -443,6 +484,7 @@ async def list_from_broker(args: argparse.Namespace) -> int:
         print("No workflows on the broker.")
         return 0
     print(render_workflow_list(states))
+    note_undecoded(args, reader)
     return 0
 
 

@@ -99,6 +99,7 @@ def _add_list(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help=f"show at most N workflows (default: {DEFAULT_LIMIT}; 0: all)",
     )
     streaming.add_broker_options(parser)
+    streaming.add_key_option(parser)
     parser.set_defaults(handler=_list)
 
 
@@ -107,14 +108,17 @@ async def _list(args: argparse.Namespace) -> int:
         return await streaming.list_from_broker(args)
     store, path = _existing_store(args.db)
     states = []
+    reader = streaming.payload_reader(args)
     if store is not None:
         async with store:
             states = await store.list(WorkflowFilter(status=args.status, limit=args.limit))
+    states = [await reader.decode_state(s) for s in states]
     if not states:
         which = f"{args.status} workflows" if args.status else "workflows"
         print(f"No {which} in {path}.")
         return 0
     print(render_workflow_list(states))
+    streaming.note_undecoded(args, reader)
     return 0
 
 
@@ -129,6 +133,7 @@ def _add_show(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -
     parser.add_argument("workflow_id", metavar="WORKFLOW_ID")
     _add_db_option(parser)
     streaming.add_broker_options(parser)
+    streaming.add_key_option(parser)
     parser.set_defaults(handler=_show)
 
 
@@ -143,9 +148,12 @@ async def _show(args: argparse.Namespace) -> int:
     if state is None:
         print(f"{args.prog}: workflow {args.workflow_id!r} not found in {path}", file=sys.stderr)
         return 1
+    reader = streaming.payload_reader(args)
+    state = await reader.decode_state(state)
     print(render_state(state))
     print(f"\nHistory ({len(state.history)} events)")
     print(render_history(state.history))
+    streaming.note_undecoded(args, reader)
     return 0
 
 

@@ -34,7 +34,9 @@ __all__ = [
     "StreamingWorker",
 ]
 
-_EXTRA_KEYS = frozenset({"bootstrap_servers", "settings", "hooks", "workflows", "client_id"})
+_EXTRA_KEYS = frozenset(
+    {"bootstrap_servers", "settings", "hooks", "workflows", "client_id", "codec"}
+)
 
 
 def _factory(config: Config) -> DurableExecutor:

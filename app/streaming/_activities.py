@@ -19,12 +19,14 @@ from aiokafka.errors import KafkaError
 
 from app.workflow import activity as _activity
 from app.workflow._activity_runner import run_attempt
+from app.workflow._codec import PayloadCodecError
 from app.workflow._names import FunctionTable
 from app.workflow._types import FailureInfo
 
+from ._codec import WireCodec
 from ._consumer import DeliveryError, GroupConsumer, Producer, Record
 from ._machine import Command, CommandKind, Task
-from ._messages import InvalidCommandError, decode_task, encode_command
+from ._messages import InvalidCommandError
 from ._metrics import WorkerMetrics
 from ._outputs import Outbox, changelog_table, recover_tables, to_dead_letter
 from ._wire import WireError
@@ -37,11 +39,16 @@ class ActivityWorker:
     """Consumes ``settings.task_queue``'s activity tasks and runs them in a thread pool."""
 
     def __init__(
-        self, settings: StreamingSettings, activities: FunctionTable, metrics: WorkerMetrics
+        self,
+        settings: StreamingSettings,
+        activities: FunctionTable,
+        metrics: WorkerMetrics,
+        wire: WireCodec | None = None,
     ) -> None:
         self.settings = settings
         self.activities = activities
         self.metrics = metrics
+        self.wire = wire or WireCodec(None)
         topo = settings.topology
         group = topo.activity_group(settings.task_queue)
         self.queue = topo.activity_tasks(settings.task_queue)
@@ -84,7 +91,14 @@ class ActivityWorker:
 
     async def handle(self, record: Record) -> None:
         try:
-            task = decode_task(record.value)
+            task = await self.wire.task_in(record.value)
+        except PayloadCodecError as exc:
+            # This worker lacks the key: not the task's fault, so no dead letter (and no
+            # failed attempt). Left uncommitted, it is read again after a rewind.
+            log.error(
+                "activity task at %s@%s cannot be decoded: %s", record.partition, record.offset, exc
+            )
+            raise
         except (WireError, InvalidCommandError) as exc:
             await to_dead_letter(
                 self.dead_letter, self.metrics, record, f"bad activity task: {exc}"
@@ -155,7 +169,7 @@ class ActivityWorker:
         self.metrics.activity_seconds.labels(
             task.activity_name, "ok" if failure is None else "failed"
         ).observe(duration)
-        return encode_command(
+        return await self.wire.command_out(
             Command(
                 command_id=f"result/{task.task_id}",
                 kind=CommandKind.ACTIVITY_RESULT,

@@ -46,6 +46,8 @@ from ._security import start_client
 from .settings import StreamingSettings
 
 log = logging.getLogger("app.streaming.consumer")
+_REWIND_CALM = 30.0  # s without a rewind after which the backoff starts over
+_REWIND_MAX_DELAY = 5.0
 
 MAX_RECORD = 16 * 1024 * 1024
 """Largest record the producer sends (run headers repeat their latest events)."""
@@ -314,6 +316,7 @@ class GroupConsumer(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafk
     async def _run(self) -> None:
         assert self._consumer is not None
         consumer = self._consumer
+        delay, last = 0.0, -_REWIND_CALM
         while True:
             try:
                 await self._poll(consumer)
@@ -322,6 +325,17 @@ class GroupConsumer(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafk
             except Exception as exc:
                 log.error("%s: going back to the last commit after %r", self.group, exc)
                 await self._rewind()
+                # Rewinds in a row (a record this worker cannot handle, e.g. one it has
+                # no key for) back off, so a stalled worker does not spin on its tables.
+                now = time.monotonic()
+                delay = (
+                    min(_REWIND_MAX_DELAY, max(0.2, delay * 2))
+                    if now - last < _REWIND_CALM
+                    else 0.0
+                )
+                last = now
+                if delay:
+                    await asyncio.sleep(delay)
 
     async def _poll(self, consumer: AIOKafkaConsumer) -> None:
         free = 500 if self.concurrency == 1 else self.concurrency - len(self._inflight)

@@ -15,9 +15,10 @@ from datetime import UTC, datetime
 from app.workflow._types import EventType, WorkflowState
 from topics import Topology
 
+from ._codec import WireCodec
 from ._consumer import Producer
 from ._machine import Command, CommandKind, Effects, Machine, Run
-from ._messages import encode_command, partition_for
+from ._messages import partition_for
 from ._metrics import WorkerMetrics
 from ._outputs import Outbox
 from ._runs import RunStore
@@ -37,6 +38,7 @@ class Generations:
     topology: Topology
     producer: Producer
     store: RunStore
+    wire: WireCodec
     machine: Machine
     metrics: WorkerMetrics
     _generation_topics: dict[int, Outbox]
@@ -94,7 +96,9 @@ class Generations:
         if partition is None and generation == self.settings.generation:
             partition = self._home_partition(cmd, -1)
         await topic.send(
-            key=cmd.workflow_id.encode(), value=encode_command(forwarded), partition=partition
+            key=cmd.workflow_id.encode(),
+            value=await self.wire.command_out(forwarded),
+            partition=partition,
         )
         self.metrics.commands.labels(cmd.kind, "forwarded").inc()
 
@@ -128,7 +132,7 @@ class Generations:
             if header["state"]["status"] != "running":
                 continue
             wid = key.decode()
-            run = self.store.load(wid)
+            run = await self.store.load(wid)
             if run is None:
                 continue
             handover = Command(
@@ -137,15 +141,17 @@ class Generations:
                 workflow_id=wid,
                 issued_at=_now(),
                 payload={
-                    "header": json.loads(self.store.header(run, partition)),
+                    "header": json.loads(await self.store.header(run, partition)),
                     "history": [e.model_dump(mode="json") for e in run.state.history],
                 },
                 step=target,
             )
-            await self._commands_of(target).send(key=key, value=encode_command(handover))
+            await self._commands_of(target).send(
+                key=key, value=await self.wire.command_out(handover)
+            )
             run.moved_to = target
             run.close()
-            await self.store.runs.set(key, self.store.header(run, partition), partition)
+            await self.store.runs.set(key, await self.store.header(run, partition), partition)
             await self.store.timers.delete(key, partition)
             self.store.evict(wid)
             moved += 1
@@ -158,11 +164,12 @@ class Generations:
 
     async def _import(self, cmd: Command, partition: int) -> None:
         """Take over a run handed over by the previous generation."""
-        if self.store.load(cmd.workflow_id) is not None:
+        if await self.store.load(cmd.workflow_id) is not None:
             return  # a redelivered handover
         data = cmd.payload
         header = data["header"]
         state = WorkflowState.model_validate({**header["state"], "history": data["history"]})
+        state = await self.wire.payloads.decode_state(state)  # the header is stored encoded
         run = Run(state=state, start_command=header.get("start"))
         run.seen.extend(header.get("seen", []))
         await self.store.import_history(run, partition)

@@ -149,6 +149,8 @@ class Run:
     """Events up to this id are in the worker's history table (later ones in the header)."""
     encoded: dict[int, str] = field(default_factory=dict)
     """JSON of the events in the header's tail, by id (serialized once)."""
+    sealed_input: Any = None
+    """The run's input as the tables store it (encoded by the codec), once computed."""
     inherited: set[tuple[int, int]] = field(default_factory=set)
     """Attempts (step, attempt) pending at a handover from the previous generation:
     its activity workers run them, so they are never dispatched in this one."""

@@ -21,6 +21,7 @@ from ._machine import Command, CommandKind, Reply, Task
 from ._wire import WireError, codec
 
 JSON = "application/json"
+_ENCODED = b'{"$encoded":'
 MAX_PAYLOAD = 256 * 1024
 """Largest user payload accepted in a command (bytes of JSON).
 
@@ -44,6 +45,11 @@ def dump_payload(value: Any) -> bytes | None:
     return json.dumps(value, separators=(",", ":")).encode()
 
 
+def payload_limit(data: bytes, limit: int = MAX_PAYLOAD) -> int:
+    """The size a payload's bytes may have: more for an encoded one (base64 and its marker)."""
+    return limit * 4 // 3 + 4096 if data.startswith(_ENCODED) else limit
+
+
 def load_payload(
     data: bytes | None, content_type: str, what: str, limit: int | None = MAX_PAYLOAD
 ) -> Any:
@@ -53,6 +59,8 @@ def load_payload(
         raise InvalidCommandError(
             f"{what} has content type {content_type!r}; only {JSON!r} is understood"
         )
+    if limit is not None:
+        limit = payload_limit(data, limit)
     if limit is not None and len(data) > limit:
         raise InvalidCommandError(f"{what} is {len(data)} bytes, over the limit of {limit} bytes")
     try:

@@ -16,7 +16,8 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
-from app.workflow._types import WorkflowState
+from app.workflow._payloads import Payloads
+from app.workflow._types import HistoryEvent, WorkflowState
 from topics import Topology
 
 from ._consumer import Producer
@@ -39,6 +40,7 @@ class RunStore:
         machine: Machine,
         metrics: WorkerMetrics,
         cache_size: int,
+        payloads: Payloads | None = None,
     ) -> None:
         self.runs = changelog_table(producer, topology.changelog("workflows"))
         self.history = changelog_table(producer, topology.changelog("history"))
@@ -48,9 +50,11 @@ class RunStore:
         self.machine = machine
         self.metrics = metrics
         self.cache_size = cache_size
+        # the tables hold encoded payloads; runs in the cache are plain
+        self.payloads = payloads or Payloads(None)
         self.cache: OrderedDict[str, Run] = OrderedDict()
 
-    def load(self, workflow_id: str) -> Run | None:
+    async def load(self, workflow_id: str) -> Run | None:
         """The run, from the cache or else replayed from the tables; None if unknown."""
         run = self.cache.get(workflow_id)
         if run is not None:
@@ -61,7 +65,7 @@ class RunStore:
         raw = self.runs.get(workflow_id.encode())
         if raw is None:
             return None
-        run = self._decode(workflow_id, raw)
+        run = await self._decode(workflow_id, raw)
         if run.running and run.moved_to is None:
             self.metrics.replays.inc()
             self.machine.restore(run)
@@ -121,14 +125,17 @@ class RunStore:
     async def write_header(self, run: Run, partition: int) -> None:
         """Write the run's header (after moving a full tail to the history table)."""
         await self.archive(run)
-        await self.runs.set(run.state.workflow_id.encode(), self.header(run, partition), partition)
+        await self.runs.set(
+            run.state.workflow_id.encode(), await self.header(run, partition), partition
+        )
 
     async def import_history(self, run: Run, partition: int) -> None:
         """Write a handed-over run's whole history to the history table."""
         wid = run.state.workflow_id
         for event in run.state.history:
             key = f"{wid}#{event.id}".encode()
-            await self.history.set(key, event.model_dump_json().encode(), partition)
+            encoded = await self.payloads.encode_event(event)
+            await self.history.set(key, encoded.model_dump_json().encode(), partition)
         run.archived = len(run.state.history)
 
     async def write_timers(self, run: Run, partition: int) -> None:
@@ -172,16 +179,37 @@ class RunStore:
         assert run.partition is not None
         for event in history[run.archived : len(history) - keep]:
             await self.history.set(
-                f"{wid}#{event.id}".encode(), event.model_dump_json().encode(), run.partition
+                f"{wid}#{event.id}".encode(),
+                (await self._event_json(run, event)).encode(),
+                run.partition,
             )
         await self._flush()
         run.archived = len(history) - keep
         run.encoded = {i: v for i, v in run.encoded.items() if i > run.archived}
 
-    @staticmethod
-    def header(run: Run, partition: int) -> bytes:
+    async def _event_json(self, run: Run, event: HistoryEvent) -> str:
+        # Each event is encoded and serialized once, and kept while it is in the tail:
+        # it is repeated in every header until archived.
+        json_text = run.encoded.get(event.id)
+        if json_text is None:
+            json_text = (await self.payloads.encode_event(event)).model_dump_json()
+            run.encoded[event.id] = json_text
+        return json_text
+
+    async def header(self, run: Run, partition: int) -> bytes:
         """The run's header record: its state without history, plus the tail."""
-        header = run.state.model_dump(mode="json", exclude={"history"})
+        state = run.state
+        if self.payloads.enabled:
+            if run.sealed_input is None:  # the input never changes: encoded once per run
+                run.sealed_input = await self.payloads.encode_value(state.input)
+            state = state.model_copy(
+                update={
+                    "input": run.sealed_input,
+                    "result": await self.payloads.encode_value(state.result),
+                    "error": await self.payloads.encode_text(state.error),
+                }
+            )
+        header = state.model_dump(mode="json", exclude={"history"})
         history = run.state.history
         fields = json.dumps(
             {
@@ -194,16 +222,11 @@ class RunStore:
                 **({"inherited": sorted(run.inherited)} if run.inherited else {}),
             }
         )
-        # The latest events ride along in the header's own (atomic) write; each is
-        # serialized once and kept, as it is repeated in every header until archived.
-        encoded = run.encoded
-        for event in history[run.archived :]:
-            if event.id not in encoded:
-                encoded[event.id] = event.model_dump_json()
-        tail = ",".join(encoded[e.id] for e in history[run.archived :])
+        # The latest events ride along in the header's own (atomic) write.
+        tail = ",".join([await self._event_json(run, e) for e in history[run.archived :]])
         return f'{fields[:-1]}, "tail": [{tail}]}}'.encode()
 
-    def _decode(self, workflow_id: str, raw: bytes) -> Run:
+    async def _decode(self, workflow_id: str, raw: bytes) -> Run:
         header = json.loads(raw)
         count = header["events"]
         tail = header.get("tail", [])
@@ -218,6 +241,7 @@ class RunStore:
                 raise RuntimeError(f"event {i} of {workflow_id!r} is missing from the table")
             events.append(json.loads(data))
         state = WorkflowState.model_validate({**header["state"], "history": events})
+        state = await self.payloads.decode_state(state)
         run = Run(
             state=state,
             start_command=header.get("start"),

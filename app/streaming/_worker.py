@@ -31,27 +31,23 @@ import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka.errors import KafkaError
 
+from app.workflow._codec import PayloadCodec, PayloadCodecError, as_chain
 from app.workflow._names import FunctionTable, Registrable
 from app.workflow._tasks import cancel_and_wait
 from app.workflow._types import EventType
 
 from ._activities import ActivityWorker
+from ._codec import WireCodec, codec_from_settings
 from ._consumer import DeliveryError, GroupConsumer, Producer, Record
 from ._growth import Generations
 from ._machine import DESCRIBE, Command, CommandKind, Effects, Machine, Run
-from ._messages import (
-    InvalidCommandError,
-    decode_command,
-    encode_command,
-    encode_history,
-    encode_reply,
-    encode_task,
-)
+from ._messages import InvalidCommandError, encode_command
 from ._metrics import WorkerMetrics
 from ._outputs import Outbox, recover_tables, to_dead_letter
 from ._pending import PendingAttempts
@@ -77,6 +73,10 @@ class StreamingWorker(Generations):
         activities: activity functions this worker can run.
         run_executor: consume the commands topic (own executor partitions).
         run_activities: consume the activity tasks of ``settings.task_queue``.
+        codec: encodes the payloads this worker writes to topics and tables and
+            decodes what it reads; by default the one ``STREAMFLOW_CODEC_KEY_FILE``
+            and ``STREAMFLOW_COMPRESS_THRESHOLD`` make. A record it cannot decode
+            (no key, an unknown key id) is not dead-lettered: see ``docs/codec.md``.
     """
 
     def __init__(
@@ -87,8 +87,11 @@ class StreamingWorker(Generations):
         *,
         run_executor: bool = True,
         run_activities: bool = True,
+        codec: PayloadCodec | Sequence[PayloadCodec] | None = None,
     ) -> None:
+        chain = as_chain(codec, "codec")
         self.settings = settings
+        self.wire = WireCodec(chain if chain is not None else codec_from_settings(settings))
         self.topology = topo = settings.topology
         self.workflows = FunctionTable("workflow", workflows)
         self.activities = FunctionTable("activity", activities, "activities")
@@ -107,13 +110,17 @@ class StreamingWorker(Generations):
         self.replies = Outbox(self.producer, topo.replies)
         self.dead_letter = Outbox(self.producer, topo.dead_letter)
         self.tasks = Outbox(self.producer, topo.activity_tasks(settings.task_queue))
-        self.store = RunStore(self.producer, topo, self.machine, self.metrics, settings.cache_size)
+        self.store = RunStore(
+            self.producer, topo, self.machine, self.metrics, settings.cache_size, self.wire.payloads
+        )
         self.consumer = GroupConsumer(
             settings, topo.executor_group, topo.commands, self, self.producer
         )
         self.consumer.on_record = self._observe_lag
         self.activity_worker = (
-            ActivityWorker(settings, self.activities, self.metrics) if run_activities else None
+            ActivityWorker(settings, self.activities, self.metrics, self.wire)
+            if run_activities
+            else None
         )
 
     @property
@@ -192,6 +199,16 @@ class StreamingWorker(Generations):
             await self._on_command(record)
         except (KafkaError, DeliveryError):
             raise  # the broker failed us: the consumer goes back to the last commit
+        except PayloadCodecError as exc:
+            # Not the command's fault but this worker's (no key, an old key missing): a
+            # dead letter would lose it. Left uncommitted, it is read again after a rewind.
+            log.error(
+                "command at %s@%s cannot be decoded by this worker: %s",
+                record.partition,
+                record.offset,
+                exc,
+            )
+            raise
         except Exception as exc:
             # A bug must not stop the partition: the command is kept with the reason.
             log.exception("command at %s@%s failed", record.partition, record.offset)
@@ -210,7 +227,7 @@ class StreamingWorker(Generations):
             )
             return
         try:
-            cmd = decode_command(record.value, record.key)
+            cmd = await self.wire.command_in(record.value, record.key)
         except (WireError, InvalidCommandError) as exc:
             await self._dead_letter(record, str(exc))
             return
@@ -228,7 +245,7 @@ class StreamingWorker(Generations):
         if cmd.kind == CommandKind.HANDOVER:
             await self._import(cmd, partition)
             return
-        run = self.store.load(cmd.workflow_id)
+        run = await self.store.load(cmd.workflow_id)
         if (
             run is not None
             and run.moved_to is None
@@ -273,7 +290,13 @@ class StreamingWorker(Generations):
         if fx.reply is not None and cmd.reply_to:
             await self.replies.send(
                 key=cmd.reply_to.encode(),
-                value=encode_reply(cmd.command_id, cmd.reply_to, cmd.workflow_id, fx.reply),
+                value=await self.wire.reply_out(
+                    cmd.command_id,
+                    cmd.reply_to,
+                    cmd.workflow_id,
+                    fx.reply,
+                    describe=cmd.name == DESCRIBE,
+                ),
             )
 
     async def _write(self, run: Run, fx: Effects, partition: int, cmd: Command) -> None:
@@ -289,7 +312,7 @@ class StreamingWorker(Generations):
                 headers = [("retry", b"1")] if ev.id in fx.retries else []
                 await self.history.send(
                     key=wid.encode(),
-                    value=encode_history(wid, state.run_id, state.workflow_type, ev),
+                    value=await self.wire.history_out(wid, state.run_id, state.workflow_type, ev),
                     headers=headers,
                 )
         tasks = fx.tasks
@@ -300,7 +323,9 @@ class StreamingWorker(Generations):
             tasks = [t for t in tasks if (t.step, t.attempt) not in known]
         now = _now()
         for task in tasks:  # a resume re-dispatches work without recording anything
-            await self.tasks.send(key=task.task_id.encode(), value=encode_task(task, now))
+            await self.tasks.send(
+                key=task.task_id.encode(), value=await self.wire.task_out(task, now)
+            )
         started = None
         if cmd.kind in (CommandKind.RESUME, CommandKind.HANDOVER):
             if tasks:
@@ -434,7 +459,7 @@ class StreamingWorker(Generations):
                 attempt.redrives,
             )
             self.metrics.redrives.inc()
-            await queue.send(key=task.task_id.encode(), value=encode_task(task, now))
+            await queue.send(key=task.task_id.encode(), value=await self.wire.task_out(task, now))
 
     def _update_ages(self) -> None:
         now = time.time()

@@ -103,6 +103,19 @@ class StreamingSettings(KafkaSecurity):
     redrive_max: float = Field(
         300.0, gt=0, description="Longest wait between two re-drives of one attempt (s)"
     )
+    # -- payload codec (docs/codec.md) ---------------------------------------------------
+    codec_key_file: str | None = Field(
+        None,
+        min_length=1,
+        description="JSON key file {current, keys: {id: base64}}: payloads are encrypted "
+        "(AES-GCM) with the current key and decrypted with any; unset, not encrypted",
+    )
+    compress_threshold: int | None = Field(
+        None,
+        ge=0,
+        description="Payloads of at least this many bytes of JSON are zlib-compressed "
+        "(before encryption); unset, none are",
+    )
 
     @field_validator("bootstrap_servers")
     @classmethod
@@ -116,6 +129,15 @@ class StreamingSettings(KafkaSecurity):
     def kafka_options(self) -> dict[str, Any]:
         """Keyword arguments of every aiokafka client: the brokers, TLS and SASL."""
         return {"bootstrap_servers": self.bootstrap_servers, **self.aiokafka_options()}
+
+    @field_validator("codec_key_file")
+    @classmethod
+    def _key_file(cls, value: str | None) -> str | None:
+        if value is not None:
+            from app.workflow._codec import read_key_file
+
+            read_key_file(value)  # fails now, naming what is wrong, not at the first payload
+        return value
 
     @property
     def topology(self) -> Topology:

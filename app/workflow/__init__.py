@@ -14,6 +14,16 @@ Kafka, :mod:`app.streaming`); it is imported on first use and needs the
 from typing import TYPE_CHECKING, Any
 
 from . import activity
+from ._claim_check import BlobStore, ClaimCheckCodec, LocalBlobStore, S3BlobStore
+from ._codec import (
+    CodecChain,
+    CompressionCodec,
+    EncryptionCodec,
+    PayloadCodec,
+    PayloadCodecError,
+    load_codec,
+    new_key,
+)
 from ._core import SignalChannel, WorkflowContext
 from ._embedded import DefaultExecutor, ExecutorStoppedError
 from ._errors import (
@@ -59,10 +69,15 @@ __all__ = [
     "ActivityError",
     "AppendingStore",
     "ApplicationError",
+    "BlobStore",
+    "ClaimCheckCodec",
+    "CodecChain",
+    "CompressionCodec",
     "Config",
     "DefaultExecutor",
     "DurableExecutor",
     "Duration",
+    "EncryptionCodec",
     "EventType",
     "ExecutorStoppedError",
     "FailureInfo",
@@ -72,13 +87,17 @@ __all__ = [
     "InteractionRequest",
     "InvalidArgumentError",
     "KafkaExecutor",
+    "LocalBlobStore",
     "Middleware",
     "NonDeterminismError",
     "NonRetryableError",
+    "PayloadCodec",
+    "PayloadCodecError",
     "PayloadError",
     "ProviderRegistry",
     "QueryNotFoundError",
     "RetryPolicy",
+    "S3BlobStore",
     "Signal",
     "SignalChannel",
     "StoreClosedError",
@@ -104,8 +123,10 @@ __all__ = [
     "human_activity",
     "list_providers",
     "llm_activity",
+    "load_codec",
     "named",
     "new",
+    "new_key",
     "register",
     "tool_activity",
     "with_hooks",

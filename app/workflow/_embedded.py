@@ -17,13 +17,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
 from . import activity as _activity
 from ._activity_runner import run_attempt
+from ._codec import PayloadCodec, as_chain
+from ._codec_store import CodecStore
 from ._converter import (
     check_workflow_call,
     decode_failure,
@@ -42,6 +44,7 @@ from ._errors import (
 from ._handle import EmbeddedHandle, failure_error, outcome_value
 from ._hooks import Hooks, call_hook
 from ._names import FunctionTable, Registrable
+from ._payloads import Payloads
 from ._store import AppendingStore, StoreConflictError, WorkflowStore
 from ._tasks import cancel_and_wait
 from ._types import (
@@ -105,6 +108,10 @@ class DefaultExecutor:
     if the rebuilt state differs: slow (quadratic), meant for tests.
     ``close_store=True`` makes the executor close a store it was given (as
     it always closes the default store it opened itself).
+
+    ``codec`` (a :class:`PayloadCodec`, or several applied in order, e.g.
+    compression then encryption) encodes every payload before it reaches the
+    store and decodes it when read; ``store`` then holds encoded data.
     """
 
     def __init__(
@@ -118,6 +125,7 @@ class DefaultExecutor:
         always_replay: bool = False,
         clock: Callable[[], datetime] | None = None,
         close_store: bool = False,
+        codec: PayloadCodec | Sequence[PayloadCodec] | None = None,
     ) -> None:
         if store is not None and not isinstance(store, WorkflowStore):
             raise InvalidArgumentError(
@@ -133,6 +141,8 @@ class DefaultExecutor:
         self._store_arg = store
         self._close_store = close_store
         self._store: WorkflowStore | None = store
+        self._codec = as_chain(codec, "codec")
+        self._io_store: WorkflowStore | None = None
         self._appending = False
         self._hooks = hooks or Hooks()
         self._workflows = FunctionTable("workflow", workflows)
@@ -149,7 +159,11 @@ class DefaultExecutor:
 
     # -- lifecycle ------------------------------------------------------------
     async def __aenter__(self) -> DefaultExecutor:
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:
+            await self.aclose()  # a failed start (e.g. a payload it cannot decode) leaks nothing
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -161,6 +175,13 @@ class DefaultExecutor:
         if self._store is None:
             raise RuntimeError("the executor has not started; use `async with` or start()")
         return self._store
+
+    @property
+    def _io(self) -> WorkflowStore:
+        # the store as the executor sees it: through the codec, when there is one
+        if self._io_store is None:
+            raise RuntimeError("the executor has not started; use `async with` or start()")
+        return self._io_store
 
     async def start(self) -> None:
         """Open the store and resume every workflow it says is running."""
@@ -175,9 +196,11 @@ class DefaultExecutor:
             from providers.sqlite import SQLiteStore
 
             self._store = SQLiteStore()
-        self._appending = isinstance(self._store, AppendingStore)
+        # the executor reads and writes through the codec; the store holds encoded data
+        self._io_store = CodecStore(self._store, Payloads(self._codec))
+        self._appending = isinstance(self._io_store, AppendingStore)
         self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="activity")
-        running = await self._store.list(WorkflowFilter(status=WorkflowStatus.RUNNING))
+        running = await self._io.list(WorkflowFilter(status=WorkflowStatus.RUNNING))
         for state in running:
             await self._resume(state)
 
@@ -241,7 +264,7 @@ class DefaultExecutor:
             raise WorkflowAlreadyRunningError(wid, current.state.run_id if current else "starting")
         self._starting.add(wid)
         try:
-            existing = await self.store.load(wid)
+            existing = await self._io.load(wid)
             if existing is not None and existing.status is WorkflowStatus.RUNNING:
                 raise WorkflowAlreadyRunningError(wid, existing.run_id)
             now = self._clock()
@@ -258,7 +281,7 @@ class DefaultExecutor:
                 created_at=now,
                 updated_at=now,
             )
-            await self.store.save(state)
+            await self._io.save(state)
             run = _Run(state, fn)
             run.instance = self._new_instance(state, fn)
             await run.lock.acquire()
@@ -282,7 +305,7 @@ class DefaultExecutor:
         run = self._runs.get(workflow_id)
         if run is not None:
             return run.state.model_copy(deep=True)
-        state = await self.store.load(workflow_id)
+        state = await self._io.load(workflow_id)
         if state is None:
             raise WorkflowNotFoundError(workflow_id)
         return state
@@ -335,7 +358,7 @@ class DefaultExecutor:
             raise InvalidArgumentError(f"query_type must be a non-empty string, got {query_type!r}")
         await self.start()
         run = self._runs.get(workflow_id)
-        state = run.state if run is not None else await self.store.load(workflow_id)
+        state = run.state if run is not None else await self._io.load(workflow_id)
         if state is None:
             raise WorkflowNotFoundError(workflow_id)
         if query_type == "status":
@@ -382,7 +405,7 @@ class DefaultExecutor:
 
     async def _load_run(self, workflow_id: str, run_id: str | None) -> WorkflowState:
         await self.start()
-        state = await self.store.load(workflow_id)
+        state = await self._io.load(workflow_id)
         if state is None:
             raise WorkflowNotFoundError(workflow_id)
         if run_id is not None and state.run_id != run_id:
@@ -467,9 +490,9 @@ class DefaultExecutor:
         for delay in (*_WRITE_RETRIES, None):
             try:
                 if self._appending:
-                    await self.store.append(state, events)  # type: ignore[attr-defined]
+                    await self._io.append(state, events)  # type: ignore[attr-defined]
                 else:
-                    await self.store.save(state)
+                    await self._io.save(state)
                 return
             except StoreConflictError:
                 raise

@@ -11,6 +11,7 @@ Every error the engine raises derives from :class:`WorkflowError`::
     ├── ActivityError                  an activity failed for good (``__cause__``)
     ├── NonDeterminismError            replay diverged from the recorded history
     ├── PayloadError (TypeError)       a value could not be (de)serialized
+    ├── PayloadCodecError              an encoded payload could not be decoded (no codec, key)
     ├── InvalidArgumentError (ValueError)  a bad option, caught at the call
     ├── QueryNotFoundError             unknown query type
     ├── NonRetryableError              raised by an activity to stop retries

@@ -58,7 +58,7 @@ class ProviderRegistry:
             return sorted(self._factories)
 
 
-_DEFAULT_KEYS = frozenset({"hooks", "workflows", "activities", "activity_threads"})
+_DEFAULT_KEYS = frozenset({"hooks", "workflows", "activities", "activity_threads", "codec"})
 
 
 def store_backed_factory(
@@ -69,7 +69,7 @@ def store_backed_factory(
     """A factory for an embedded executor whose store a provider builds.
 
     ``Config.extra`` may hold the ``DefaultExecutor`` keys (hooks, workflows,
-    activities, activity_threads) and ``store_keys``, which are handed to
+    activities, activity_threads, codec) and ``store_keys``, which are handed to
     ``make_store`` when ``Config.store`` is not given. Any other key fails
     at the call, naming the keys that are accepted.
     """

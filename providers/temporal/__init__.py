@@ -83,6 +83,7 @@ _EXTRA_KEYS = frozenset(
         "activities",
         "hooks",
         "activity_threads",
+        "codec",
     }
 )
 

@@ -7,6 +7,7 @@ import re
 from datetime import timedelta
 
 from temporalio.client import Client
+from temporalio.converter import DataConverter
 from temporalio.service import RPCError, RPCStatusCode
 
 from app.workflow import (
@@ -48,6 +49,7 @@ async def connect(
     namespace: str = "default",
     *,
     timeout: Duration = 10.0,
+    data_converter: DataConverter | None = None,
 ) -> Client:
     """Connect to the Temporal frontend at ``target_host``, retrying until ``timeout``.
 
@@ -66,7 +68,12 @@ async def connect(
             break
         try:
             return await asyncio.wait_for(
-                Client.connect(target_host, namespace=namespace), timeout=left
+                Client.connect(
+                    target_host,
+                    namespace=namespace,
+                    data_converter=data_converter or DataConverter.default,
+                ),
+                timeout=left,
             )
         except (TimeoutError, RuntimeError, RPCError, OSError) as exc:
             last = exc

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
@@ -38,6 +38,7 @@ from app.workflow import (
     WorkflowState,
     WorkflowStatus,
 )
+from app.workflow._codec import PayloadCodec, as_chain
 from app.workflow._converter import (
     check_workflow_call,
 )
@@ -47,6 +48,7 @@ from app.workflow._hooks import HOOK_NAMES, call_hook
 from app.workflow._names import FunctionTable, Registrable
 from app.workflow._types import Duration, to_seconds
 
+from ._codec import data_converter, with_codec
 from ._common import (
     _UNKNOWN_QUERY,
     DEFAULT_TARGET_HOST,
@@ -183,6 +185,9 @@ class TemporalExecutor:
     while the task was in flight, goes to another worker.
     ``rpc_timeout`` bounds every call to the server (transient errors are
     retried by the Temporal client with backoff).
+    ``codec`` (a :class:`~app.workflow.PayloadCodec`, or several applied in
+    order) becomes the client's Temporal ``payload_codec``, with failure
+    messages encoded too: Temporal then stores and sends only encoded payloads.
     """
 
     def __init__(
@@ -201,6 +206,7 @@ class TemporalExecutor:
         workflow_task_timeout: Duration = 10.0,
         connect_timeout: Duration = 10.0,
         rpc_timeout: Duration = 10.0,
+        codec: PayloadCodec | Sequence[PayloadCodec] | None = None,
     ) -> None:
         if client is not None and not isinstance(client, Client):
             raise InvalidArgumentError(
@@ -214,7 +220,8 @@ class TemporalExecutor:
             raise InvalidArgumentError("activity_threads must be an int")
         if activity_threads < 1:
             raise InvalidArgumentError(f"activity_threads must be >= 1, got {activity_threads}")
-        self._client = client
+        self._codec = as_chain(codec, "codec")
+        self._client = None if client is None else with_codec(client, self._codec)
         self._target_host = target_host
         self._namespace = client.namespace if client is not None else namespace
         self.task_queue = task_queue
@@ -278,7 +285,10 @@ class TemporalExecutor:
     async def _start(self) -> None:
         if self._client is None:
             self._client = await connect(
-                self._target_host, self._namespace, timeout=self._connect_timeout
+                self._target_host,
+                self._namespace,
+                timeout=self._connect_timeout,
+                data_converter=data_converter(self._codec),
             )
         client = self._client
         try:

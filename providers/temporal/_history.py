@@ -34,6 +34,7 @@ from app.workflow._converter import (
 )
 from app.workflow._core import TimerKind
 
+from ._codec import plain_failure
 from ._common import (
     _ACTIVITY_ID,
     _LONG_POLL,
@@ -158,6 +159,7 @@ class _HistoryMapper:
         return values[0] if values else None
 
     async def _failure(self, failure: Failure) -> FailureInfo:
+        failure = await plain_failure(self._converter, failure)
         if failure.HasField("application_failure_info"):
             info = failure.application_failure_info
             details = await self._values(info.details.payloads)
@@ -275,7 +277,7 @@ class _HistoryMapper:
         self, event: TemporalEvent
     ) -> list[HistoryEvent | _Retry]:
         attrs = event.workflow_task_failed_event_attributes
-        failure = attrs.failure
+        failure = await plain_failure(self._converter, attrs.failure)
         self.stuck_by = attrs.identity
         if (
             attrs.cause

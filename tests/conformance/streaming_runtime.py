@@ -36,11 +36,15 @@ def streaming_runtime(tmp_path: Path, runtime_cls: Any) -> Any:
         settings = test_settings(BROKER["bootstrap"], app_id=app_id)
         workflows = overrides.pop("workflows", suite.workflows)
         activities = overrides.pop("activities", suite.activities)
+        codec = overrides.pop("codec", None)
+        client_codec = overrides.pop("client_codec", codec)  # a client may lack the worker's key
         await ensure_topics(settings)
-        worker = StreamingWorker(settings, workflows, activities)
+        worker = StreamingWorker(settings, workflows, activities, codec=codec)
         await worker.start()
         try:
-            async with KafkaExecutor(settings=settings, hooks=hooks, workflows=workflows) as ex:
+            async with KafkaExecutor(
+                settings=settings, hooks=hooks, workflows=workflows, codec=client_codec
+            ) as ex:
                 yield ex
         finally:
             await worker.stop()

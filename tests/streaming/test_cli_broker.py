@@ -45,7 +45,9 @@ def _app_id(seed: str) -> str:
     return "cli-" + hashlib.sha256(seed.encode()).hexdigest()[:12]
 
 
-def run(*argv: str, timeout: float = CLI_TIMEOUT) -> subprocess.CompletedProcess[str]:
+def run(
+    *argv: str, timeout: float = CLI_TIMEOUT, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run ``argv`` with this interpreter (a timeout ends the process)."""
     return subprocess.run(
         [sys.executable, *argv],
@@ -53,7 +55,7 @@ def run(*argv: str, timeout: float = CLI_TIMEOUT) -> subprocess.CompletedProcess
         text=True,
         timeout=timeout,
         cwd=REPO,
-        env=CLIENT_ENV,
+        env=CLIENT_ENV if env is None else env,
         stdin=subprocess.DEVNULL,
     )
 

@@ -10,30 +10,53 @@ generation announced on the control topic.
 from __future__ import annotations
 
 import asyncio
+import base64
 import uuid
 from collections import Counter
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
 from app.streaming import KafkaExecutor, StreamingWorker
 from app.streaming.admin import ensure_topics, grow, read_generation
 from app.streaming.settings import test_settings
-from app.workflow import EventType, Signal, WorkflowContext, WorkflowOptions, WorkflowStatus
+from app.workflow import (
+    CompressionCodec,
+    EncryptionCodec,
+    EventType,
+    Signal,
+    WorkflowContext,
+    WorkflowOptions,
+    WorkflowStatus,
+)
 from tests.streaming import crash_app
 
 WAIT = 60.0
 
 
-async def test_grow_into_a_new_generation_keeps_running_workflows(kafka_bootstrap: str) -> None:
+def _codec(kind: str) -> list[Any] | None:
+    if kind == "plain":
+        return None
+    return [CompressionCodec(64), EncryptionCodec(base64.b64encode(bytes(32)).decode(), "k1")]
+
+
+# encrypted: the hand-over carries encoded headers and history, decoded by the new owner
+@pytest.mark.parametrize("kind", ["plain", "encrypted"])
+async def test_grow_into_a_new_generation_keeps_running_workflows(
+    kafka_bootstrap: str, kind: str
+) -> None:
+    codec = _codec(kind)
     app_id = f"grow-{uuid.uuid4().hex[:10]}"
     gen1 = test_settings(kafka_bootstrap, app_id=app_id, partitions=2)
     await ensure_topics(gen1)
-    old_worker = StreamingWorker(gen1, crash_app.workflows, crash_app.activities)
+    old_worker = StreamingWorker(gen1, crash_app.workflows, crash_app.activities, codec=codec)
     await old_worker.start()
     new_worker: StreamingWorker | None = None
     try:
-        async with KafkaExecutor(settings=gen1, workflows=crash_app.workflows) as old_client:
+        async with KafkaExecutor(
+            settings=gen1, workflows=crash_app.workflows, codec=codec
+        ) as old_client:
             ids = [f"wf-{i}" for i in range(8)]
             handles = [
                 await old_client.execute(crash_app.signalled, WorkflowOptions(id=wid, input=i))
@@ -45,10 +68,14 @@ async def test_grow_into_a_new_generation_keeps_running_workflows(kafka_bootstra
             gen2 = await grow(gen1, 4)
             assert gen2.generation == 2 and gen2.topology.partitions == 4
             assert await read_generation(gen1) == (2, 4)
-            new_worker = StreamingWorker(gen2, crash_app.workflows, crash_app.activities)
+            new_worker = StreamingWorker(
+                gen2, crash_app.workflows, crash_app.activities, codec=codec
+            )
             await new_worker.start()
 
-            async with KafkaExecutor(settings=gen1, workflows=crash_app.workflows) as client:
+            async with KafkaExecutor(
+                settings=gen1, workflows=crash_app.workflows, codec=codec
+            ) as client:
                 assert client.settings.generation == 2  # followed the control topic
                 # half get their last signal through the new generation's client ...
                 for wid in ids[:4]:
