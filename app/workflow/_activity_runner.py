@@ -28,19 +28,33 @@ class AttemptOutcome:
     duration: float
 
 
+def heartbeat_timeout_failure(name: str, attempt: int, heartbeat_timeout: float) -> FailureInfo:
+    """The failure of an attempt that missed its heartbeat timeout (the same in every runtime)."""
+    return FailureInfo(
+        type="builtins.TimeoutError",
+        message=(
+            f"activity {name!r} attempt {attempt} sent no heartbeat within its "
+            f"heartbeat timeout of {heartbeat_timeout:g}s"
+        ),
+        timeout=heartbeat_timeout,
+    )
+
+
 async def run_attempt(
     fn: Callable[..., Any],
     payload: Any,
-    info: _activity.ActivityInfo,
+    info: _activity.ActivityInfo | _activity._Attempt,
     pool: Executor | None,
 ) -> AttemptOutcome:
     """Run ``fn`` on the decoded ``payload``: coroutines inline, plain functions in ``pool``.
 
-    ``activity.info()`` returns ``info`` inside the call, threads included.
+    ``activity.info()`` returns the attempt's info inside the call, threads
+    included; ``activity.heartbeat()`` reaches the attempt's ``beat``.
     Exceptions become a failure; cancellation propagates.
     """
-    name = info.activity_name
-    token = _activity._enter(info)
+    attempt = info if isinstance(info, _activity._Attempt) else _activity._Attempt(info)
+    name = attempt.info.activity_name
+    token = _activity._enter(attempt)
     started = time.monotonic()
     result: Any = None
     failure: FailureInfo | None = None
