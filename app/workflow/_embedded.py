@@ -51,6 +51,7 @@ from ._tasks import cancel_and_wait
 from ._types import (
     TERMINAL_EVENTS,
     EventType,
+    FailureInfo,
     HistoryEvent,
     Signal,
     WorkflowFilter,
@@ -763,12 +764,14 @@ class DefaultExecutor:
             attempt.cancel("the workflow no longer waits for this attempt")
             running.cancel()
             raise
+        failure: FailureInfo | None
         if done is None:  # missed its heartbeat timeout
             attempt.cancel("it missed its heartbeat timeout; another attempt runs instead")
             running.cancel()
             assert act.heartbeat_timeout is not None
-            result, failure = None, heartbeat_timeout_failure(
-                act.name, act.attempt, act.heartbeat_timeout
+            result, failure = (
+                None,
+                heartbeat_timeout_failure(act.name, act.attempt, act.heartbeat_timeout),
             )
             duration = time.monotonic() - started
         else:
