@@ -54,7 +54,8 @@ still reach a retry, and a cancel still reaches it)."""
 
 
 class _Heartbeats:
-    """Sends one attempt's heartbeats: the first at once, then at most one per interval.
+    """Sends one attempt's heartbeats: the first at once (as it starts), then at most one
+    per interval.
 
     ``beat`` may be called from any thread; the latest details are sent at
     the end of each interval, so the last heartbeat before a stall arrives.
@@ -319,6 +320,7 @@ class ActivityWorker:
             result, duration = None, 0.0
         else:
             beating = self._beating[task.task_id] = _Heartbeats(self, task)
+            beating.beat(task.heartbeat_details)  # started: arms the executor's deadline
             try:
                 done = await run_attempt(fn, task.input, beating.attempt, self._pool)
             except asyncio.CancelledError:

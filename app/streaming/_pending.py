@@ -16,8 +16,10 @@ records the attempt as started, and a new owner of the partition (after a
 crash or a rebalance) resumes every running workflow, which dispatches each
 pending attempt again and starts its deadline anew here.
 
-An attempt with a heartbeat timeout has a second deadline: each heartbeat
-command from its activity worker moves it on (``beat``); when it passes
+An attempt with a heartbeat timeout has a second deadline, armed by the first
+heartbeat (its worker sends one as it starts the attempt: time spent in the
+task queue does not count, a lost task is the re-drive's business); each
+heartbeat command moves it on (``heartbeat``); when it passes
 (``missed``), the owner fails the attempt as timed out, and the retry gets the
 details of the last heartbeat (``details``), kept here by step until the run
 ends. Like the deadlines, the details are in memory: a new owner of the
@@ -47,8 +49,8 @@ class Attempt:
     redrives: int = 0
     inherited: bool = False
     """Started by the previous generation: its task goes to that generation's queue."""
-    beat: float = 0.0
-    """When it last heartbeat (or, before its first heartbeat, when its task was sent)."""
+    beat: float | None = None
+    """When it last heartbeat; None until its worker starts it (its first heartbeat)."""
     missed_at: float | None = None
     """When its missed heartbeat was last reported (reported again if not applied)."""
 
@@ -96,9 +98,9 @@ class PendingAttempts:
             attempt = known.get(key)
             if attempt is None:
                 begun = now if started is None else started.get(key, now)
-                attempt = Attempt(task, partition, begun, now, inherited=key in inherited, beat=now)
+                attempt = Attempt(task, partition, begun, now, inherited=key in inherited)
             elif key in just_sent:
-                attempt.dispatched, attempt.redrives, attempt.beat = now, 0, now
+                attempt.dispatched, attempt.redrives = now, 0
             fresh[key] = attempt
         self._by_run[workflow_id] = fresh
 
@@ -142,7 +144,7 @@ class PendingAttempts:
                 limit = attempt.task.heartbeat_timeout
                 if limit is None or attempt.partition not in owned or attempt.inherited:
                     continue
-                if now - attempt.beat < limit:
+                if attempt.beat is None or now - attempt.beat < limit:
                     continue
                 if attempt.missed_at is not None and now - attempt.missed_at < refire:
                     continue

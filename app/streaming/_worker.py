@@ -515,7 +515,7 @@ class StreamingWorker(Generations):
                 task.step,
                 task.activity_name,
                 task.workflow_id,
-                time.time() - attempt.beat,
+                time.time() - (attempt.beat or attempt.started),
             )
             cmd = Command(
                 command_id=f"heartbeat-timeout/{task.task_id}",
