@@ -76,3 +76,22 @@ async def run_attempt(
     finally:
         _activity._leave(token)
     return AttemptOutcome(result, failure, time.monotonic() - started)
+
+
+async def watch_heartbeats(
+    running: asyncio.Task[AttemptOutcome], heartbeat_timeout: float | None, last_beat: list[float]
+) -> AttemptOutcome | None:
+    """The attempt's outcome, or None once ``heartbeat_timeout`` passed since ``last_beat[0]``.
+
+    ``last_beat[0]`` is the ``time.monotonic()`` of the last heartbeat, moved on
+    by the attempt's ``beat``; the caller cancels ``running`` on None.
+    """
+    if heartbeat_timeout is None:
+        return await running
+    while True:
+        left = last_beat[0] + heartbeat_timeout - time.monotonic()
+        if left <= 0:
+            return None
+        done, _ = await asyncio.wait({running}, timeout=left)
+        if done:
+            return running.result()

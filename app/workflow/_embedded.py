@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from . import activity as _activity
-from ._activity_runner import AttemptOutcome, heartbeat_timeout_failure, run_attempt
+from ._activity_runner import heartbeat_timeout_failure, run_attempt, watch_heartbeats
 from ._codec import PayloadCodec, as_chain
 from ._codec_store import CodecStore
 from ._converter import (
@@ -759,7 +759,7 @@ class DefaultExecutor:
         attempt = _activity._Attempt(info, beat)
         running = loop.create_task(run_attempt(fn, act.input, attempt, self._pool))
         try:
-            done = await self._watch(running, act, last_beat)
+            done = await watch_heartbeats(running, act.heartbeat_timeout, last_beat)
         except asyncio.CancelledError:
             attempt.cancel("the workflow no longer waits for this attempt")
             running.cancel()
@@ -808,21 +808,6 @@ class DefaultExecutor:
             )
 
         await self._input(run, make)
-
-    @staticmethod
-    async def _watch(
-        running: asyncio.Task[AttemptOutcome], act: PendingActivity, last_beat: list[float]
-    ) -> AttemptOutcome | None:
-        """The attempt's outcome, or None once it went ``heartbeat_timeout`` without a heartbeat."""
-        if act.heartbeat_timeout is None:
-            return await running
-        while True:
-            left = last_beat[0] + act.heartbeat_timeout - time.monotonic()
-            if left <= 0:
-                return None
-            done, _ = await asyncio.wait({running}, timeout=left)
-            if done:
-                return running.result()
 
     def _finish(self, run: _Run, outcome: Outcome) -> None:
         run.finished = True
