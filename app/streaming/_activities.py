@@ -6,15 +6,28 @@ recorded in the ``done-tasks`` table before it is published as an
 ``activity_result`` command: a task redelivered after a crash, or dispatched
 again by a new executor owner, publishes the recorded outcome instead of
 running a second time.
+
+Heartbeats (``activity.heartbeat(details)``) go to the executor partition of
+the workflow as ``heartbeat`` commands, at most one per third of the
+attempt's heartbeat timeout (the latest details win). The executor answers a
+heartbeat of an attempt it no longer waits for (the workflow was canceled or
+ended, or the attempt timed out) on the replies topic, under this worker's
+client id; the attempt's next ``heartbeat()`` then raises
+``ActivityCancelledError``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from typing import Any
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from app.workflow import activity as _activity
@@ -26,13 +39,86 @@ from app.workflow._types import FailureInfo
 from ._codec import WireCodec
 from ._consumer import DeliveryError, GroupConsumer, Producer, Record
 from ._machine import Command, CommandKind, Task
-from ._messages import InvalidCommandError
+from ._messages import InvalidCommandError, decode_reply, partition_for
 from ._metrics import WorkerMetrics
 from ._outputs import Outbox, changelog_table, recover_tables, to_dead_letter
+from ._security import start_client
 from ._wire import WireError
 from .settings import StreamingSettings
 
 log = logging.getLogger("app.streaming.activities")
+
+HEARTBEAT_EVERY = 5.0
+"""Seconds between heartbeats of an attempt without a heartbeat timeout (its details
+still reach a retry, and a cancel still reaches it)."""
+
+
+class _Heartbeats:
+    """Sends one attempt's heartbeats: the first at once (as it starts), then at most one
+    per interval.
+
+    ``beat`` may be called from any thread; the latest details are sent at
+    the end of each interval, so the last heartbeat before a stall arrives.
+    """
+
+    def __init__(self, worker: ActivityWorker, task: Task) -> None:
+        self.worker = worker
+        self.task = task
+        self.loop = asyncio.get_running_loop()
+        limit = task.heartbeat_timeout
+        self.interval = limit / 3 if limit is not None else HEARTBEAT_EVERY
+        self.attempt = _activity._Attempt(self.info(), self.beat)
+        self._latest: Any = None
+        self._dirty = False
+        self._last_sent = float("-inf")
+        self._handle: asyncio.TimerHandle | None = None
+        self._sends: set[asyncio.Task[None]] = set()
+        self._seq = 0
+        self._closed = False
+
+    def info(self) -> _activity.ActivityInfo:
+        task = self.task
+        return _activity.ActivityInfo(
+            workflow_id=task.workflow_id,
+            run_id=task.run_id,
+            activity_id=f"{task.workflow_id}/{task.step}",
+            activity_name=task.activity_name,
+            attempt=task.attempt,
+            step=task.step,
+            heartbeat_timeout=task.heartbeat_timeout,
+            heartbeat_details=task.heartbeat_details,
+        )
+
+    def beat(self, details: Any) -> None:
+        self.loop.call_soon_threadsafe(self._on_beat, details)
+
+    def _on_beat(self, details: Any) -> None:
+        if self._closed:
+            return
+        self._latest, self._dirty = details, True
+        if self._handle is not None:
+            return  # a send is due; it takes the latest details
+        wait = self._last_sent + self.interval - time.monotonic()
+        if wait <= 0:
+            self._send()
+        else:
+            self._handle = self.loop.call_later(wait, self._send)
+
+    def _send(self) -> None:
+        self._handle = None
+        if self._closed or not self._dirty:
+            return
+        self._dirty = False
+        self._last_sent = time.monotonic()
+        self._seq += 1
+        send = self.loop.create_task(self.worker.send_heartbeat(self.task, self._latest, self._seq))
+        self._sends.add(send)
+        send.add_done_callback(self._sends.discard)
+
+    def close(self) -> None:
+        self._closed = True
+        if self._handle is not None:
+            self._handle.cancel()
 
 
 class ActivityWorker:
@@ -66,10 +152,80 @@ class ActivityWorker:
         )
         self._pool = ThreadPoolExecutor(settings.activity_threads, "activity")
         self._running: dict[str, asyncio.Future[bytes]] = {}
+        self.client_id = f"activities-{uuid.uuid4().hex[:12]}"
+        """Where the executors answer heartbeats of attempts they no longer wait for."""
+        self._beating: dict[str, _Heartbeats] = {}
+        self._replies: AIOKafkaConsumer | None = None
+        self._reader: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self.producer.start()
+        await self._tail_replies()
         await self.consumer.start()
+
+    async def _tail_replies(self) -> None:
+        s = self.settings
+        replies = AIOKafkaConsumer(
+            **s.kafka_options(),
+            enable_auto_commit=False,
+            fetch_max_wait_ms=s.fetch_wait_ms,
+            client_id=self.client_id,
+        )
+        await start_client(replies.start, s, s.bootstrap_servers, s.request_timeout)
+        self._replies = replies
+        topic = s.topology.replies
+        delay = 0.05
+        deadline = time.monotonic() + s.request_timeout
+        while not replies.partitions_for_topic(topic):
+            if time.monotonic() > deadline:
+                raise KafkaError(f"topic {topic!r} has no partitions: create the topics first")
+            await replies._client.force_metadata_update()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+        count = len(replies.partitions_for_topic(topic) or ())
+        tp = TopicPartition(topic, partition_for(self.client_id, count))
+        replies.assign([tp])
+        await replies.seek_to_end(tp)
+        await replies.position(tp)
+        self._reader = asyncio.create_task(self._read_replies(), name="activity-replies")
+
+    async def _read_replies(self) -> None:
+        assert self._replies is not None
+        key = self.client_id.encode()
+        async for message in self._replies:
+            if message.key != key or message.value is None:
+                continue
+            try:
+                command_id, _, reply = decode_reply(message.value)
+            except Exception:
+                log.warning("undecodable reply at offset %s", message.offset, exc_info=True)
+                continue
+            if reply.ok or reply.error_type != "cancelled":
+                continue
+            # heartbeat/<task id>/<n>
+            task_id = command_id.partition("/")[2].rpartition("/")[0]
+            beating = self._beating.get(task_id)
+            if beating is not None:
+                log.info("attempt %s is no longer wanted: %s", task_id, reply.error)
+                beating.attempt.cancel(reply.error or "the workflow no longer waits for it")
+
+    async def send_heartbeat(self, task: Task, details: Any, seq: int) -> None:
+        cmd = Command(
+            command_id=f"heartbeat/{task.task_id}/{seq}",
+            kind=CommandKind.HEARTBEAT,
+            workflow_id=task.workflow_id,
+            issued_at=datetime.now(UTC),
+            payload=details,
+            reply_to=self.client_id,
+            run_id=task.run_id,
+            step=task.step,
+            attempt=task.attempt,
+        )
+        try:
+            value = await self.wire.command_out(cmd)
+            await self.results.send(key=task.workflow_id.encode(), value=value)
+        except Exception:  # a lost heartbeat is made up by the next one
+            log.warning("heartbeat of %s not sent", task.task_id, exc_info=True)
 
     async def stop(self) -> None:
         """Take no more tasks; let running ones finish and report for ``drain_timeout``.
@@ -79,6 +235,13 @@ class ActivityWorker:
         run again on the next owner.
         """
         await self.consumer.stop(self.settings.drain_timeout)
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        if self._replies is not None:
+            with contextlib.suppress(Exception):
+                await self._replies.stop()
         await self.producer.stop()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
@@ -146,14 +309,6 @@ class ActivityWorker:
     async def _run(self, task: Task) -> bytes:
         """Run one attempt; returns its ``activity_result`` command, encoded."""
         fn = self.activities.get(task.activity_name)
-        info = _activity.ActivityInfo(
-            workflow_id=task.workflow_id,
-            run_id=task.run_id,
-            activity_id=f"{task.workflow_id}/{task.step}",
-            activity_name=task.activity_name,
-            attempt=task.attempt,
-            step=task.step,
-        )
         failure: FailureInfo | None
         if fn is None:
             known = ", ".join(self.activities.names()) or "none"
@@ -164,7 +319,16 @@ class ActivityWorker:
             )
             result, duration = None, 0.0
         else:
-            done = await run_attempt(fn, task.input, info, self._pool)
+            beating = self._beating[task.task_id] = _Heartbeats(self, task)
+            beating.beat(task.heartbeat_details)  # started: arms the executor's deadline
+            try:
+                done = await run_attempt(fn, task.input, beating.attempt, self._pool)
+            except asyncio.CancelledError:
+                beating.attempt.cancel("the worker stopped")
+                raise
+            finally:
+                beating.close()
+                self._beating.pop(task.task_id, None)
             result, failure, duration = done.result, done.failure, done.duration
         self.metrics.activity_seconds.labels(
             task.activity_name, "ok" if failure is None else "failed"

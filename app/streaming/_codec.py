@@ -97,15 +97,24 @@ class WireCodec:
         return wid, run_id, workflow_type, await self.payloads.decode_event(event)
 
     async def task_out(self, task: Task, scheduled_at: datetime) -> bytes:
-        if self.payloads.enabled and task.input is not None:
-            task = dataclasses.replace(task, input=await self.payloads.encode_value(task.input))
+        p = self.payloads
+        if p.enabled and (task.input is not None or task.heartbeat_details is not None):
+            task = dataclasses.replace(
+                task,
+                input=await p.encode_value(task.input),
+                heartbeat_details=await p.encode_value(task.heartbeat_details),
+            )
         return encode_task(task, scheduled_at)
 
     async def task_in(self, data: bytes) -> Task:
         task = decode_task(data)
-        if task.input is None:
+        if task.input is None and task.heartbeat_details is None:
             return task
-        return dataclasses.replace(task, input=await self.payloads.decode_value(task.input))
+        return dataclasses.replace(
+            task,
+            input=await self.payloads.decode_value(task.input),
+            heartbeat_details=await self.payloads.decode_value(task.heartbeat_details),
+        )
 
     async def reply_out(
         self,

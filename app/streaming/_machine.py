@@ -59,13 +59,26 @@ class CommandKind:
     QUERY = "query"
     ACTIVITY_RESULT = "activity_result"
     TIMER_FIRED = "timer_fired"
+    HEARTBEAT = "heartbeat"
+    """From an activity worker: the attempt (step, attempt) is alive; ``payload`` its details."""
     RESUME = "resume"
     """Engine-internal: a new owner rebuilds the run and dispatches its pending work."""
     MIGRATE = "migrate"
     """Engine-internal: this partition's workflows move to the generation in ``step``."""
     HANDOVER = "handover"
     """Engine-internal: a whole run (header and history) arriving from an older generation."""
-    ALL = (START, SIGNAL, CANCEL, QUERY, ACTIVITY_RESULT, TIMER_FIRED, RESUME, MIGRATE, HANDOVER)
+    ALL = (
+        START,
+        SIGNAL,
+        CANCEL,
+        QUERY,
+        ACTIVITY_RESULT,
+        TIMER_FIRED,
+        HEARTBEAT,
+        RESUME,
+        MIGRATE,
+        HANDOVER,
+    )
 
 
 @dataclass(frozen=True)
@@ -101,6 +114,9 @@ class Task:
     attempt: int
     input: Any
     timeout: float | None
+    heartbeat_timeout: float | None = None
+    heartbeat_details: Any = None
+    """The last heartbeat details of an earlier attempt of this step (set by the worker)."""
 
 
 @dataclass(frozen=True)
@@ -592,4 +608,5 @@ class Machine:
             attempt=act.attempt,
             input=act.input,
             timeout=act.timeout,
+            heartbeat_timeout=act.heartbeat_timeout,
         )

@@ -136,7 +136,7 @@ def decode_command(data: bytes | None, key: bytes | None = None) -> Command:
     if kind in (CommandKind.START, CommandKind.SIGNAL, CommandKind.QUERY) and not record["name"]:
         what = {"start": "workflow type", "signal": "signal name", "query": "query name"}[kind]
         raise InvalidCommandError(f"a {kind} command needs its {what} in 'name'")
-    if kind in (CommandKind.ACTIVITY_RESULT, CommandKind.TIMER_FIRED) and (
+    if kind in (CommandKind.ACTIVITY_RESULT, CommandKind.TIMER_FIRED, CommandKind.HEARTBEAT) and (
         record["step"] is None or record["run_id"] is None
     ):
         raise InvalidCommandError(f"a {kind} command needs 'step' and 'run_id'")
@@ -251,6 +251,10 @@ def encode_task(task: Task, scheduled_at: datetime) -> bytes:
             "content_type": JSON,
             "scheduled_at": _utc(scheduled_at),
             "timeout_seconds": task.timeout,
+            "heartbeat_timeout_seconds": task.heartbeat_timeout,
+            "heartbeat_details": (
+                None if task.heartbeat_details is None else dump_payload(task.heartbeat_details)
+            ),
         }
     )
 
@@ -266,6 +270,12 @@ def decode_task(data: bytes) -> Task:
         attempt=record["attempt"],
         input=load_payload(record["payload"], record["content_type"], "activity input"),
         timeout=record["timeout_seconds"],
+        heartbeat_timeout=record.get("heartbeat_timeout_seconds"),
+        heartbeat_details=(
+            None
+            if record.get("heartbeat_details") is None
+            else load_payload(record["heartbeat_details"], JSON, "heartbeat details")
+        ),
     )
 
 

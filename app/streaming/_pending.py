@@ -15,12 +15,23 @@ The deadline is kept in memory, from state that is durable: the history
 records the attempt as started, and a new owner of the partition (after a
 crash or a rebalance) resumes every running workflow, which dispatches each
 pending attempt again and starts its deadline anew here.
+
+An attempt with a heartbeat timeout has a second deadline, armed by the first
+heartbeat (its worker sends one as it starts the attempt: time spent in the
+task queue does not count, a lost task is the re-drive's business); each
+heartbeat command moves it on (``heartbeat``); when it passes
+(``missed``), the owner fails the attempt as timed out, and the retry gets the
+details of the last heartbeat (``details``), kept here by step until the run
+ends. Like the deadlines, the details are in memory: a new owner of the
+partition starts the heartbeat deadline anew, and a retry after that takeover
+starts without details.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from ._machine import Task
 
@@ -38,6 +49,10 @@ class Attempt:
     redrives: int = 0
     inherited: bool = False
     """Started by the previous generation: its task goes to that generation's queue."""
+    beat: float | None = None
+    """When it last heartbeat; None until its worker starts it (its first heartbeat)."""
+    missed_at: float | None = None
+    """When its missed heartbeat was last reported (reported again if not applied)."""
 
 
 class PendingAttempts:
@@ -54,6 +69,7 @@ class PendingAttempts:
         self.redrive_after = redrive_after
         self.redrive_max = redrive_max
         self._by_run: dict[str, dict[tuple[int, int], Attempt]] = {}
+        self._details: dict[str, dict[int, Any]] = {}
 
     def update(
         self,
@@ -92,6 +108,49 @@ class PendingAttempts:
         """Drop the attempts of partitions no longer owned here."""
         for wid in [w for w, a in self._by_run.items() if _partition(a) in partitions]:
             del self._by_run[wid]
+            self._details.pop(wid, None)
+
+    def ended(self, workflow_id: str) -> None:
+        """The run ended: forget its heartbeat details."""
+        self._details.pop(workflow_id, None)
+
+    def heartbeat(
+        self, workflow_id: str, step: int, attempt: int, details: Any, now: float | None = None
+    ) -> bool:
+        """A heartbeat of a pending attempt: move its deadline, keep its details.
+
+        False if the attempt is not pending here (unknown, or already ended).
+        """
+        found = self._by_run.get(workflow_id, {}).get((step, attempt))
+        if found is None:
+            return False
+        found.beat = time.time() if now is None else now
+        found.missed_at = None
+        if details is not None:
+            self._details.setdefault(workflow_id, {})[step] = details
+        return True
+
+    def details(self, workflow_id: str, step: int) -> Any:
+        """The last heartbeat details of ``step`` (of any attempt), or None."""
+        return self._details.get(workflow_id, {}).get(step)
+
+    def missed(self, owned: set[int], refire: float, now: float | None = None) -> list[Attempt]:
+        """Attempts of ``owned`` partitions past their heartbeat timeout (each reported once
+        per ``refire`` seconds until its failure is applied)."""
+        now = time.time() if now is None else now
+        out = []
+        for attempts in self._by_run.values():
+            for attempt in attempts.values():
+                limit = attempt.task.heartbeat_timeout
+                if limit is None or attempt.partition not in owned or attempt.inherited:
+                    continue
+                if attempt.beat is None or now - attempt.beat < limit:
+                    continue
+                if attempt.missed_at is not None and now - attempt.missed_at < refire:
+                    continue
+                attempt.missed_at = now
+                out.append(attempt)
+        return out
 
     def due(self, owned: set[int], now: float | None = None) -> list[Attempt]:
         """Attempts of ``owned`` partitions whose deadline passed; each is marked re-sent."""

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 import uuid
@@ -37,6 +38,7 @@ from typing import Any
 
 from aiokafka.errors import KafkaError
 
+from app.workflow._activity_runner import heartbeat_timeout_failure
 from app.workflow._codec import PayloadCodec, PayloadCodecError, as_chain
 from app.workflow._names import FunctionTable, Registrable
 from app.workflow._tasks import cancel_and_wait
@@ -46,7 +48,7 @@ from ._activities import ActivityWorker
 from ._codec import WireCodec, codec_from_settings
 from ._consumer import DeliveryError, GroupConsumer, Producer, Record
 from ._growth import Generations
-from ._machine import DESCRIBE, Command, CommandKind, Effects, Machine, Run
+from ._machine import DESCRIBE, Command, CommandKind, Effects, Machine, Reply, Run, Task
 from ._messages import InvalidCommandError, encode_command
 from ._metrics import WorkerMetrics
 from ._outputs import Outbox, recover_tables, to_dead_letter
@@ -261,6 +263,9 @@ class StreamingWorker(Generations):
         if target is not None:
             await self._forward(cmd, *target)
             return
+        if cmd.kind == CommandKind.HEARTBEAT:
+            await self._on_heartbeat(run, cmd)
+            return
         if (run is None and cmd.kind in (CommandKind.SIGNAL, CommandKind.CANCEL)) or (
             cmd.kind == CommandKind.START and cmd.name and self.workflows.get(cmd.name) is None
         ):
@@ -299,6 +304,32 @@ class StreamingWorker(Generations):
                 ),
             )
 
+    async def _on_heartbeat(self, run: Run | None, cmd: Command) -> None:
+        """An activity worker's heartbeat: move the attempt's deadline, or say it is not wanted."""
+        step, attempt = cmd.step, cmd.attempt
+        assert step is not None  # checked when decoded
+        wid = cmd.workflow_id
+        if attempt is not None and self.attempts.heartbeat(wid, step, attempt, cmd.payload):
+            return
+        wanted = False
+        if run is not None and run.running and run.state.run_id == cmd.run_id:
+            self.machine.restore(run)
+            # pending, but not indexed yet here (a resume after a takeover is on its way)
+            pending = self.machine.pending_tasks(run)
+            wanted = any((t.step, t.attempt) == (step, attempt) for t in pending)
+        if wanted or not cmd.reply_to:
+            return
+        why = (
+            f"the workflow is {run.state.status.value}"
+            if run is not None and not run.running
+            else "the workflow no longer waits for this attempt"
+        )
+        reply = Reply(ok=False, error_type="cancelled", error=why)
+        await self.replies.send(
+            key=cmd.reply_to.encode(),
+            value=await self.wire.reply_out(cmd.command_id, cmd.reply_to, wid, reply),
+        )
+
     async def _write(self, run: Run, fx: Effects, partition: int, cmd: Command) -> None:
         state = run.state
         wid = state.workflow_id
@@ -315,7 +346,10 @@ class StreamingWorker(Generations):
                     value=await self.wire.history_out(wid, state.run_id, state.workflow_type, ev),
                     headers=headers,
                 )
-        tasks = fx.tasks
+        # a retry resumes from the last heartbeat of the attempts before it
+        tasks = [self._with_details(t) for t in fx.tasks]
+        if not run.running:
+            self.attempts.ended(wid)
         if cmd.kind == CommandKind.RESUME:
             # A resume sent by an earlier owner, still in the topic, finds attempts this
             # owner already sent (its own resume, or their deadline, covers them).
@@ -352,6 +386,12 @@ class StreamingWorker(Generations):
         await self.store.write_timers(run, partition)
         if run.parked is not None:
             self.metrics.parked.inc()
+
+    def _with_details(self, task: Task) -> Task:
+        details = self.attempts.details(task.workflow_id, task.step)
+        if details is None or task.heartbeat_details is details:
+            return task
+        return dataclasses.replace(task, heartbeat_details=details)
 
     def _waiting(self, run: Run, partition: int) -> dict[str, Any]:
         """What the run waits on, for ``describe``: attempts, timers, signals."""
@@ -427,6 +467,7 @@ class StreamingWorker(Generations):
             await asyncio.sleep(self.settings.timer_tick)
             try:
                 await self._fire_timers()
+                await self._missed_heartbeats()
                 now = time.monotonic()
                 if now - last_redrive >= min(1.0, self.settings.redrive_after / 4):
                     last_redrive = now
@@ -459,7 +500,39 @@ class StreamingWorker(Generations):
                 attempt.redrives,
             )
             self.metrics.redrives.inc()
+            task = self._with_details(task)
             await queue.send(key=task.task_id.encode(), value=await self.wire.task_out(task, now))
+
+    async def _missed_heartbeats(self) -> None:
+        """Fail every attempt past its heartbeat timeout, through the commands topic."""
+        for attempt in self.attempts.missed(self.consumer.owned, self.settings.timer_refire):
+            task = attempt.task
+            assert task.heartbeat_timeout is not None
+            log.warning(
+                "attempt %s of step %s (%s) of %s sent no heartbeat for %.1fs: it fails as "
+                "timed out",
+                task.attempt,
+                task.step,
+                task.activity_name,
+                task.workflow_id,
+                time.time() - (attempt.beat or attempt.started),
+            )
+            cmd = Command(
+                command_id=f"heartbeat-timeout/{task.task_id}",
+                kind=CommandKind.ACTIVITY_RESULT,
+                workflow_id=task.workflow_id,
+                issued_at=_now(),
+                run_id=task.run_id,
+                step=task.step,
+                attempt=task.attempt,
+                duration=time.time() - attempt.started,
+                failure=heartbeat_timeout_failure(
+                    task.activity_name, task.attempt, task.heartbeat_timeout
+                ),
+            )
+            await self.commands_out.send(
+                key=task.workflow_id.encode(), value=await self.wire.command_out(cmd)
+            )
 
     def _update_ages(self) -> None:
         now = time.time()

@@ -27,6 +27,7 @@ from ._codec import (
 from ._core import SignalChannel, WorkflowContext
 from ._embedded import DefaultExecutor, ExecutorStoppedError
 from ._errors import (
+    ActivityCancelledError,
     ActivityError,
     ApplicationError,
     InvalidArgumentError,
@@ -66,6 +67,7 @@ if TYPE_CHECKING:
     from app.streaming import KafkaExecutor
 
 __all__ = [
+    "ActivityCancelledError",
     "ActivityError",
     "AppendingStore",
     "ApplicationError",

@@ -28,19 +28,33 @@ class AttemptOutcome:
     duration: float
 
 
+def heartbeat_timeout_failure(name: str, attempt: int, heartbeat_timeout: float) -> FailureInfo:
+    """The failure of an attempt that missed its heartbeat timeout (the same in every runtime)."""
+    return FailureInfo(
+        type="builtins.TimeoutError",
+        message=(
+            f"activity {name!r} attempt {attempt} sent no heartbeat within its "
+            f"heartbeat timeout of {heartbeat_timeout:g}s"
+        ),
+        timeout=heartbeat_timeout,
+    )
+
+
 async def run_attempt(
     fn: Callable[..., Any],
     payload: Any,
-    info: _activity.ActivityInfo,
+    info: _activity.ActivityInfo | _activity._Attempt,
     pool: Executor | None,
 ) -> AttemptOutcome:
     """Run ``fn`` on the decoded ``payload``: coroutines inline, plain functions in ``pool``.
 
-    ``activity.info()`` returns ``info`` inside the call, threads included.
+    ``activity.info()`` returns the attempt's info inside the call, threads
+    included; ``activity.heartbeat()`` reaches the attempt's ``beat``.
     Exceptions become a failure; cancellation propagates.
     """
-    name = info.activity_name
-    token = _activity._enter(info)
+    attempt = info if isinstance(info, _activity._Attempt) else _activity._Attempt(info)
+    name = attempt.info.activity_name
+    token = _activity._enter(attempt)
     started = time.monotonic()
     result: Any = None
     failure: FailureInfo | None = None
@@ -62,3 +76,22 @@ async def run_attempt(
     finally:
         _activity._leave(token)
     return AttemptOutcome(result, failure, time.monotonic() - started)
+
+
+async def watch_heartbeats(
+    running: asyncio.Task[AttemptOutcome], heartbeat_timeout: float | None, last_beat: list[float]
+) -> AttemptOutcome | None:
+    """The attempt's outcome, or None once ``heartbeat_timeout`` passed since ``last_beat[0]``.
+
+    ``last_beat[0]`` is the ``time.monotonic()`` of the last heartbeat, moved on
+    by the attempt's ``beat``; the caller cancels ``running`` on None.
+    """
+    if heartbeat_timeout is None:
+        return await running
+    while True:
+        left = last_beat[0] + heartbeat_timeout - time.monotonic()
+        if left <= 0:
+            return None
+        done, _ = await asyncio.wait({running}, timeout=left)
+        if done:
+            return running.result()

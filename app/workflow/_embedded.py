@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from . import activity as _activity
-from ._activity_runner import run_attempt
+from ._activity_runner import heartbeat_timeout_failure, run_attempt, watch_heartbeats
 from ._codec import PayloadCodec, as_chain
 from ._codec_store import CodecStore
 from ._converter import (
@@ -50,6 +51,7 @@ from ._tasks import cancel_and_wait
 from ._types import (
     TERMINAL_EVENTS,
     EventType,
+    FailureInfo,
     HistoryEvent,
     Signal,
     WorkflowFilter,
@@ -77,6 +79,8 @@ class _Run:
         self.instance: WorkflowInstance | None = None
         self.lock = asyncio.Lock()
         self.activity_tasks: dict[int, tuple[int, asyncio.Task[None]]] = {}
+        # the last heartbeat details of each activity step, for its next attempt
+        self.heartbeats: dict[int, Any] = {}
         self.timers: dict[int, tuple[PendingTimer, asyncio.TimerHandle]] = {}
         self.done: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         self.parked: WorkflowError | None = None
@@ -738,10 +742,40 @@ class DefaultExecutor:
             activity_name=act.name,
             attempt=act.attempt,
             step=act.step,
+            heartbeat_timeout=act.heartbeat_timeout,
+            heartbeat_details=run.heartbeats.get(act.step),
         )
         fn = self._activities.get(act.name) or act.fn
-        done = await run_attempt(fn, act.input, info, self._pool)
-        result, failure, duration = done.result, done.failure, done.duration
+        loop = asyncio.get_running_loop()
+        number = act.attempt
+        started = time.monotonic()
+        last_beat = [started]
+
+        def beat(details: Any) -> None:  # any thread; a list item and a dict item store are atomic
+            if run.activity_tasks.get(act.step, (None,))[0] == number:
+                last_beat[0] = time.monotonic()
+                run.heartbeats[act.step] = details
+
+        attempt = _activity._Attempt(info, beat)
+        running = loop.create_task(run_attempt(fn, act.input, attempt, self._pool))
+        try:
+            done = await watch_heartbeats(running, act.heartbeat_timeout, last_beat)
+        except asyncio.CancelledError:
+            attempt.cancel("the workflow no longer waits for this attempt")
+            running.cancel()
+            raise
+        failure: FailureInfo | None
+        if done is None:  # missed its heartbeat timeout
+            attempt.cancel("it missed its heartbeat timeout; another attempt runs instead")
+            running.cancel()
+            assert act.heartbeat_timeout is not None
+            result, failure = (
+                None,
+                heartbeat_timeout_failure(act.name, act.attempt, act.heartbeat_timeout),
+            )
+            duration = time.monotonic() - started
+        else:
+            result, failure, duration = done.result, done.failure, done.duration
         task = asyncio.current_task()
 
         def make(r: _Run) -> HistoryEvent | None:
@@ -752,6 +786,7 @@ class DefaultExecutor:
             if not r.instance.is_current_attempt(act.step, act.attempt):
                 return None
             if failure is None:
+                r.heartbeats.pop(act.step, None)
                 return self._event(
                     r,
                     EventType.ACTIVITY_COMPLETED,

@@ -9,6 +9,7 @@ Every error the engine raises derives from :class:`WorkflowError`::
     │   └── WorkflowTimeoutError       ... because its timeout passed
     ├── WorkflowCanceledError          the workflow was canceled
     ├── ActivityError                  an activity failed for good (``__cause__``)
+    ├── ActivityCancelledError         raised by ``activity.heartbeat()``: stop, not wanted
     ├── NonDeterminismError            replay diverged from the recorded history
     ├── PayloadError (TypeError)       a value could not be (de)serialized
     ├── PayloadCodecError              an encoded payload could not be decoded (no codec, key)
@@ -90,6 +91,21 @@ class ActivityError(WorkflowError):
         self.message = message
         plural = "attempt" if attempts == 1 else "attempts"
         super().__init__(f"activity {activity_name!r} failed after {attempts} {plural}: {message}")
+
+
+class ActivityCancelledError(WorkflowError):
+    """Raised by ``activity.heartbeat()`` when the attempt is no longer wanted.
+
+    The workflow was canceled or ended, or the attempt timed out and another
+    one runs instead. Let it propagate (after cleaning up): nothing the
+    attempt returns from then on is recorded.
+    """
+
+    def __init__(self, activity_name: str, reason: str = "") -> None:
+        self.activity_name = activity_name
+        self.reason = reason
+        msg = f"activity {activity_name!r} attempt was cancelled"
+        super().__init__(f"{msg}: {reason}" if reason else msg)
 
 
 class NonDeterminismError(WorkflowError):

@@ -23,6 +23,13 @@ How the engine maps onto Temporal:
   retry policy has no jitter), and every attempt is visible in Temporal's
   history. An attempt interrupted by a stopping worker, or whose worker stops
   heartbeating (``heartbeat_timeout``), is run again as the same attempt.
+* ``activity.heartbeat(details)`` is Temporal's ``activity.heartbeat``. An
+  activity given ``execute_activity(heartbeat_timeout=)`` gets that Temporal
+  heartbeat timeout and heartbeats itself; missing it fails the attempt (a
+  timeout, retried by the engine's policy). The last details (Temporal's
+  ``last_heartbeat_details``, or sent along with an activity error) reach the
+  next attempt as a second activity argument and
+  ``activity.info().heartbeat_details``.
   ``execute_activity(timeout=)`` is the attempt's start-to-close timeout;
   without one, ``activity_timeout`` applies (Temporal requires a bound).
 * ``ctx.sleep`` and other workflow timers are Temporal timers, with a summary

@@ -27,6 +27,7 @@ from app.workflow import (
     WorkflowStatus,
     WorkflowTimeoutError,
 )
+from app.workflow._activity_runner import heartbeat_timeout_failure
 from app.workflow._converter import (
     decode_failure,
     describe_failure,
@@ -55,6 +56,8 @@ class _Act:
     attempt: int
     scheduled_at: datetime
     timeout: float
+    heartbeat_timeout: float | None = None
+    """Set when the workflow gave the activity a heartbeat timeout (not the engine's own)."""
 
 
 @dataclass
@@ -305,18 +308,22 @@ class _HistoryMapper:
         attrs = event.activity_task_scheduled_event_attributes
         match = _ACTIVITY_ID.match(attrs.activity_id)
         step, attempt = (int(match[1]), int(match[2])) if match else (0, 1)
+        values = await self._values(attrs.input.payloads)
+        # a second argument: the workflow's heartbeat options (see _worker._schedule)
+        beat = values[1] if len(values) > 1 and isinstance(values[1], dict) else {}
         act = _Act(
             attrs.activity_type.name,
             step,
             attempt,
             _when(event),
             _seconds(attrs.start_to_close_timeout),
+            beat.get("heartbeat_timeout"),
         )
         self._acts[event.event_id] = act
         if (step, attempt) in self._started:
             return []  # the same attempt again, after its worker stopped
         self._started.add((step, attempt))
-        value = await self._first(attrs.input.payloads)
+        value = values[0] if values else None
         return [
             self._emit(
                 event,
@@ -383,8 +390,16 @@ class _HistoryMapper:
         attrs = event.activity_task_timed_out_event_attributes
         act = self._act(attrs.scheduled_event_id)
         timeout_type = attrs.failure.timeout_failure_info.timeout_type
-        if act is None or timeout_type == TimeoutType.TIMEOUT_TYPE_HEARTBEAT:
-            return []  # heartbeats stopped: the worker is gone, the attempt runs again
+        if act is None:
+            return []
+        if timeout_type == TimeoutType.TIMEOUT_TYPE_HEARTBEAT:
+            if act.heartbeat_timeout is None:
+                return []  # the engine's heartbeats stopped: the worker is gone, run it again
+            return self._attempt_failed(
+                event,
+                act,
+                heartbeat_timeout_failure(act.name, act.attempt, act.heartbeat_timeout),
+            )
         return self._attempt_failed(
             event, act, _timeout_failure(act.name, act.attempt, act.timeout)
         )

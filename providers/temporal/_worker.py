@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -39,7 +40,7 @@ from app.workflow import (
     WorkflowStatus,
 )
 from app.workflow import activity as beluga_activity
-from app.workflow._activity_runner import run_attempt
+from app.workflow._activity_runner import heartbeat_timeout_failure, run_attempt
 from app.workflow._converter import (
     describe_failure,
     encode_failure,
@@ -78,6 +79,11 @@ class _ActivityRunner:
         step, attempt = (int(match[1]), int(match[2])) if match else (0, info.attempt)
         converter = t_activity.payload_converter()
         payload = converter.from_payload(args[0].payload) if args else None
+        # a second argument: the workflow's heartbeat timeout and the details to resume from
+        options: dict[str, Any] = {}
+        if len(args) > 1:
+            options = converter.from_payload(args[1].payload) or {}
+        user_timeout: float | None = options.get("heartbeat_timeout")
         beluga_info = beluga_activity.ActivityInfo(
             workflow_id=info.workflow_id or "",
             run_id=info.workflow_run_id or "",
@@ -85,11 +91,28 @@ class _ActivityRunner:
             activity_name=name,
             attempt=attempt,
             step=step,
+            heartbeat_timeout=user_timeout,
+            heartbeat_details=options.get("heartbeat_details"),
         )
-        beat = asyncio.ensure_future(self._heartbeat())
+        loop = asyncio.get_running_loop()
+        context = contextvars.copy_context()  # Temporal's activity context, for other threads
+        last: list[Any] = [options.get("heartbeat_details")]
+
+        def send(details: Any) -> None:
+            last[0] = details
+            t_activity.heartbeat(details)
+
+        def beat(details: Any) -> None:  # Temporal throttles heartbeats itself
+            loop.call_soon_threadsafe(send, details, context=context)
+
+        attempt_ = beluga_activity._Attempt(beluga_info, beat)
+        # with no heartbeat timeout of the workflow's, the engine heartbeats on the
+        # activity's behalf (so Temporal notices a dead worker); with one, the activity must
+        keeper = None if user_timeout is not None else asyncio.ensure_future(self._heartbeat(last))
         try:
-            done = await run_attempt(fn, payload, beluga_info, self._pool)
+            done = await run_attempt(fn, payload, attempt_, self._pool)
         except asyncio.CancelledError:
+            attempt_.cancel("Temporal cancelled it (the workflow was canceled or ended)")
             if t_activity.is_worker_shutdown():
                 # reported as a failure the workflow recognises and runs again
                 raise TemporalApplicationError(
@@ -97,22 +120,24 @@ class _ActivityRunner:
                 ) from None
             raise
         finally:
-            beat.cancel()
+            if keeper is not None:
+                keeper.cancel()
         if done.failure is not None:
             failure = done.failure
             raise TemporalApplicationError(
                 failure.message,
                 failure.model_dump(mode="json"),
+                {"heartbeat_details": last[0]},
                 type=failure.type,
                 non_retryable=failure.non_retryable,
                 category=ApplicationErrorCategory.BENIGN,  # recorded in history; no log spam
             )
         return done.result
 
-    async def _heartbeat(self) -> None:
+    async def _heartbeat(self, last: list[Any]) -> None:
         # lets Temporal notice a dead worker (heartbeat timeout) and deliver cancels
         while True:
-            t_activity.heartbeat()
+            t_activity.heartbeat(last[0])
             await asyncio.sleep(self._heartbeat_every)
 
 
@@ -148,6 +173,8 @@ class _Driver:
         self._activities: dict[int, tuple[int, t_workflow.ActivityHandle[Any]]] = {}
         self._timers: dict[int, tuple[PendingTimer, asyncio.Task[None]]] = {}
         self._reruns: dict[tuple[int, int], int] = {}
+        # the last heartbeat details of each activity step, for its next attempt
+        self._heartbeats: dict[int, Any] = {}
         self._waiters: set[asyncio.Future[None]] = set()
         self._cancel_seen = False
 
@@ -257,12 +284,18 @@ class _Driver:
         settings = self.settings
         assert settings is not None
         timeout = act.timeout if act.timeout is not None else settings.activity_timeout
+        args: list[Any] = [act.input]
+        details = self._heartbeats.get(act.step)
+        if act.heartbeat_timeout is not None or details is not None:
+            # only then a second argument, so histories of other activities stay as they were
+            args.append({"heartbeat_timeout": act.heartbeat_timeout, "heartbeat_details": details})
+        beat = act.heartbeat_timeout or settings.heartbeat_timeout
         handle = t_workflow.start_activity(
             act.name,
-            act.input,
+            args=args,
             activity_id=activity_id,
             start_to_close_timeout=timedelta(seconds=timeout),
-            heartbeat_timeout=timedelta(seconds=settings.heartbeat_timeout),
+            heartbeat_timeout=timedelta(seconds=beat),
             retry_policy=TemporalRetryPolicy(maximum_attempts=1),
         )
         self._activities[act.step] = (act.attempt, handle)
@@ -286,15 +319,21 @@ class _Driver:
             cause = err.cause
             if isinstance(cause, TemporalCancelledError):
                 return
-            lost = (
+            missed = (
                 isinstance(cause, TemporalTimeoutError)
                 and cause.type is not None
                 and cause.type.name == "HEARTBEAT"
-            ) or (isinstance(cause, TemporalApplicationError) and cause.type == _WORKER_STOPPED)
+            )
+            self._keep_details(step, cause)
+            lost = (missed and act.heartbeat_timeout is None) or (
+                isinstance(cause, TemporalApplicationError) and cause.type == _WORKER_STOPPED
+            )
             if lost:
                 self._inbox.append(lambda: self._rerun(act, handle))
                 return
-            if isinstance(cause, TemporalTimeoutError):
+            if missed and act.heartbeat_timeout is not None:
+                failure = heartbeat_timeout_failure(name, attempt, act.heartbeat_timeout)
+            elif isinstance(cause, TemporalTimeoutError):
                 failure = _timeout_failure(name, attempt, timeout)
             elif isinstance(cause, TemporalApplicationError):
                 failure = _failure_from_details(cause.details, cause.type or "", cause.message)
@@ -330,6 +369,17 @@ class _Driver:
             )
 
         self._inbox.append(completed)
+
+    def _keep_details(self, step: int, cause: BaseException | None) -> None:
+        """Keep the failed attempt's last heartbeat details for the next one."""
+        details: Sequence[Any] = ()
+        if isinstance(cause, TemporalTimeoutError):
+            details = cause.last_heartbeat_details
+        elif isinstance(cause, TemporalApplicationError) and len(cause.details) > 1:
+            extra = cause.details[1]
+            details = [extra.get("heartbeat_details")] if isinstance(extra, dict) else ()
+        if details and details[0] is not None:
+            self._heartbeats[step] = details[0]
 
     def _rerun(self, act: PendingActivity, handle: t_workflow.ActivityHandle[Any]) -> None:
         if self._current(act, handle):

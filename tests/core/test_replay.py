@@ -221,6 +221,7 @@ def test_retry_policy_without_jitter_is_exact() -> None:
 
 # -- structure ----------------------------------------------------------------------
 PUBLIC_NAMES = [
+    "ActivityCancelledError",
     "ActivityError",
     "AppendingStore",
     "ApplicationError",

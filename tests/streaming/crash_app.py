@@ -110,5 +110,39 @@ async def waiting(ctx: WorkflowContext, path: str) -> list[str]:
     return [str(got), await pending]
 
 
-workflows = [chain, crashing, signalled, ticking, lingering, waiting]
-activities = [work, crash_once, linger, held]
+HEARTBEAT_TIMEOUT = 3.0
+ACTIVITY_TIMEOUT = 120.0
+
+
+async def process_items(n: int) -> dict[str, int]:
+    """Works through items 0..n-1, heartbeating how many are done; a retry resumes there.
+
+    Appends ``pid attempt done time`` to ``$STREAMFLOW_TEST_RUNS.progress`` after each
+    item, so the test knows which worker runs it and how far it got.
+    """
+    _log_run()
+    info = activity.info()
+    start: int = info.heartbeat_details or 0
+    progress = Path(os.environ.get("STREAMFLOW_TEST_RUNS", "runs")).with_suffix(".progress")
+    for i in range(start, n):
+        await asyncio.sleep(0.1)  # simulated work on item i
+        activity.heartbeat(i + 1)
+        with progress.open("a") as f:
+            f.write(f"{os.getpid()} {info.attempt} {i + 1} {time.time():.6f}\n")
+    return {"attempt": info.attempt, "resumed_from": start, "done": n}
+
+
+async def resumable(ctx: WorkflowContext, n: int) -> dict[str, int]:
+    """One long activity that heartbeats its progress."""
+    result: dict[str, int] = await ctx.execute_activity(
+        process_items,
+        n,
+        timeout=ACTIVITY_TIMEOUT,
+        heartbeat_timeout=HEARTBEAT_TIMEOUT,
+        retry=RetryPolicy(max_attempts=3, initial_interval=0.05),
+    )
+    return result
+
+
+workflows = [chain, crashing, signalled, ticking, lingering, waiting, resumable]
+activities = [work, crash_once, linger, held, process_items]

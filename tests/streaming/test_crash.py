@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
@@ -146,3 +147,95 @@ async def test_kill_after_some_completions(
 ) -> None:
     (tmp_path / "runs.crashed").write_text("0")  # crash_once does not crash here
     await _run_with_a_kill(tmp_path, kafka_bootstrap, kill_after, crashing=1)
+
+
+ITEMS = 60  # 0.1 s each: the first attempt is killed about a second in
+
+
+def _progress(path: Path) -> list[tuple[int, int, int, float]]:
+    """(pid, attempt, items done, time) rows written by ``crash_app.process_items``."""
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        pid, attempt, done, at = line.split()
+        rows.append((int(pid), int(attempt), int(done), float(at)))
+    return rows
+
+
+async def _await_progress(path: Path, done: int, timeout: float) -> tuple[int, int, int, float]:
+    """The first row with ``done`` items done (another process writes the file: polled)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for row in _progress(path):
+            if row[2] >= done:
+                return row
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no progress to {done} items within {timeout:.0f}s: {_progress(path)}")
+
+
+async def test_a_killed_activity_worker_is_noticed_by_the_heartbeat_timeout(
+    tmp_path: Path, kafka_bootstrap: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SIGKILL the activities-only worker mid-activity: the other one takes the retry within
+    about the heartbeat timeout (not the activity timeout) and resumes from the details."""
+    app_id = _app_id(tmp_path)
+    runs_file = tmp_path / "runs.txt"
+    progress_file = runs_file.with_suffix(".progress")
+    settings = test_settings(kafka_bootstrap, app_id=app_id)
+    await ensure_topics(settings)
+    env = {"STREAMFLOW_TEST_RUNS": str(runs_file)}
+
+    def worker(name: str, *args: str) -> WorkerProcess:
+        module = "tests.streaming.crash_app"
+        return WorkerProcess(
+            name, kafka_bootstrap, app_id, module, tmp_path, extra_env=env, args=list(args)
+        )
+
+    executor = worker("executor", "--no-activities")
+    runners = [worker(f"activities-{i}", "--activities-only") for i in range(2)]
+    try:
+        for w in (executor, *runners):
+            w.start()
+        executor.wait_for_log(OWNED)
+        for w in runners:
+            w.wait_for_log(": assigned")
+        async with KafkaExecutor(settings=settings) as ex:
+            handle = await ex.execute(
+                crash_app.resumable, WorkflowOptions(id="heartbeats", input=ITEMS)
+            )
+            pid, _, _, _ = await _await_progress(progress_file, 10, WAIT)
+            victim = next(w for w in runners if w.process is not None and w.process.pid == pid)
+            victim.kill()
+            killed_at = time.time()
+            result = await handle.result(timeout=WAIT)
+            state = await ex.describe("heartbeats")
+        rows = _progress(progress_file)
+        reached = max(done for p, attempt, done, _ in rows if attempt == 1)
+        first_retry_row = min(at for p, attempt, _, at in rows if attempt == 2)
+        retry_pids = {p for p, attempt, _, _ in rows if attempt == 2}
+        retry_started = min(began for wid, _, attempt, began in _runs(runs_file) if attempt == 2)
+        gap = retry_started - killed_at
+        failed = [e for e in state.history if e.type is EventType.ACTIVITY_FAILED]
+        detected = failed[0].timestamp.timestamp() - killed_at if failed else float("nan")
+        with capsys.disabled():
+            print(
+                f"\nkilled after {reached} of {ITEMS} items; missed heartbeat recorded "
+                f"{detected:.2f}s and retry started {gap:.2f}s after the "
+                f"SIGKILL (heartbeat timeout {crash_app.HEARTBEAT_TIMEOUT:g}s, activity timeout "
+                f"{crash_app.ACTIVITY_TIMEOUT:g}s), resumed at item {result['resumed_from']}"
+            )
+        # the other worker ran the retry, after the kill, long before the activity timeout
+        survivor = next(w for w in runners if w is not victim)
+        assert survivor.process is not None
+        assert retry_pids == {survivor.process.pid}
+        assert killed_at < retry_started <= first_retry_row
+        assert gap < crash_app.ACTIVITY_TIMEOUT / 4
+        # the first attempt failed as a missed heartbeat, and the retry resumed from its details
+        assert [(e.attempt, "heartbeat" in (e.error or "")) for e in failed] == [(1, True)]
+        assert result["attempt"] == 2 and result["done"] == ITEMS
+        assert 0 < result["resumed_from"] <= reached
+        check_history(state, _runs(runs_file))
+    finally:
+        for w in (executor, *runners):
+            w.kill()

@@ -45,7 +45,7 @@ from app.streaming.admin import ensure_topics
 from app.streaming.settings import test_settings
 from app.workflow import Signal
 from tests.conformance import workflows as suite
-from tests.streaming.test_avro import copy_schemas, samples, without_field
+from tests.streaming.test_avro import Schema, as_read_from, copy_schemas, samples, without_field
 
 VECTORS = Path(__file__).parent / "data" / "avro-schema-tests.txt"
 VECTOR_COUNT = 34  # // 000 to // 033
@@ -57,7 +57,7 @@ DEADLINE = 30.0
 CURRENT = {
     "command": "2cf37faf1242693b",
     "history_event": "0a4013083edbcb9a",
-    "activity_task": "ba4aad980d4bb6fc",
+    "activity_task": "44ca8cc5e7088bf2",
     "reply": "b0c3bf58c4206980",
     "dead_letter": "4bcf9ce17d5a3d95",
 }
@@ -68,6 +68,15 @@ LEGACY = {
     "activity_task": "30ee3f5ea70be197",
     "dead_letter": "ae85399c859124b7",
 }
+# The 0.1.0-style fingerprint of each current schema, where it differs from LEGACY
+# (the schema changed after 0.1.0; LEGACY is then the alias of its kept version 1).
+LEGACY_OF_CURRENT = LEGACY | {"activity_task": "27943ffc10b0db1a"}
+
+
+def written_by_0_1_0(name: str) -> Schema:
+    """The schema 0.1.0 wrote ``name`` with: its oldest kept version, or the current one."""
+    kept = load_previous(name)
+    return kept[0] if kept else load_raw(name)
 
 
 # -- the Avro project's vectors ------------------------------------------------------
@@ -168,17 +177,24 @@ def test_current_fingerprints(name: str) -> None:
 
 @pytest.mark.parametrize("name", SCHEMA_NAMES)
 def test_legacy_fingerprints_are_accepted_aliases(name: str) -> None:
-    assert legacy_fingerprint(load_raw(name)).hex() == LEGACY.get(name, CURRENT[name])
-    expected = {bytes.fromhex(LEGACY[name]): codec(name).fingerprint} if name in LEGACY else {}
+    assert legacy_fingerprint(load_raw(name)).hex() == LEGACY_OF_CURRENT.get(name, CURRENT[name])
+    assert legacy_fingerprint(written_by_0_1_0(name)).hex() == LEGACY.get(name, CURRENT[name])
+    expected = (
+        {bytes.fromhex(LEGACY_OF_CURRENT[name]): codec(name).fingerprint} if name in LEGACY else {}
+    )
+    for older in load_previous(name):
+        if legacy_fingerprint(older) != fingerprint(older):
+            expected[legacy_fingerprint(older)] = fingerprint(older)
     assert codec(name).legacy_fingerprints == expected
 
 
 @pytest.mark.parametrize("name", sorted(LEGACY))
 def test_a_message_framed_with_the_legacy_fingerprint_decodes(name: str) -> None:
+    writer = written_by_0_1_0(name)
     for record in samples(name):
-        body = codec(name).encode(record)[10:]
+        body = Codec(name, writer).encode(record)[10:]
         old = frame(bytes.fromhex(LEGACY[name]), body)
-        assert codec(name).decode(old) == record
+        assert codec(name).decode(old) == as_read_from(name, writer, record)
 
 
 def test_legacy_command_and_history_event_decode_to_the_engine_values() -> None:
@@ -220,7 +236,7 @@ def test_kept_versions_in_the_repository_resolve_by_both_fingerprints(name: str)
         record = samples(name)[0]
         body = Codec(name, older).encode(record)[10:]
         for fp in (fingerprint(older), legacy_fingerprint(older)):
-            assert codec(name).decode(frame(fp, body)) == record
+            assert codec(name).decode(frame(fp, body)) == as_read_from(name, older, record)
 
 
 async def test_a_worker_applies_commands_framed_with_the_legacy_fingerprint(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from app.streaming._machine import Task
 from app.streaming._pending import PendingAttempts
 
@@ -54,3 +56,24 @@ def test_age_counts_from_the_recorded_start_and_inherited_attempts_are_marked() 
     assert attempt.started == 50.0 and attempt.dispatched == 80.0
     assert attempt.inherited
     assert p.oldest() == {2: 50.0}
+
+
+def test_a_heartbeat_deadline_arms_at_the_first_heartbeat_and_keeps_the_details() -> None:
+    p = PendingAttempts(redrive_after=1000, redrive_max=1000)
+    first = dataclasses.replace(task(1), heartbeat_timeout=3.0)
+    p.update("w", 0, [first], [first], now=0.0)
+    assert p.missed({0}, refire=2.0, now=100.0) == []  # not started yet: queued time is free
+    assert p.heartbeat("w", 1, 1, {"done": 4}, now=100.0)
+    assert p.missed({0}, refire=2.0, now=102.9) == []
+    assert p.heartbeat("w", 1, 1, None, now=102.9)  # no details: the last ones stay
+    (missed,) = p.missed({0}, refire=2.0, now=106.0)
+    assert missed.task == first
+    assert p.missed({0}, refire=2.0, now=107.0) == []  # reported again only after refire
+    assert len(p.missed({1}, refire=2.0, now=200.0)) == 0  # not an owned partition
+    assert len(p.missed({0}, refire=2.0, now=108.0)) == 1
+    # the failure applied: attempt 2 waits for its backoff, then is sent with the details
+    p.update("w", 0, [], [], now=108.5)
+    assert p.details("w", 1) == {"done": 4}
+    assert not p.heartbeat("w", 1, 1, {"done": 5}, now=109.0)  # no longer pending
+    p.ended("w")
+    assert p.details("w", 1) is None

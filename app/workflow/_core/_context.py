@@ -130,6 +130,7 @@ class WorkflowContext:
         *,
         retry: RetryPolicy | None = None,
         timeout: Duration | None = None,
+        heartbeat_timeout: Duration | None = None,
         name: str | None = None,
     ) -> Any:
         """Run ``fn(input)`` as an activity and return its result.
@@ -138,7 +139,10 @@ class WorkflowContext:
         returned from history without running ``fn`` again. A failure after
         the last attempt of ``retry`` (default: :func:`default_retry_policy`)
         raises :class:`ActivityError` whose ``__cause__`` is the last error.
-        ``timeout`` bounds each attempt.
+        ``timeout`` bounds each attempt. With ``heartbeat_timeout``, an
+        attempt that goes that long without ``activity.heartbeat()`` fails as
+        timed out (and is retried), so a lost worker is noticed early; it must
+        not exceed ``timeout``.
         """
         if not callable(fn):
             raise InvalidArgumentError(f"activity must be a callable, got {type(fn).__name__}")
@@ -147,6 +151,16 @@ class WorkflowContext:
                 f"retry must be a RetryPolicy or None, got {type(retry).__name__}"
             )
         seconds = None if timeout is None else to_seconds(timeout, "activity timeout")
+        beat = (
+            None
+            if heartbeat_timeout is None
+            else to_seconds(heartbeat_timeout, "activity heartbeat_timeout")
+        )
+        if beat is not None and seconds is not None and beat > seconds:
+            raise InvalidArgumentError(
+                f"activity heartbeat_timeout ({beat:g}s) must not exceed its timeout "
+                f"({seconds:g}s): a heartbeat timeout longer than the attempt never fires"
+            )
         act_name = name or self._instance.activity_name(fn)
         sig = signature_of(fn)
         if sig.required > 1:
@@ -161,7 +175,9 @@ class WorkflowContext:
         payload = to_payload(input, f"input of activity {act_name!r}")
         instance = self._instance
         _require_loop(instance.loop)
-        future = instance.schedule_activity(fn, act_name, payload, retry or _DEFAULT_RETRY, seconds)
+        future = instance.schedule_activity(
+            fn, act_name, payload, retry or _DEFAULT_RETRY, seconds, beat
+        )
         return await future
 
     def receive_signal(self, name: str, payload_type: Any = None) -> SignalChannel:

@@ -89,6 +89,7 @@ class PendingActivity:
     attempt: int
     retry: RetryPolicy
     timeout: float | None
+    heartbeat_timeout: float | None = None
     recorded: bool = False
     backing_off: bool = False
     future: asyncio.Future[Any] | None = field(default=None, repr=False)
@@ -513,10 +514,13 @@ class WorkflowInstance:
         payload: Any,
         retry: RetryPolicy,
         timeout: float | None,
+        heartbeat_timeout: float | None = None,
     ) -> asyncio.Future[Any]:
         step = self.next_step()
         future: asyncio.Future[Any] = self._loop.create_future()
-        act = PendingActivity(step, name, fn, payload, 1, retry, timeout, future=future)
+        act = PendingActivity(
+            step, name, fn, payload, 1, retry, timeout, heartbeat_timeout, future=future
+        )
         self._activities[step] = act
         self._arm_attempt_timeout(act)
 
