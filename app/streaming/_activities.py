@@ -320,7 +320,10 @@ class ActivityWorker:
             result, duration = None, 0.0
         else:
             beating = self._beating[task.task_id] = _Heartbeats(self, task)
-            beating.beat(task.heartbeat_details)  # started: arms the executor's deadline
+            if task.heartbeat_timeout is not None:
+                # started: arms the executor's deadline (an attempt without a heartbeat
+                # timeout sends nothing until it heartbeats: no extra command per attempt)
+                beating.beat(task.heartbeat_details)
             try:
                 done = await run_attempt(fn, task.input, beating.attempt, self._pool)
             except asyncio.CancelledError:
