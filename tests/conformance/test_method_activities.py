@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from app.workflow import (
@@ -42,7 +44,7 @@ async def count_with_methods(ctx: WorkflowContext, amount: int) -> list[int]:
     return [added, read, renamed]
 
 
-def _setup() -> dict[str, object]:
+def _setup() -> dict[str, Any]:
     return {
         "workflows": [count_with_methods],
         "activities": {
