@@ -240,8 +240,7 @@ class Machine:
         instance = self._new_instance(run.state, fn)
         instance.replaying = True
         try:
-            for event in run.state.history:
-                instance.apply(event)
+            instance.replay(run.state.history)
         except NonDeterminismError as err:
             instance.close()
             self._park(run, err)
@@ -496,8 +495,7 @@ class Machine:
         instance = self._new_instance(run.state, fn)
         instance.replaying = True
         try:
-            for event in run.state.history:
-                instance.apply(event)
+            instance.replay(run.state.history)
         except NonDeterminismError:
             instance.close()
             return None
