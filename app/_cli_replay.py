@@ -4,7 +4,8 @@ Each stored history (from SQLite, or from a broker with ``--broker``) is
 replayed with the workflow of its type in the ``--app`` module, as a runtime
 would when it resumes the run. A history the code would not reproduce is
 reported with the first event that diverges and why, and the command exits
-with 1: deploying that code would park the run.
+with 1: deploying that code would park the run. On a broker the histories are
+read through the workers already running (``describe``, as ``show`` does).
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ def add_replay(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="check workflow code against stored histories (exit 1 on a divergence)",
         description="Replay stored histories with the workflows of an --app module and "
         "report each one the code would not reproduce, with the first diverging event. "
-        "Exits 1 when one diverges, so a deploy pipeline can stop there.",
+        "Exits 1 when one diverges, so a deploy pipeline can stop there. With --broker, "
+        "histories are read through the running workers (as show does).",
     )
     parser.add_argument(
         "--app", required=True, metavar="MODULE", help="module with the workflows list"

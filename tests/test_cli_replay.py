@@ -47,12 +47,17 @@ async def greet(ctx: WorkflowContext, name: str) -> str:
 }
 
 
-@pytest.fixture
-def apps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def write_apps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The app modules greet_v1, greet_patched and greet_unpatched, importable."""
     for name, body in MODULES.items():
         text = ACTIVITIES + textwrap.dedent(body) + "\nworkflows = [greet]\n"
         (tmp_path / f"{name}.py").write_text(text)
     monkeypatch.syspath_prepend(str(tmp_path))
+
+
+@pytest.fixture
+def apps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    write_apps(tmp_path, monkeypatch)
     db = tmp_path / "wf.db"
 
     async def record() -> None:
