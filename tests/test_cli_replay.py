@@ -114,3 +114,24 @@ def test_a_running_workflow_whose_type_is_gone_fails(
     out = capsys.readouterr().out
     assert "skip  done" in out
     assert "FAIL  waiting: its type 'greet' is not in other_app" in out
+
+
+def test_show_renders_a_marker_with_its_change_id(
+    apps: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "patched.db"
+
+    async def record() -> None:
+        v2 = importlib.import_module("greet_patched")
+        async with DefaultExecutor(
+            store=SQLiteStore(db), workflows=v2.workflows, activities=v2.activities
+        ) as ex:
+            handle = await ex.execute(v2.greet, WorkflowOptions(id="new", input="cy"))
+            await ex.signal("new", Signal("go", "!"))
+            await handle.result(timeout=10)
+
+    asyncio.run(record())
+    assert main(["show", "new", "--db", str(db)]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    marker = next(row for row in rows if "marker_recorded" in row)
+    assert "polite" in marker and "patched" in marker
