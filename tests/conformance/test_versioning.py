@@ -10,6 +10,7 @@ from app.testing import replay
 from app.workflow import (
     EventType,
     InvalidArgumentError,
+    NonDeterminismError,
     WorkflowContext,
     WorkflowOptions,
     WorkflowStatus,
@@ -78,7 +79,7 @@ async def test_patched_keeps_old_runs_on_the_old_branch(restartable: Runtime) ->
     assert not broken.ok
     assert broken.event_id == 2
     assert "old_greeting" in broken.reason and "new_greeting" in broken.reason
-    with pytest.raises(Exception, match="event 2"):
+    with pytest.raises(NonDeterminismError, match="event 2"):
         broken.raise_if_diverged()
     assert replay(greet_v2, v1_history).ok
 
