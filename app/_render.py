@@ -93,6 +93,8 @@ def _detail(event: HistoryEvent) -> str:
         return sender + format_value(event.signal_payload)
     if kind is EventType.TIMER_FIRED:
         return "" if event.duration is None else f"after {_seconds(event.duration)}"
+    if kind is EventType.MARKER_RECORDED:
+        return "patched: the run takes the new branch"
     if event.error is not None:
         return _one_line(event.error)
     return ""
@@ -108,7 +110,7 @@ def render_history(events: Sequence[HistoryEvent], *, detail_width: int = DETAIL
             event.type.value,
             "" if event.step is None else str(event.step),
             "" if event.attempt is None else str(event.attempt),
-            event.activity_name or event.signal_name or "",
+            event.activity_name or event.signal_name or event.change_id or "",
             truncate(_detail(event), detail_width),
         )
         for event in events

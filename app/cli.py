@@ -1,7 +1,8 @@
 """The command line: ``python -m app <command>`` (installed as ``streamflow``).
 
-``list`` and ``show`` read SQLite, or a broker with ``--broker``; the
-broker-facing commands live in :mod:`app._cli_streaming`. Each command is a
+``list``, ``show`` and ``replay`` read SQLite, or a broker with ``--broker``;
+the broker-facing commands live in :mod:`app._cli_streaming`, ``replay`` in
+:mod:`app._cli_replay`. Each command is a
 registrar function that adds a subparser and sets its ``handler``: an
 ``async`` function taking the parsed arguments and returning the exit code.
 Add a command by writing both and listing the registrar in :data:`COMMANDS`.
@@ -18,6 +19,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from app import _cli_streaming as streaming
+from app._cli_replay import add_replay
 from app._render import render_history, render_state, render_workflow_list
 from app.workflow import WorkflowError, WorkflowFilter, WorkflowStatus
 from providers.sqlite import DEFAULT_PATH, ENV_PATH, SQLiteStore
@@ -162,6 +164,7 @@ COMMANDS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], 
     _add_demo,
     _add_list,
     _add_show,
+    add_replay,
     *streaming.COMMANDS,
 )
 """Registrars of the subcommands, in the order ``--help`` lists them."""

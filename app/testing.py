@@ -5,7 +5,9 @@ default) whose clock jumps straight to the next durable timer whenever some
 ``handle.result()`` is being awaited and nothing else is running: a workflow
 that sleeps for a day finishes at once, and its history shows a day passed.
 :class:`HookRecorder` records every hook call and lets a test ``await`` one,
-instead of sleeping and hoping.
+instead of sleeping and hoping. :func:`replay` checks new workflow code
+against stored histories before a deploy: it returns a :class:`ReplayResult`
+naming the first event that diverges.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from typing import Any
 
 from app.workflow import DefaultExecutor, Hooks, WorkflowStore
 from app.workflow._embedded import _Run
+from app.workflow._replay import ReplayResult, replay
 
-__all__ = ["HookRecorder", "TimeSkippingExecutor"]
+__all__ = ["HookRecorder", "ReplayResult", "TimeSkippingExecutor", "replay"]
 
 
 class TimeSkippingExecutor(DefaultExecutor):

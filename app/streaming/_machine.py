@@ -256,8 +256,7 @@ class Machine:
         instance = self._new_instance(run.state, fn)
         instance.replaying = True
         try:
-            for event in run.state.history:
-                instance.apply(event)
+            instance.replay(run.state.history)
         except NonDeterminismError as err:
             instance.close()
             self._park(run, err)
@@ -512,8 +511,7 @@ class Machine:
         instance = self._new_instance(run.state, fn)
         instance.replaying = True
         try:
-            for event in run.state.history:
-                instance.apply(event)
+            instance.replay(run.state.history)
         except NonDeterminismError:
             instance.close()
             return None

@@ -197,6 +197,7 @@ def encode_history(workflow_id: str, run_id: str, workflow_type: str, event: His
             "attempt": event.attempt,
             "failure": _failure_record(event.failure),
             "sender_id": event.sender_id,
+            "change_id": event.change_id,
         }
     )
 
@@ -232,6 +233,7 @@ def decode_history(data: bytes) -> tuple[str, str, str, HistoryEvent]:
         attempt=record["attempt"],
         failure=_failure(record["failure"]),
         sender_id=record["sender_id"],
+        change_id=record["change_id"],
         **fields,
     )
     return record["workflow_id"], record["run_id"], record["workflow_type"], event

@@ -390,8 +390,7 @@ class DefaultExecutor:
             raise QueryNotFoundError(state.workflow_id, query_type, BUILTIN_QUERIES) from reason
         instance = self._new_instance(state, fn)
         instance.replaying = True
-        for event in state.history:
-            instance.apply(event)
+        instance.replay(state.history)
         return instance
 
     def _running(self, workflow_id: str, action: str) -> _Run:
@@ -559,8 +558,7 @@ class DefaultExecutor:
         fresh = self._new_instance(run.state, run.fn)
         fresh.replaying = True
         try:
-            for event in run.state.history:
-                fresh.apply(event)
+            fresh.replay(run.state.history)
             replayed, replayed_summary = fresh.snapshot(), fresh.summary()
         except NonDeterminismError as err:
             self._park(run, err)
@@ -847,8 +845,7 @@ class DefaultExecutor:
         run.instance = instance
         instance.replaying = True
         try:
-            for event in state.history:
-                instance.apply(event)
+            instance.replay(state.history)
         except NonDeterminismError as err:
             self._park(run, err)
             return

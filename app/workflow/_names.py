@@ -2,12 +2,17 @@
 
 A restarted process finds a workflow's code by the name recorded at start,
 so every workflow (and, for remote workers, every activity) has a stable
-name: the function's ``__name__`` unless registered under another one.
+name: the function's ``__name__`` unless registered under another one. An
+activity may be a bound method of an object that holds a client (a database,
+an LLM client); it is named ``ClassName.method_name``. A bound method is a new
+object on every attribute access, so the table identifies it by its object and
+function, not by ``id()``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+import inspect
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Any
 
 from ._errors import InvalidArgumentError
@@ -27,7 +32,42 @@ def _default_name(fn: Callable[..., Any]) -> str:
             f"{fn!r} has no usable name; register it under an explicit name "
             "(e.g. workflows={'my_name': fn})"
         )
+    if inspect.ismethod(fn):
+        owner = fn.__self__
+        cls = owner if isinstance(owner, type) else type(owner)
+        return f"{cls.__name__}.{name}"
     return name
+
+
+def _identity(fn: Callable[..., Any]) -> Hashable:
+    """What makes two callables the same activity: a bound method is its object and function."""
+    if inspect.ismethod(fn):
+        return (id(fn.__self__), id(fn.__func__))
+    return id(fn)
+
+
+def _same(a: Callable[..., Any], b: Callable[..., Any]) -> bool:
+    if a is b:
+        return True
+    return (
+        inspect.ismethod(a)
+        and inspect.ismethod(b)
+        and a.__self__ is b.__self__
+        and a.__func__ is b.__func__
+    )
+
+
+def _ambiguity(
+    kind: str, plural: str, name: str, old: Callable[..., Any], new: Callable[..., Any]
+) -> str:
+    if inspect.ismethod(old) and inspect.ismethod(new) and old.__func__ is new.__func__:
+        return (
+            f"two different {type(new.__self__).__name__} objects register their method "
+            f"{new.__name__!r} as the {kind} {name!r}; a recorded step could not tell them "
+            f"apart: register each under its own name (e.g. activities={{'{name}.a': ..., "
+            f"'{name}.b': ...}}) or register one object only"
+        )
+    return f"two different {plural} are registered as {name!r}; give one an explicit name"
 
 
 def activity_name(fn: Callable[..., Any]) -> str:
@@ -54,7 +94,7 @@ class FunctionTable:
         self.kind = kind
         self.plural = plural or f"{kind}s"
         self._by_name: dict[str, Callable[..., Any]] = {}
-        self._names: dict[int, str] = {}
+        self._names: dict[Hashable, str] = {}
         self.add_all(functions)
 
     def add_all(self, functions: Registrable) -> None:
@@ -70,19 +110,19 @@ class FunctionTable:
             raise InvalidArgumentError(f"{self.kind} {fn!r} is not callable")
         name = name or _default_name(fn)
         existing = self._by_name.get(name)
-        if existing is not None and existing is not fn:
-            raise InvalidArgumentError(
-                f"two different {self.plural} are registered as {name!r}; give one an explicit name"
-            )
+        if existing is not None and not _same(existing, fn):
+            raise InvalidArgumentError(_ambiguity(self.kind, self.plural, name, existing, fn))
         self._by_name[name] = fn
-        self._names.setdefault(id(fn), name)
+        self._names.setdefault(_identity(fn), name)
         return name
 
     def name_of(self, fn: Callable[..., Any]) -> str:
         """The registered name of ``fn``, registering it under its default name if new."""
-        name = self._names.get(id(fn))
-        if name is not None and self._by_name.get(name) is fn:
-            return name
+        name = self._names.get(_identity(fn))
+        if name is not None:
+            known = self._by_name.get(name)
+            if known is not None and _same(known, fn):
+                return name
         return self.add(fn)
 
     def get(self, name: str) -> Callable[..., Any] | None:

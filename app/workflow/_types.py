@@ -48,7 +48,9 @@ class EventType(StrEnum):
     """The kinds of :class:`HistoryEvent`.
 
     The seed's nine kinds, plus ``cancel_requested``: a cancel must be in the
-    history so that replay delivers it at the same point of the code.
+    history so that replay delivers it at the same point of the code, and
+    ``marker_recorded``: the code took the new branch of ``ctx.patched(id)``
+    (or reached ``ctx.deprecate_patch(id)``), ``change_id`` naming the patch.
     """
 
     WORKFLOW_STARTED = "workflow_started"
@@ -61,6 +63,7 @@ class EventType(StrEnum):
     SIGNAL_RECEIVED = "signal_received"
     TIMER_FIRED = "timer_fired"
     CANCEL_REQUESTED = "cancel_requested"
+    MARKER_RECORDED = "marker_recorded"
 
 
 TERMINAL_EVENTS = frozenset(
@@ -210,7 +213,8 @@ class HistoryEvent(BaseModel):
 
     ``step`` ties activity and timer events to the command that caused them
     (the n-th durable call of the workflow code); ``attempt`` numbers the
-    tries of an activity.
+    tries of an activity; ``change_id`` is the patch a ``marker_recorded``
+    event stands for.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -229,6 +233,7 @@ class HistoryEvent(BaseModel):
     attempt: int | None = None
     failure: FailureInfo | None = None
     sender_id: str | None = None
+    change_id: str | None = None
 
 
 class WorkflowState(BaseModel):

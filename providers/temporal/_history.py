@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -453,11 +454,31 @@ class _HistoryMapper:
             )
         ]
 
+    async def _on_marker_recorded_event_attributes(
+        self, event: TemporalEvent
+    ) -> list[HistoryEvent | _Retry]:
+        # ctx.patched / deprecate_patch run as Temporal's own patches: a "core_patch"
+        # marker whose "patch-data" detail is JSON {"id": ..., "deprecated": ...}
+        attrs = event.marker_recorded_event_attributes
+        data = attrs.details.get("patch-data")
+        if attrs.marker_name != _PATCH_MARKER or data is None or not data.payloads:
+            return []
+        try:
+            change_id = json.loads(data.payloads[0].data)["id"]
+        except (ValueError, KeyError, TypeError):
+            return []
+        if not isinstance(change_id, str):
+            return []
+        return [self._emit(event, EventType.MARKER_RECORDED, change_id=change_id)]
+
     async def _on_timer_canceled_event_attributes(
         self, event: TemporalEvent
     ) -> list[HistoryEvent | _Retry]:
         self._timers.pop(event.timer_canceled_event_attributes.timer_id, None)
         return []
+
+
+_PATCH_MARKER = "core_patch"
 
 
 async def _history_pages(

@@ -155,6 +155,22 @@ class _Settings:
 _Input = Callable[[], HistoryEvent | None]
 
 
+def _temporal_patcher() -> Callable[[str, bool], bool]:
+    """``ctx.patched`` / ``ctx.deprecate_patch`` as Temporal's own (it records the marker).
+
+    ``workflow.patched`` finds the run through the running event loop, but the
+    workflow code runs on the core's loop; the run's Temporal runtime is taken
+    here, on Temporal's loop, and called directly.
+    """
+    runtime = t_workflow._Runtime.current()
+
+    def patch(change_id: str, deprecated: bool) -> bool:
+        taken = runtime.workflow_patch(change_id, deprecated=deprecated)
+        return True if deprecated else taken
+
+    return patch
+
+
 class _Driver:
     """Runs one workflow run: Temporal activations in, engine core events through.
 
@@ -202,6 +218,7 @@ class _Driver:
             workflow_type=info.workflow_type,
             fn=fn,
             activity_namer=settings.activities.name_of,
+            patcher=_temporal_patcher(),
         )
         self._instance = instance
         settings.runs.add((info.workflow_id, info.run_id))

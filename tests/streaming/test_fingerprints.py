@@ -56,21 +56,32 @@ DEADLINE = 30.0
 # these: keep the old version in schemas/previous/ first, then update the table.
 CURRENT = {
     "command": "2cf37faf1242693b",
-    "history_event": "0a4013083edbcb9a",
+    "history_event": "9e04b456723fcb9b",
     "activity_task": "44ca8cc5e7088bf2",
     "reply": "b0c3bf58c4206980",
     "dead_letter": "4bcf9ce17d5a3d95",
 }
 # What release 0.1.0 framed them with; `reply` has no logical type, so no alias.
+# history_event has changed since (change_id): 0.1.0 wrote the version kept as
+# previous/history_event.1.avsc, whose values are in KEPT; this is the alias
+# the same computation gives the current version.
 LEGACY = {
     "command": "8bff0fd3f9ca9c9c",
     "history_event": "f81f2b5ee2460bc1",
     "activity_task": "30ee3f5ea70be197",
     "dead_letter": "ae85399c859124b7",
 }
+# (fingerprint, 0.1.0 alias) of each version kept in schemas/previous/.
+KEPT = {
+    "history_event": [("0a4013083edbcb9a", "f81f2b5ee2460bc1")],
+    "activity_task": [("ba4aad980d4bb6fc", "30ee3f5ea70be197")],
+}
 # The 0.1.0-style fingerprint of each current schema, where it differs from LEGACY
 # (the schema changed after 0.1.0; LEGACY is then the alias of its kept version 1).
-LEGACY_OF_CURRENT = LEGACY | {"activity_task": "27943ffc10b0db1a"}
+LEGACY_OF_CURRENT = LEGACY | {
+    "activity_task": "27943ffc10b0db1a",
+    "history_event": "adf20ef5649c1dc3",
+}
 
 
 def written_by_0_1_0(name: str) -> Schema:
@@ -206,7 +217,8 @@ def test_legacy_command_and_history_event_decode_to_the_engine_values() -> None:
 
     event = samples("history_event")[1] | json_type | {"type": "workflow_completed"}
     event["payload"] = b"[1]"
-    old = frame(bytes.fromhex(LEGACY["history_event"]), codec("history_event").encode(event)[10:])
+    v1 = Codec("history_event", written_by_0_1_0("history_event"))
+    old = frame(bytes.fromhex(LEGACY["history_event"]), v1.encode(event)[10:])
     assert decode_history(old)[3].result == [1]
 
 
@@ -232,6 +244,8 @@ def test_previous_versions_resolve_by_both_fingerprints(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", SCHEMA_NAMES)
 def test_kept_versions_in_the_repository_resolve_by_both_fingerprints(name: str) -> None:
+    kept = [(fingerprint(o).hex(), legacy_fingerprint(o).hex()) for o in load_previous(name)]
+    assert kept == KEPT.get(name, [])
     for older in load_previous(name):
         record = samples(name)[0]
         body = Codec(name, older).encode(record)[10:]

@@ -101,6 +101,15 @@ def _require_loop(loop: asyncio.AbstractEventLoop) -> None:
         )
 
 
+def _change_id(change_id: Any) -> str:
+    if not isinstance(change_id, str) or not change_id.strip():
+        raise InvalidArgumentError(
+            f"a patch's change id must be a non-empty string, got {change_id!r}; "
+            "name the change, e.g. ctx.patched('send-receipt')"
+        )
+    return change_id
+
+
 class WorkflowContext:
     """Passed to every workflow function; its calls are durable and replay-safe."""
 
@@ -204,6 +213,30 @@ class WorkflowContext:
         if not callable(fn):
             raise InvalidArgumentError(f"query handler for {name!r} must be callable")
         self._instance.add_query_handler(name, fn)
+
+    def patched(self, change_id: str) -> bool:
+        """Whether this run takes the new branch of a code change named ``change_id``.
+
+        True for a run that reaches this point on the new code (a
+        ``marker_recorded`` event says so in its history, so its replays agree);
+        False when replaying a run recorded by code from before the change,
+        which then keeps the old branch. The answer is the same for every call
+        with one id in a run. Once no run from before the change is left,
+        replace the call with :meth:`deprecate_patch` and drop the old branch::
+
+            if ctx.patched("send-receipt"):
+                await ctx.execute_activity(send_receipt, order)
+        """
+        return self._instance.patched(_change_id(change_id))
+
+    def deprecate_patch(self, change_id: str) -> None:
+        """Mark that patch ``change_id`` is always taken now; its old branch is gone.
+
+        Call it where :meth:`patched` was, once every run that started before
+        the patch has ended. Histories with or without the patch's marker both
+        replay; a later release may remove the call too.
+        """
+        self._instance.patched(_change_id(change_id), deprecated=True)
 
     def now(self) -> datetime:
         """Workflow time: the timestamp of the event being processed (UTC)."""

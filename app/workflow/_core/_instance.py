@@ -12,8 +12,17 @@ Events are of two kinds:
 * inputs (workflow_started, activity_completed/failed, timer_fired,
   signal_received, cancel_requested) advance workflow time to their timestamp
   and run the code until it waits again (one activation per event);
-* echoes (activity_started, the terminal events) confirm a command the code
-  issued; they must match it, or replay has diverged.
+* echoes (activity_started, marker_recorded, the terminal events) confirm a
+  command the code issued; they must match it, or replay has diverged.
+
+``ctx.patched(id)`` needs to know what the code did at this point when it
+ran before, so :meth:`WorkflowInstance.replay` lets the instance see the
+recorded history ahead of the event being applied: the echoes that follow
+it are what the activation produced last time. A marker for the patch among
+them means the run took the new branch; other recorded events there mean it
+ran on code from before the patch (the old branch); none means the code runs
+live (the new branch, and a marker to record). Markers take no step number,
+so adding a patch does not shift the steps of the calls after it.
 
 Every durable call of the code gets the next *step* number. Activity events
 carry the activity's step and attempt; timer_fired carries the step of the
@@ -27,7 +36,7 @@ import asyncio
 import enum
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -55,6 +64,21 @@ from ._loop import WorkflowLoop
 log = logging.getLogger("app.workflow.core")
 
 WORKFLOW_TIMEOUT_STEP = 0
+
+_ECHOES = frozenset(
+    {
+        EventType.ACTIVITY_STARTED,
+        EventType.MARKER_RECORDED,
+        EventType.WORKFLOW_COMPLETED,
+        EventType.WORKFLOW_FAILED,
+        EventType.WORKFLOW_CANCELED,
+    }
+)
+
+Patcher = Callable[[str, bool], bool]
+"""Decides ``patched(change_id)`` (``deprecated`` for ``deprecate_patch``) in
+place of the history: a runtime whose host records its own markers (Temporal)
+passes one."""
 
 
 class TimerKind(enum.Enum):
@@ -125,6 +149,8 @@ def _describe(event: HistoryEvent) -> str:
         what += f" at step {event.step}"
     if event.attempt is not None:
         what += f" (attempt {event.attempt})"
+    if event.change_id is not None:
+        what += f" for patch {event.change_id!r}"
     return what
 
 
@@ -140,6 +166,7 @@ class WorkflowInstance:
         fn: Callable[..., Any],
         timeout: float | None = None,
         activity_namer: Callable[[Callable[..., Any]], str] = activity_name,
+        patcher: Patcher | None = None,
     ) -> None:
         from ._context import WorkflowContext  # circular: the context drives the instance
 
@@ -169,6 +196,10 @@ class WorkflowInstance:
         self._query_handlers: dict[str, Callable[[], Any]] = {}
         self._closed = False
         self.random = random.Random(f"{workflow_id}:{run_id}")
+        self._patcher = patcher
+        self._recorded: Sequence[HistoryEvent] = ()
+        self._patches: dict[str, bool] = {}  # change id -> the branch taken
+        self._markers: dict[str, bool] = {}  # change id -> its marker is recorded
 
     # -- what the runtime reads -----------------------------------------------
     @property
@@ -186,10 +217,21 @@ class WorkflowInstance:
     def echoes(self, next_id: int, now: datetime) -> list[HistoryEvent]:
         """What a runtime records next, numbered from ``next_id``.
 
-        An ``activity_started`` for each attempt not recorded yet, then the
+        A ``marker_recorded`` for each patch not recorded yet, an
+        ``activity_started`` for each attempt not recorded yet, then the
         run's terminal event if it has an outcome that is not recorded yet.
         """
         events: list[HistoryEvent] = []
+        for change_id, recorded in self._markers.items():
+            if not recorded:
+                events.append(
+                    HistoryEvent(
+                        id=next_id + len(events),
+                        type=EventType.MARKER_RECORDED,
+                        timestamp=now,
+                        change_id=change_id,
+                    )
+                )
         for act in self.pending_activities():
             if not act.recorded:
                 events.append(
@@ -238,7 +280,15 @@ class WorkflowInstance:
         outcome = None
         if self.outcome is not None:
             outcome = (self.outcome.status, repr(self.outcome.result), self.outcome_recorded)
-        return (self.last_event_id, acts, sorted(self._timers.items()), outcome, self._step)
+        markers = sorted(self._markers.items())
+        return (
+            self.last_event_id,
+            acts,
+            sorted(self._timers.items()),
+            outcome,
+            self._step,
+            markers,
+        )
 
     def summary(self) -> str:
         """The pending work in words, for error messages."""
@@ -269,6 +319,17 @@ class WorkflowInstance:
         return to_payload(handler(), f"result of query {name!r}")
 
     # -- applying history -----------------------------------------------------
+    def replay(self, history: Sequence[HistoryEvent]) -> None:
+        """Apply a recorded history, from its first event, seeing it ahead.
+
+        Use this rather than ``apply`` in a loop: ``ctx.patched()`` looks at
+        what was recorded after the event being applied. ``history`` may be
+        the list the runtime keeps appending to.
+        """
+        self._recorded = history
+        for event in history:
+            self.apply(event)
+
     def apply(self, event: HistoryEvent) -> None:
         """Apply the next event of the run; raises :class:`NonDeterminismError` on divergence."""
         if self.stuck is not None:
@@ -289,6 +350,9 @@ class WorkflowInstance:
         kind = event.type
         if kind is EventType.ACTIVITY_STARTED:
             self._on_activity_started(event)
+            return
+        if kind is EventType.MARKER_RECORDED:
+            self._on_marker(event)
             return
         if kind in (
             EventType.WORKFLOW_COMPLETED,
@@ -349,6 +413,12 @@ class WorkflowInstance:
         ):
             raise self._diverged(event, expected, _describe(event))
         act.recorded = True
+
+    def _on_marker(self, event: HistoryEvent) -> None:
+        # A marker the code did not ask for is let through, as Temporal does: code
+        # from after deprecate_patch was removed replays a history that has one.
+        if event.change_id is not None and self._markers.get(event.change_id) is False:
+            self._markers[event.change_id] = True
 
     def _current_activity(self, event: HistoryEvent) -> PendingActivity:
         act = self._activities.get(event.step if event.step is not None else -1)
@@ -557,6 +627,33 @@ class WorkflowInstance:
         if step is not None:
             self._loop_timers.pop(step, None)
             self._timers.pop(step, None)
+
+    def patched(self, change_id: str, *, deprecated: bool = False) -> bool:
+        """Whether this run takes the new branch of patch ``change_id``; see the module doc."""
+        self._check_open()
+        known = self._patches.get(change_id)
+        if known is not None:
+            return known
+        if self._patcher is not None:
+            taken = self._patcher(change_id, deprecated)
+        else:
+            replaying, markers = self._recorded_ahead()
+            taken = change_id in markers or not replaying or deprecated
+            if change_id in markers or not replaying:
+                self._markers.setdefault(change_id, False)
+        self._patches[change_id] = taken
+        return taken
+
+    def _recorded_ahead(self) -> tuple[bool, set[str]]:
+        """Whether history goes on past this event, and the patches its echoes mark."""
+        later = self._recorded[self.last_event_id :]
+        markers: set[str] = set()
+        for event in later:
+            if event.type not in _ECHOES:
+                break
+            if event.type is EventType.MARKER_RECORDED and event.change_id:
+                markers.add(event.change_id)
+        return bool(later), markers
 
     def add_query_handler(self, name: str, fn: Callable[[], Any]) -> None:
         self._query_handlers[name] = fn
