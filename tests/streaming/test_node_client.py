@@ -5,8 +5,8 @@ The Node.js client (kafkajs and avsc, written from ``schemas/*.avsc`` and
 for the reply, signals it, and reads the history topic until the terminal
 event. Python then reads the same history (the topic, with the engine's
 decoder, and the engine's client) and the two must agree. Without ``node``
-or the npm modules the tests fail, naming what to install: ``.ci/run``
-installs them (``npm ci`` in ``docs/examples/node``).
+or npm the tests fail, naming what to install; missing npm modules are
+installed from the lock file (``npm ci`` in ``docs/examples/node``) first.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import asyncio
 import hashlib
 import json
 import shutil
+import subprocess
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -53,16 +54,34 @@ class Run:
         return result
 
 
+def _missing_modules() -> list[str]:
+    return [m for m in MODULES if not (NODE_DIR / "node_modules" / m / "package.json").is_file()]
+
+
 def node_binary() -> str:
-    """``node``, with the client's modules installed; fails (never skips) naming the fix."""
+    """``node``, with the client's modules installed (``npm ci`` from the lock file when
+    they are missing, as on a fresh clone); fails (never skips) naming the fix."""
     found = shutil.which("node")
     if found is None:
         pytest.fail("node is not on PATH: the Node.js client test needs Node.js 18 or later")
-    for module in MODULES:
-        if not (NODE_DIR / "node_modules" / module / "package.json").is_file():
+    if _missing_modules():
+        npm = shutil.which("npm")
+        if npm is None:
+            pytest.fail(f"npm is not on PATH: it installs {MODULES} in {NODE_DIR}")
+        try:
+            done = subprocess.run(
+                [npm, "ci", "--no-audit", "--no-fund"],
+                cwd=NODE_DIR,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"`npm ci` in {NODE_DIR} did not finish within 300 s")
+        if done.returncode != 0 or _missing_modules():
             pytest.fail(
-                f"the npm module {module} is missing: run `npm ci` in {NODE_DIR} "
-                "(.ci/run does this before pytest)"
+                f"`npm ci` in {NODE_DIR} exited {done.returncode} and left "
+                f"{_missing_modules()} missing:\n{done.stderr[-2000:]}"
             )
     return found
 
