@@ -41,10 +41,9 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import inspect
 import logging
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -540,7 +539,7 @@ class WorkflowInstance:
     async def _run_update(self, update: UpdateState, fn: Callable[..., Any], payload: Any) -> None:
         try:
             value = fn(*self._update_arg(fn, update.name, payload))
-            if inspect.isawaitable(value):
+            if isinstance(value, Awaitable):
                 value = await value
             result = to_payload(value, f"result of update {update.name!r}")
         except (_ControlFlow, asyncio.CancelledError):
