@@ -17,7 +17,7 @@ from tests.conformance import workflows as wf
 
 def _machine() -> Machine:
     return Machine(
-        FunctionTable("workflow", [wf.with_updates]), FunctionTable("activity", wf.activities)
+        FunctionTable("workflow", [wf.with_updates]), FunctionTable("activity", [wf.double])
     )
 
 
