@@ -236,6 +236,17 @@ class DefaultExecutor:
                     )
                 )
                 run.done.exception()
+            for update_id, waiter in run.updates.items():
+                if not waiter.done():
+                    waiter.set_exception(
+                        ExecutorStoppedError(
+                            f"the executor stopped before update {update_id!r} of workflow "
+                            f"{run.state.workflow_id!r} finished; call update again with "
+                            "this update_id on a started executor to get its answer"
+                        )
+                    )
+                    waiter.exception()
+            run.updates.clear()
         self._runs.clear()
         await cancel_and_wait(list(self._tasks))
         if self._pool is not None:
@@ -368,6 +379,10 @@ class DefaultExecutor:
         a handler that raises gives :class:`UpdateFailedError`. The same
         ``update_id`` again (even after a restart) returns the recorded
         answer without running the handler again.
+
+        It waits as long as the handler runs: bound it with
+        ``asyncio.wait_for``; the update goes on, and a later call with the
+        same ``update_id`` waits for (or gets) its answer.
         """
         uid = check_update(workflow_id, name, update_id)
         payload = to_payload(arg, f"argument of update {name!r}")

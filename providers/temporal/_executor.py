@@ -494,6 +494,8 @@ class TemporalExecutor:
         except WorkflowUpdateFailedError as err:
             raise _update_error(workflow_id, name, err.cause) from None
         except WorkflowUpdateRPCTimeoutOrCancelledError as err:
+            if isinstance(err.__cause__, asyncio.CancelledError):
+                raise err.__cause__ from None  # the caller was cancelled: not an error
             raise WorkflowError(
                 f"update {name!r} of {workflow_id!r} got no answer within "
                 f"{self.rpc_timeout.total_seconds():g}s (is a worker polling "

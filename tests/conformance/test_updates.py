@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import pytest
@@ -17,7 +18,7 @@ from app.workflow import (
     WorkflowOptions,
 )
 from tests.conformance import workflows as wf
-from tests.conformance.conftest import WAIT, Runtime, signal
+from tests.conformance.conftest import WAIT, Recorder, Runtime, signal
 
 
 async def _update(ex: Any, workflow_id: str, name: str, arg: Any = None, **kw: Any) -> Any:
@@ -66,7 +67,7 @@ async def test_an_unknown_update_name_records_nothing(runtime: Runtime) -> None:
     async with runtime.open() as ex:
         await ex.execute(wf.with_updates, WorkflowOptions(id="unk", input=0))
         before = len((await ex.describe("unk")).history)
-        with pytest.raises(UpdateNotFoundError, match=r"'nope'.*add, fail, peek"):
+        with pytest.raises(UpdateNotFoundError, match=r"'nope'.*add, fail, hold, peek"):
             await _update(ex, "unk", "nope", 1)
         assert len((await ex.describe("unk")).history) == before
         await signal(ex, "unk", "finish")
@@ -104,6 +105,26 @@ async def test_the_same_update_id_runs_once_across_a_restart(restartable: Runtim
         await signal(ex, "dupr", "finish")
     assert _count(state.history, EventType.UPDATE_ACCEPTED) == 2
     assert _count(state.history, EventType.ACTIVITY_COMPLETED) == 2
+
+
+async def test_an_update_running_across_a_restart_gets_its_answer(
+    restartable: Runtime, recorder: Recorder
+) -> None:
+    async with restartable.open(hooks=recorder.hooks()) as ex:
+        await ex.execute(wf.with_updates, WorkflowOptions(id="hold", input=0))
+        first = asyncio.ensure_future(ex.update("hold", "hold", "t", update_id="h-1"))
+        await recorder.wait_for("activity_complete", "hold")  # accepted, its activity ran
+        first.cancel()  # the caller goes away with the executor; the update stays
+        with contextlib.suppress(asyncio.CancelledError):
+            await first
+    async with restartable.open() as ex:
+        again = asyncio.ensure_future(ex.update("hold", "hold", "t", update_id="h-1"))
+        await signal(ex, "hold", "release", "let go")
+        assert await asyncio.wait_for(again, WAIT) == "let go"
+        state = await ex.describe("hold")
+        await signal(ex, "hold", "finish")
+    assert _count(state.history, EventType.UPDATE_ACCEPTED) == 1
+    assert _count(state.history, EventType.ACTIVITY_COMPLETED) == 1
 
 
 async def test_update_arguments_are_checked_at_the_call(runtime: Runtime) -> None:

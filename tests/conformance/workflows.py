@@ -320,8 +320,13 @@ async def with_updates(ctx: WorkflowContext, start: int) -> int:
     async def fail(message: str) -> None:
         raise ValueError(message)
 
+    async def hold(tag: str) -> Any:
+        await ctx.execute_activity(ready, tag)
+        return await ctx.receive_signal("release").receive()
+
     ctx.set_update_handler("add", add, validator=check_amount)
     ctx.set_update_handler("fail", fail)
+    ctx.set_update_handler("hold", hold)
     ctx.set_update_handler("peek", lambda: total["value"])
     await ctx.receive_signal("finish").receive()
     return total["value"]

@@ -94,7 +94,7 @@ def test_refusals_reply_at_once_and_record_nothing() -> None:
     assert rejected.reply is not None and rejected.reply.error_type == "update_rejected"
     assert rejected.reply.error == "amount must be zero or more, got -3"
     assert unknown.reply is not None and unknown.reply.error_type == "update_not_found"
-    assert unknown.reply.payload == ["add", "fail", "peek"]
+    assert unknown.reply.payload == ["add", "fail", "hold", "peek"]
     assert len(run.state.history) == before
     assert rejected.events == unknown.events == []
 
