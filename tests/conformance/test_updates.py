@@ -10,6 +10,7 @@ import pytest
 
 from app.workflow import (
     EventType,
+    ExecutorStoppedError,
     InvalidArgumentError,
     UpdateFailedError,
     UpdateNotFoundError,
@@ -125,6 +126,17 @@ async def test_an_update_running_across_a_restart_gets_its_answer(
         await signal(ex, "hold", "finish")
     assert _count(state.history, EventType.UPDATE_ACCEPTED) == 1
     assert _count(state.history, EventType.ACTIVITY_COMPLETED) == 1
+
+
+async def test_stopping_the_executor_ends_a_waiting_update_call(
+    embedded: Runtime, recorder: Recorder
+) -> None:
+    async with embedded.open(hooks=recorder.hooks()) as ex:
+        await ex.execute(wf.with_updates, WorkflowOptions(id="stop", input=0))
+        waiting = asyncio.ensure_future(ex.update("stop", "hold", "t", update_id="s-1"))
+        await recorder.wait_for("activity_complete", "stop")
+    with pytest.raises(ExecutorStoppedError, match=r"update 's-1'.*call update again"):
+        await asyncio.wait_for(waiting, WAIT)
 
 
 async def test_update_arguments_are_checked_at_the_call(runtime: Runtime) -> None:
