@@ -1,4 +1,5 @@
-"""The broker-facing commands: ``worker``, ``topics``, ``start``, ``signal``, ``query``, ``cancel``.
+"""The broker-facing commands: ``worker``, ``topics``, ``start``, ``signal``, ``query``,
+``update``, ``cancel``.
 
 ``list`` and ``show`` read a broker instead of SQLite when ``--broker`` (or
 ``$KAFKA_BOOTSTRAP_SERVERS``) is given. Every setting not given as a flag
@@ -401,6 +402,23 @@ def add_query(subparsers: SubParsers) -> None:
     parser.set_defaults(handler=_query)
 
 
+def add_update(subparsers: SubParsers) -> None:
+    parser = subparsers.add_parser(
+        "update",
+        help="run an update of a running workflow",
+        description="Run an update handler of a running workflow and print its JSON result. "
+        "The same --update-id again returns the same result without running it twice.",
+    )
+    parser.add_argument("workflow_id", metavar="WORKFLOW_ID")
+    parser.add_argument("name", metavar="UPDATE")
+    parser.add_argument("--payload", type=_json_arg, metavar="JSON", help="argument as JSON")
+    parser.add_argument(
+        "--update-id", metavar="ID", help="the update's id (default: a new one); repeat to dedupe"
+    )
+    add_broker_options(parser)
+    parser.set_defaults(handler=_update)
+
+
 def add_cancel(subparsers: SubParsers) -> None:
     parser = subparsers.add_parser(
         "cancel", help="cancel a running workflow", description="Cancel a running workflow."
@@ -442,6 +460,13 @@ async def _query(args: argparse.Namespace) -> int:
         answer = await ex.query(args.workflow_id, args.name)
     if isinstance(answer, WorkflowStatus):
         answer = answer.value
+    print(json.dumps(answer, default=str))
+    return 0
+
+
+async def _update(args: argparse.Namespace) -> int:
+    async with _client(args) as ex:
+        answer = await ex.update(args.workflow_id, args.name, args.payload, args.update_id)
     print(json.dumps(answer, default=str))
     return 0
 
@@ -510,4 +535,13 @@ async def read_headers(settings: Any) -> list[WorkflowState]:
     return states
 
 
-COMMANDS = (add_worker, add_topics, add_start, add_signal, add_query, add_cancel, add_settings)
+COMMANDS = (
+    add_worker,
+    add_topics,
+    add_start,
+    add_signal,
+    add_query,
+    add_update,
+    add_cancel,
+    add_settings,
+)

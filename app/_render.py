@@ -95,9 +95,19 @@ def _detail(event: HistoryEvent) -> str:
         return "" if event.duration is None else f"after {_seconds(event.duration)}"
     if kind is EventType.MARKER_RECORDED:
         return "patched: the run takes the new branch"
+    if kind is EventType.UPDATE_ACCEPTED:
+        return format_value(event.signal_payload)
+    if kind is EventType.UPDATE_COMPLETED and event.error is None:
+        return format_value(event.result)
     if event.error is not None:
         return _one_line(event.error)
     return ""
+
+
+def _name(event: HistoryEvent) -> str:
+    if event.type in (EventType.UPDATE_ACCEPTED, EventType.UPDATE_COMPLETED):
+        return f"{event.signal_name or ''} [{event.change_id or ''}]"
+    return event.activity_name or event.signal_name or event.change_id or ""
 
 
 def render_history(events: Sequence[HistoryEvent], *, detail_width: int = DETAIL_WIDTH) -> str:
@@ -110,7 +120,7 @@ def render_history(events: Sequence[HistoryEvent], *, detail_width: int = DETAIL
             event.type.value,
             "" if event.step is None else str(event.step),
             "" if event.attempt is None else str(event.attempt),
-            event.activity_name or event.signal_name or event.change_id or "",
+            _name(event),
             truncate(_detail(event), detail_width),
         )
         for event in events

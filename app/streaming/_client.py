@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import uuid
 from collections import OrderedDict
@@ -36,6 +37,8 @@ from app.workflow._converter import (
 from app.workflow._errors import (
     InvalidArgumentError,
     QueryNotFoundError,
+    UpdateNotFoundError,
+    UpdateRejectedError,
     WorkflowAlreadyRunningError,
     WorkflowError,
     WorkflowNotFoundError,
@@ -46,12 +49,14 @@ from app.workflow._names import FunctionTable, Registrable
 from app.workflow._tasks import cancel_and_wait
 from app.workflow._types import (
     EventType,
+    FailureInfo,
     HistoryEvent,
     Signal,
     WorkflowOptions,
     WorkflowState,
     WorkflowStatus,
 )
+from app.workflow._updates import check_update, update_answer
 
 from ._codec import WireCodec, codec_from_settings
 from ._machine import DESCRIBE, Command, CommandKind, Reply, parked_error
@@ -478,6 +483,36 @@ class KafkaExecutor:
         """Ask the workflow to stop: ``CancelledError`` is raised at its current await."""
         reply = await self._request(self._command(CommandKind.CANCEL, workflow_id))
         self._raise_for(workflow_id, reply)
+
+    async def update(
+        self, workflow_id: str, name: str, arg: Any = None, update_id: str | None = None
+    ) -> Any:
+        """Run the workflow's update handler ``name`` with ``arg``; returns its result.
+
+        The command's id is the update id, so the resends of ``_request`` (and
+        a later call with the same ``update_id``) reach the one recorded
+        update: its owner answers when it completes, and never runs it twice.
+        The wait is bounded by ``request_timeout``.
+        """
+        uid = check_update(workflow_id, name, update_id)
+        payload = to_payload(arg, f"argument of update {name!r}")
+        cmd = dataclasses.replace(
+            self._command(CommandKind.UPDATE, workflow_id, name=name, payload=payload),
+            command_id=uid,
+        )
+        reply = await self._request(cmd)
+        if reply.ok:
+            return reply.payload
+        if reply.error_type == "update_not_found":
+            known = reply.payload if isinstance(reply.payload, list) else []
+            raise UpdateNotFoundError(workflow_id, name, known)
+        if reply.error_type == "update_rejected":
+            raise UpdateRejectedError(workflow_id, name, reply.error or "")
+        if reply.error_type == "update_failed" and isinstance(reply.payload, dict):
+            failure = FailureInfo.model_validate(reply.payload)
+            return update_answer(workflow_id, name, None, failure)
+        self._raise_for(workflow_id, reply)
+        return None  # not reached: a reply that is not ok raises above
 
     async def query(self, workflow_id: str, query_type: str) -> Any:
         """``"status"``, ``"result"``, or a handler the workflow registered."""

@@ -22,7 +22,12 @@ from typing import Any
 
 from app.workflow._converter import describe_failure
 from app.workflow._core import PendingActivity, PendingTimer, TimerKind, WorkflowInstance
-from app.workflow._errors import NonDeterminismError, WorkflowError
+from app.workflow._errors import (
+    NonDeterminismError,
+    UpdateNotFoundError,
+    UpdateRejectedError,
+    WorkflowError,
+)
 from app.workflow._names import FunctionTable
 from app.workflow._types import (
     TERMINAL_EVENTS,
@@ -32,6 +37,7 @@ from app.workflow._types import (
     WorkflowState,
     WorkflowStatus,
 )
+from app.workflow._updates import completed_update
 
 log = logging.getLogger("app.streaming.machine")
 
@@ -59,6 +65,9 @@ class CommandKind:
     QUERY = "query"
     ACTIVITY_RESULT = "activity_result"
     TIMER_FIRED = "timer_fired"
+    UPDATE = "update"
+    """Run update handler ``name`` with ``payload``; ``command_id`` is the update id.
+    The reply comes when the update completes (a resend of it only waits again)."""
     HEARTBEAT = "heartbeat"
     """From an activity worker: the attempt (step, attempt) is alive; ``payload`` its details."""
     RESUME = "resume"
@@ -72,6 +81,7 @@ class CommandKind:
         SIGNAL,
         CANCEL,
         QUERY,
+        UPDATE,
         ACTIVITY_RESULT,
         TIMER_FIRED,
         HEARTBEAT,
@@ -139,6 +149,8 @@ class Effects:
     """Ids of events after which the failed or timed-out activity is tried again."""
     tasks: list[Task] = field(default_factory=list)
     reply: Reply | None = None
+    replies: list[tuple[str, str, Reply]] = field(default_factory=list)
+    """Answers to earlier commands (updates that completed now): (reply_to, command_id, reply)."""
     duplicate: bool = False
     started: bool = False
 
@@ -170,6 +182,9 @@ class Run:
     inherited: set[tuple[int, int]] = field(default_factory=set)
     """Attempts (step, attempt) pending at a handover from the previous generation:
     its activity workers run them, so they are never dispatched in this one."""
+    update_waiters: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Clients waiting for a running update: update id -> {reply_to: command_id}. Kept
+    in memory only: a client resends its update command until it gets the answer."""
 
     @property
     def running(self) -> bool:
@@ -202,6 +217,18 @@ def parked_error(workflow_id: str, info: dict[str, Any]) -> WorkflowError:
             workflow_id, int(info["event_id"]), str(info["expected"]), str(info["recorded"])
         )
     return WorkflowError(str(info.get("message", "the workflow is stuck")))
+
+
+def _update_reply(run: Run, result: Any, failure: FailureInfo | None) -> Reply:
+    if failure is not None:
+        return Reply(
+            ok=False,
+            error_type="update_failed",
+            error=failure.message,
+            run_id=run.state.run_id,
+            payload=failure.model_dump(mode="json"),
+        )
+    return Reply(ok=True, run_id=run.state.run_id, payload=result)
 
 
 def run_id_for(command_id: str) -> str:
@@ -329,6 +356,9 @@ class Machine:
         fx = Effects()
         if kind == CommandKind.QUERY:
             fx.reply = self._query(run, cmd)
+            return run, fx
+        if kind == CommandKind.UPDATE:
+            fx.reply = self._update(run, cmd, fx)
             return run, fx
         if kind == CommandKind.RESUME:
             if run is not None and run.running:
@@ -464,6 +494,49 @@ class Machine:
             )
         return None
 
+    def _update(self, run: Run | None, cmd: Command, fx: Effects) -> Reply | None:
+        """Accept, answer or wait for update ``cmd.command_id``; None: the answer comes later."""
+        uid, name = cmd.command_id, cmd.name or ""
+        if run is None:
+            return Reply(ok=False, error_type="not_found", error="no such workflow")
+        if not run.running:
+            done = completed_update(run.state.history, uid)
+            if done is not None:
+                return _update_reply(run, done.result, done.failure)
+            return Reply(
+                ok=False,
+                error_type="not_found",
+                error=f"cannot update: it is not running (it is {run.state.status.value})",
+            )
+        self.restore(run)
+        instance = run.instance
+        if instance is None:
+            return Reply(ok=False, error_type="error", error=run.parked or "the workflow is stuck")
+        known = instance.update(uid)
+        if known is not None and known.recorded:
+            return _update_reply(run, known.result, known.failure)
+        if known is None:
+            try:
+                instance.validate_update(name, cmd.payload)
+            except UpdateNotFoundError as err:
+                return Reply(
+                    ok=False, error_type="update_not_found", error=str(err), payload=err.known
+                )
+            except UpdateRejectedError as err:
+                return Reply(ok=False, error_type="update_rejected", error=err.message)
+        if cmd.reply_to:
+            run.update_waiters.setdefault(uid, {})[cmd.reply_to] = cmd.command_id
+        if known is None:
+            event = self._event(
+                run,
+                EventType.UPDATE_ACCEPTED,
+                signal_name=name,
+                signal_payload=cmd.payload,
+                change_id=uid,
+            )
+            self._input(run, event, fx)
+        return None
+
     def _query(self, run: Run | None, cmd: Command) -> Reply:
         name = cmd.name or ""
         if run is None:
@@ -527,6 +600,11 @@ class Machine:
         state = run.state
         state.history.extend(events)
         fx.events.extend(events)
+        for event in events:
+            if event.type is EventType.UPDATE_COMPLETED and run.update_waiters:
+                waiting = run.update_waiters.pop(event.change_id or "", {})
+                answer = _update_reply(run, event.result, event.failure)
+                fx.replies.extend((to, cid, answer) for to, cid in waiting.items())
         last = events[-1]
         state.updated_at = last.timestamp
         if last.type in TERMINAL_EVENTS:

@@ -175,9 +175,9 @@ def decode_command(data: bytes | None, key: bytes | None = None) -> Command:
 # -- history --------------------------------------------------------------------
 def encode_history(workflow_id: str, run_id: str, workflow_type: str, event: HistoryEvent) -> bytes:
     payload = event.input
-    if event.type in (EventType.ACTIVITY_COMPLETED, *_RESULT_TYPES):
+    if event.type in (EventType.ACTIVITY_COMPLETED, EventType.UPDATE_COMPLETED, *_RESULT_TYPES):
         payload = event.result
-    elif event.type is EventType.SIGNAL_RECEIVED:
+    elif event.type in (EventType.SIGNAL_RECEIVED, EventType.UPDATE_ACCEPTED):
         payload = event.signal_payload
     return codec("history_event").encode(
         {
@@ -215,9 +215,9 @@ def decode_history(data: bytes) -> tuple[str, str, str, HistoryEvent]:
     kind = EventType(record["type"])
     payload = load_payload(record["payload"], record["content_type"], "history payload")
     fields: dict[str, Any] = {}
-    if kind in (EventType.ACTIVITY_COMPLETED, *_RESULT_TYPES):
+    if kind in (EventType.ACTIVITY_COMPLETED, EventType.UPDATE_COMPLETED, *_RESULT_TYPES):
         fields["result"] = payload
-    elif kind is EventType.SIGNAL_RECEIVED:
+    elif kind in (EventType.SIGNAL_RECEIVED, EventType.UPDATE_ACCEPTED):
         fields["signal_payload"] = payload
     else:
         fields["input"] = payload

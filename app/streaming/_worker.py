@@ -303,6 +303,11 @@ class StreamingWorker(Generations):
                     describe=cmd.name == DESCRIBE,
                 ),
             )
+        for reply_to, command_id, answer in fx.replies:
+            await self.replies.send(
+                key=reply_to.encode(),
+                value=await self.wire.reply_out(command_id, reply_to, cmd.workflow_id, answer),
+            )
 
     async def _on_heartbeat(self, run: Run | None, cmd: Command) -> None:
         """An activity worker's heartbeat: move the attempt's deadline, or say it is not wanted."""

@@ -33,7 +33,14 @@ from ._converter import (
     describe_failure,
     to_payload,
 )
-from ._core import Outcome, PendingActivity, PendingTimer, TimerKind, WorkflowInstance
+from ._core import (
+    Outcome,
+    PendingActivity,
+    PendingTimer,
+    TimerKind,
+    UpdateState,
+    WorkflowInstance,
+)
 from ._errors import (
     InvalidArgumentError,
     NonDeterminismError,
@@ -59,6 +66,7 @@ from ._types import (
     WorkflowState,
     WorkflowStatus,
 )
+from ._updates import answer_of, check_update, completed_update, update_answer
 
 log = logging.getLogger("app.workflow.embedded")
 
@@ -90,6 +98,9 @@ class _Run:
         self.deferred: list[Callable[[], Awaitable[None]]] = []
         self.flushing = False
         self.finished = False
+        # callers of update() waiting for its update_completed, by update id
+        self.updates: dict[str, asyncio.Future[HistoryEvent]] = {}
+        self.loop = asyncio.get_running_loop()
 
     @property
     def ended(self) -> bool:
@@ -225,6 +236,17 @@ class DefaultExecutor:
                     )
                 )
                 run.done.exception()
+            for update_id, waiter in run.updates.items():
+                if not waiter.done():
+                    waiter.set_exception(
+                        ExecutorStoppedError(
+                            f"the executor stopped before update {update_id!r} of workflow "
+                            f"{run.state.workflow_id!r} finished; call update again with "
+                            "this update_id on a started executor to get its answer"
+                        )
+                    )
+                    waiter.exception()
+            run.updates.clear()
         self._runs.clear()
         await cancel_and_wait(list(self._tasks))
         if self._pool is not None:
@@ -346,6 +368,74 @@ class DefaultExecutor:
         )
         if not recorded:
             raise WorkflowNotFoundError(workflow_id, "it ended before the signal was recorded")
+
+    async def update(
+        self, workflow_id: str, name: str, arg: Any = None, update_id: str | None = None
+    ) -> Any:
+        """Run the workflow's update handler ``name`` with ``arg``; returns its result.
+
+        A validator's refusal raises :class:`UpdateRejectedError` and an
+        unknown name :class:`UpdateNotFoundError`, both recording nothing;
+        a handler that raises gives :class:`UpdateFailedError`. The same
+        ``update_id`` again (even after a restart) returns the recorded
+        answer without running the handler again.
+
+        It waits as long as the handler runs: bound it with
+        ``asyncio.wait_for``; the update goes on, and a later call with the
+        same ``update_id`` waits for (or gets) its answer.
+        """
+        uid = check_update(workflow_id, name, update_id)
+        payload = to_payload(arg, f"argument of update {name!r}")
+        await self.start()
+        run = self._runs.get(workflow_id)
+        if run is None or run.ended:
+            return await self._ended_update(workflow_id, uid)
+        answered: list[UpdateState] = []
+        waiters: list[asyncio.Future[HistoryEvent]] = []
+
+        def make(r: _Run) -> HistoryEvent | None:
+            if r.parked is not None:
+                raise r.parked
+            assert r.instance is not None
+            known = r.instance.update(uid)
+            if known is not None:
+                if known.recorded:
+                    answered.append(known)
+                else:
+                    waiters.append(r.updates.setdefault(uid, r.loop.create_future()))
+                return None
+            r.instance.validate_update(name, payload)
+            waiters.append(r.updates.setdefault(uid, r.loop.create_future()))
+            return self._event(
+                r,
+                EventType.UPDATE_ACCEPTED,
+                signal_name=name,
+                signal_payload=payload,
+                change_id=uid,
+            )
+
+        if not await self._input(run, make, raise_errors=True):
+            return await self._ended_update(workflow_id, uid)
+        if answered:
+            return update_answer(workflow_id, name, answered[0].result, answered[0].failure)
+        waiter = waiters[0]
+        waits: list[asyncio.Future[Any]] = [waiter, run.stuck]
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        if not waiter.done():
+            assert run.parked is not None
+            raise run.parked
+        return answer_of(workflow_id, waiter.result())
+
+    async def _ended_update(self, workflow_id: str, update_id: str) -> Any:
+        state = await self._io.load(workflow_id)
+        if state is None:
+            raise WorkflowNotFoundError(workflow_id)
+        event = completed_update(state.history, update_id)
+        if event is not None:
+            return answer_of(workflow_id, event)
+        raise WorkflowNotFoundError(
+            workflow_id, f"cannot update: it is not running (it is {state.status.value})"
+        )
 
     async def cancel(self, workflow_id: str) -> None:
         """Ask the workflow to stop: ``CancelledError`` is raised at its current await."""
@@ -487,6 +577,11 @@ class DefaultExecutor:
             del state.history[before[0] :]
             state.status, state.result, state.error, state.updated_at = before[1:]
             raise
+        for event in events:
+            if event.type is EventType.UPDATE_COMPLETED and event.change_id in run.updates:
+                waiter = run.updates.pop(event.change_id)
+                if not waiter.done():
+                    waiter.set_result(event)
 
     async def _write(self, state: WorkflowState, events: list[HistoryEvent]) -> None:
         """One durable write, retried a few times unless it lost a race (a conflict)."""

@@ -15,6 +15,9 @@ Every error the engine raises derives from :class:`WorkflowError`::
     ├── PayloadCodecError              an encoded payload could not be decoded (no codec, key)
     ├── InvalidArgumentError (ValueError)  a bad option, caught at the call
     ├── QueryNotFoundError             unknown query type
+    ├── UpdateNotFoundError            unknown update name (nothing recorded)
+    ├── UpdateRejectedError            the update's validator refused it (nothing recorded)
+    ├── UpdateFailedError              the update's handler raised (``__cause__``)
     ├── NonRetryableError              raised by an activity to stop retries
     ├── StoreConflictError             a store write lost a race (stale run, duplicate event)
     └── ApplicationError               an error rebuilt from history whose type is unknown here
@@ -147,6 +150,39 @@ class QueryNotFoundError(WorkflowError):
             f"workflow {workflow_id!r} has no query {query_type!r}; "
             f"known queries: {', '.join(self.known)}"
         )
+
+
+class UpdateNotFoundError(WorkflowError):
+    """The workflow has no handler for the update name; nothing was recorded."""
+
+    def __init__(self, workflow_id: str, name: str, known: Iterable[str]) -> None:
+        self.workflow_id = workflow_id
+        self.name = name
+        self.known = sorted(known)
+        super().__init__(
+            f"workflow {workflow_id!r} has no update handler {name!r}; "
+            f"known updates: {', '.join(self.known) or 'none'} "
+            "(register one with ctx.set_update_handler(name, fn))"
+        )
+
+
+class UpdateRejectedError(WorkflowError):
+    """The update's validator raised; nothing was recorded and the handler did not run."""
+
+    def __init__(self, workflow_id: str, name: str, message: str) -> None:
+        self.workflow_id = workflow_id
+        self.name = name
+        self.message = message
+        super().__init__(f"update {name!r} of workflow {workflow_id!r} was rejected: {message}")
+
+
+class UpdateFailedError(WorkflowError):
+    """The update's handler raised; ``__cause__`` holds its error."""
+
+    def __init__(self, workflow_id: str, name: str, message: str) -> None:
+        self.workflow_id = workflow_id
+        self.name = name
+        super().__init__(f"update {name!r} of workflow {workflow_id!r} failed: {message}")
 
 
 class NonRetryableError(WorkflowError):

@@ -36,7 +36,7 @@ class WorkflowHandle(Protocol):
 
 @runtime_checkable
 class DurableExecutor(Protocol):
-    """Starts, signals, queries and cancels workflows."""
+    """Starts, signals, queries, updates and cancels workflows."""
 
     async def execute(self, fn: Callable[..., Any], options: WorkflowOptions) -> WorkflowHandle: ...
 
@@ -45,3 +45,14 @@ class DurableExecutor(Protocol):
     async def query(self, workflow_id: str, query_type: str) -> Any: ...
 
     async def cancel(self, workflow_id: str) -> None: ...
+
+    async def update(
+        self, workflow_id: str, name: str, arg: Any = None, update_id: str | None = None
+    ) -> Any:
+        """Run the workflow's update handler ``name`` and return its result.
+
+        Raises :class:`UpdateNotFoundError` or :class:`UpdateRejectedError`
+        (nothing recorded) or :class:`UpdateFailedError` (the handler raised).
+        The same ``update_id`` twice runs the handler once.
+        """
+        ...

@@ -50,6 +50,11 @@ class _Wrapper:
     async def cancel(self, workflow_id: str) -> None:
         await self.inner.cancel(workflow_id)
 
+    async def update(
+        self, workflow_id: str, name: str, arg: Any = None, update_id: str | None = None
+    ) -> Any:
+        return await self.inner.update(workflow_id, name, arg, update_id)
+
 
 class _HookedHandle:
     def __init__(self, inner: WorkflowHandle, hooks: Hooks) -> None:
@@ -134,6 +139,12 @@ class _TracedExecutor(_Wrapper):
     async def cancel(self, workflow_id: str) -> None:
         with self._span("cancel", workflow_id):
             await self.inner.cancel(workflow_id)
+
+    async def update(
+        self, workflow_id: str, name: str, arg: Any = None, update_id: str | None = None
+    ) -> Any:
+        with self._span("update", workflow_id, update_name=str(name)):
+            return await self.inner.update(workflow_id, name, arg, update_id)
 
 
 def with_tracing(tracer_provider: trace.TracerProvider | None = None) -> Middleware:

@@ -51,6 +51,11 @@ class EventType(StrEnum):
     history so that replay delivers it at the same point of the code, and
     ``marker_recorded``: the code took the new branch of ``ctx.patched(id)``
     (or reached ``ctx.deprecate_patch(id)``), ``change_id`` naming the patch.
+
+    ``update_accepted`` records an update that passed its validator (its
+    name in ``signal_name``, its argument in ``signal_payload``, its update
+    id in ``change_id``); ``update_completed`` records the handler's
+    ``result`` or ``failure`` under the same update id (``change_id``).
     """
 
     WORKFLOW_STARTED = "workflow_started"
@@ -64,6 +69,8 @@ class EventType(StrEnum):
     TIMER_FIRED = "timer_fired"
     CANCEL_REQUESTED = "cancel_requested"
     MARKER_RECORDED = "marker_recorded"
+    UPDATE_ACCEPTED = "update_accepted"
+    UPDATE_COMPLETED = "update_completed"
 
 
 TERMINAL_EVENTS = frozenset(
@@ -214,7 +221,8 @@ class HistoryEvent(BaseModel):
     ``step`` ties activity and timer events to the command that caused them
     (the n-th durable call of the workflow code); ``attempt`` numbers the
     tries of an activity; ``change_id`` is the patch a ``marker_recorded``
-    event stands for.
+    event stands for, or the update id of an ``update_*`` event (whose name
+    and argument travel in ``signal_name`` and ``signal_payload``).
     """
 
     model_config = ConfigDict(frozen=True)

@@ -18,6 +18,10 @@ from app.workflow._types import Duration, to_seconds
 DEFAULT_TASK_QUEUE = "beluga-workflows"
 DEFAULT_TARGET_HOST = "localhost:7233"
 BUILTIN_QUERIES = ("result", "status")
+UPDATE_NOT_FOUND = "UpdateNotFound"
+"""The ApplicationError type of an update refused for naming no handler (details: the known)."""
+UPDATE_REJECTED = "UpdateRejected"
+"""The ApplicationError type of an update its validator refused."""
 
 _PAGE_SIZE = 1000
 _LONG_POLL = timedelta(seconds=40)  # above the server's own long-poll expiry (about 20 s)

@@ -15,7 +15,13 @@ from temporalio.api.workflowservice.v1 import (
     DescribeNamespaceRequest,
     ResetStickyTaskQueueRequest,
 )
-from temporalio.client import Client, WorkflowQueryFailedError
+from temporalio.client import (
+    Client,
+    WorkflowQueryFailedError,
+    WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
+)
+from temporalio.exceptions import ApplicationError as TemporalApplicationError
 from temporalio.exceptions import (
     WorkflowAlreadyStartedError,
 )
@@ -31,6 +37,9 @@ from app.workflow import (
     InvalidArgumentError,
     QueryNotFoundError,
     Signal,
+    UpdateFailedError,
+    UpdateNotFoundError,
+    UpdateRejectedError,
     WorkflowAlreadyRunningError,
     WorkflowError,
     WorkflowNotFoundError,
@@ -41,18 +50,22 @@ from app.workflow import (
 from app.workflow._codec import PayloadCodec, as_chain
 from app.workflow._converter import (
     check_workflow_call,
+    decode_failure,
 )
 from app.workflow._converter import to_payload as to_json
 from app.workflow._handle import RunHandle, failure_error, outcome_value
 from app.workflow._hooks import HOOK_NAMES, call_hook
 from app.workflow._names import FunctionTable, Registrable
-from app.workflow._types import Duration, to_seconds
+from app.workflow._types import Duration, FailureInfo, to_seconds
+from app.workflow._updates import answer_of, check_update, completed_update
 
 from ._codec import data_converter, with_codec
 from ._common import (
     _UNKNOWN_QUERY,
     DEFAULT_TARGET_HOST,
     DEFAULT_TASK_QUEUE,
+    UPDATE_NOT_FOUND,
+    UPDATE_REJECTED,
     TemporalConnectionError,
     _address,
     _rpc_error,
@@ -464,6 +477,41 @@ class TemporalExecutor:
         except RPCError as err:
             raise self._not_running(err, workflow_id, "cancel") from err
 
+    async def update(
+        self, workflow_id: str, name: str, arg: Any = None, update_id: str | None = None
+    ) -> Any:
+        """Run update handler ``name`` as a Temporal update (its validator as Temporal's).
+
+        Temporal dedupes by ``update_id`` itself; for a run that has ended, an
+        update it answered is found in its history.
+        """
+        uid = check_update(workflow_id, name, update_id)
+        payload = to_json(arg, f"argument of update {name!r}")
+        await self.start()
+        handle = self.client.get_workflow_handle(workflow_id)
+        try:
+            return await handle.execute_update(name, payload, id=uid, rpc_timeout=self.rpc_timeout)
+        except WorkflowUpdateFailedError as err:
+            raise _update_error(workflow_id, name, err.cause) from None
+        except WorkflowUpdateRPCTimeoutOrCancelledError as err:
+            if isinstance(err.__cause__, asyncio.CancelledError):
+                raise err.__cause__ from None  # the caller was cancelled: not an error
+            raise WorkflowError(
+                f"update {name!r} of {workflow_id!r} got no answer within "
+                f"{self.rpc_timeout.total_seconds():g}s (is a worker polling "
+                f"{self.task_queue!r}?); send it again with update_id={uid!r}"
+            ) from err
+        except RPCError as err:
+            if err.status is not RPCStatusCode.NOT_FOUND:
+                raise _rpc_error(err, self.address, f"update {workflow_id!r}") from err
+        state = await self.describe(workflow_id)  # not running: answered before it ended?
+        done = completed_update(state.history, uid)
+        if done is not None:
+            return answer_of(workflow_id, done)
+        raise WorkflowNotFoundError(
+            workflow_id, f"cannot update: it is not running (it is {state.status.value})"
+        )
+
     def _not_running(self, err: RPCError, workflow_id: str, action: str) -> WorkflowError:
         if err.status is RPCStatusCode.NOT_FOUND:
             return WorkflowNotFoundError(workflow_id, f"cannot {action}: it is not running")
@@ -566,3 +614,26 @@ class TemporalExecutor:
                 raise WorkflowNotFoundError(workflow_id) from err
             raise _rpc_error(err, self.address, f"describe {workflow_id!r}") from err
         return description.run_id
+
+
+def _update_error(workflow_id: str, name: str, cause: BaseException | None) -> WorkflowError:
+    """The engine's error for a Temporal update that failed or was refused."""
+    if isinstance(cause, TemporalApplicationError):
+        details = list(cause.details)
+        if cause.type == UPDATE_NOT_FOUND:
+            known = details[0] if details and isinstance(details[0], list) else []
+            return UpdateNotFoundError(workflow_id, name, [str(k) for k in known])
+        if cause.type == UPDATE_REJECTED:
+            return UpdateRejectedError(workflow_id, name, cause.message)
+        if details and isinstance(details[0], dict):
+            try:
+                failure = FailureInfo.model_validate(details[0])
+            except ValueError:
+                failure = FailureInfo(type=cause.type or "Error", message=cause.message)
+        else:
+            failure = FailureInfo(type=cause.type or "Error", message=cause.message)
+    else:
+        failure = FailureInfo(type="Error", message=str(cause))
+    err = UpdateFailedError(workflow_id, name, failure.message)
+    err.__cause__ = decode_failure(failure)
+    return err

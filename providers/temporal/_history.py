@@ -221,6 +221,53 @@ class _HistoryMapper:
             )
         ]
 
+    async def _on_workflow_execution_update_accepted_event_attributes(
+        self, event: TemporalEvent
+    ) -> list[HistoryEvent | _Retry]:
+        request = event.workflow_execution_update_accepted_event_attributes.accepted_request
+        values = await self._values(request.input.args.payloads)
+        return [
+            self._emit(
+                event,
+                EventType.UPDATE_ACCEPTED,
+                signal_name=request.input.name,
+                signal_payload=values[0] if values else None,
+                change_id=request.meta.update_id,
+            )
+        ]
+
+    async def _on_workflow_execution_update_completed_event_attributes(
+        self, event: TemporalEvent
+    ) -> list[HistoryEvent | _Retry]:
+        attrs = event.workflow_execution_update_completed_event_attributes
+        uid = attrs.meta.update_id
+        name = next(
+            (
+                e.signal_name
+                for e in self.events
+                if e.type is EventType.UPDATE_ACCEPTED and e.change_id == uid
+            ),
+            None,
+        )
+        if attrs.outcome.HasField("failure"):
+            failure = await self._failure(attrs.outcome.failure)
+            return [
+                self._emit(
+                    event,
+                    EventType.UPDATE_COMPLETED,
+                    signal_name=name,
+                    change_id=uid,
+                    error=describe_failure(failure),
+                    failure=failure,
+                )
+            ]
+        result = await self._first(attrs.outcome.success.payloads)
+        return [
+            self._emit(
+                event, EventType.UPDATE_COMPLETED, signal_name=name, change_id=uid, result=result
+            )
+        ]
+
     async def _on_workflow_execution_cancel_requested_event_attributes(
         self, event: TemporalEvent
     ) -> list[HistoryEvent | _Retry]:

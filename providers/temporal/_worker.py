@@ -26,6 +26,7 @@ from temporalio.exceptions import CancelledError as TemporalCancelledError
 from temporalio.exceptions import TimeoutError as TemporalTimeoutError
 from temporalio.worker import (
     ExecuteWorkflowInput,
+    HandleUpdateInput,
     Interceptor,
     WorkflowInboundInterceptor,
     WorkflowInterceptorClassInput,
@@ -36,6 +37,8 @@ from app.workflow import (
     FailureInfo,
     HistoryEvent,
     QueryNotFoundError,
+    UpdateNotFoundError,
+    UpdateRejectedError,
     WorkflowError,
     WorkflowStatus,
 )
@@ -48,7 +51,13 @@ from app.workflow._converter import (
 from app.workflow._core import Outcome, PendingActivity, PendingTimer, TimerKind, WorkflowInstance
 from app.workflow._names import FunctionTable
 
-from ._common import _ACTIVITY_ID, _WORKER_STOPPED, BUILTIN_QUERIES
+from ._common import (
+    _ACTIVITY_ID,
+    _WORKER_STOPPED,
+    BUILTIN_QUERIES,
+    UPDATE_NOT_FOUND,
+    UPDATE_REJECTED,
+)
 from ._history import _failure_from_details, _timeout_failure
 
 
@@ -193,9 +202,38 @@ class _Driver:
         self._heartbeats: dict[int, Any] = {}
         self._waiters: set[asyncio.Future[None]] = set()
         self._cancel_seen = False
+        self._args: Sequence[RawValue] = ()  # the run's input, for _begin before the run
 
     # -- the run -------------------------------------------------------------
     async def _run(self, args: Sequence[RawValue]) -> Any:
+        instance = self._begin(args)
+        info = t_workflow.info()
+        settings = self.settings
+        assert settings is not None
+        while instance.outcome is None:
+            try:
+                await t_workflow.wait_condition(lambda: bool(self._inbox))
+            except asyncio.CancelledError:
+                if self._cancel_seen or t_workflow.cancellation_reason() is None:
+                    raise  # eviction, not a cancel request
+                self._cancel_seen = True
+                self._inbox.append(lambda: self._event(EventType.CANCEL_REQUESTED))
+            while self._inbox and instance.outcome is None:
+                event = self._inbox.popleft()()
+                if event is not None:
+                    self._apply(event)
+        settings.runs.discard((info.workflow_id, info.run_id))
+        return self._finish(instance.outcome)
+
+    def _begin(self, args: Sequence[RawValue]) -> WorkflowInstance:
+        """Build the run's instance and apply workflow_started, once.
+
+        Called by the run, or earlier by an update's validator or handler:
+        Temporal delivers an update that came with the start before the run
+        begins, and the code must have registered its handlers by then.
+        """
+        if self._instance is not None:
+            return self._instance
         info = t_workflow.info()
         settings = self.settings
         assert settings is not None, "the worker must use _SettingsInterceptor"
@@ -223,20 +261,7 @@ class _Driver:
         self._instance = instance
         settings.runs.add((info.workflow_id, info.run_id))
         self._apply(self._event(EventType.WORKFLOW_STARTED, input=payload))
-        while instance.outcome is None:
-            try:
-                await t_workflow.wait_condition(lambda: bool(self._inbox))
-            except asyncio.CancelledError:
-                if self._cancel_seen or t_workflow.cancellation_reason() is None:
-                    raise  # eviction, not a cancel request
-                self._cancel_seen = True
-                self._inbox.append(lambda: self._event(EventType.CANCEL_REQUESTED))
-            while self._inbox and instance.outcome is None:
-                event = self._inbox.popleft()()
-                if event is not None:
-                    self._apply(event)
-        settings.runs.discard((info.workflow_id, info.run_id))
-        return self._finish(instance.outcome)
+        return instance
 
     def _finish(self, outcome: Outcome) -> Any:
         if outcome.status is WorkflowStatus.COMPLETED:
@@ -453,6 +478,51 @@ class _Driver:
             )
         )
 
+    def _on_validate_update(self, name: str, args: Sequence[RawValue]) -> None:
+        """Temporal's validator: a refusal records nothing, as on the other runtimes."""
+        instance = self._begin(self._args)
+        converter = t_workflow.payload_converter()
+        payload = converter.from_payload(args[0].payload) if args else None
+        if instance.outcome is not None:
+            info = t_workflow.info()
+            raise TemporalApplicationError(
+                f"workflow {info.workflow_id!r} takes no update now", [], type=UPDATE_NOT_FOUND
+            )
+        try:
+            instance.validate_update(name, payload)
+        except UpdateNotFoundError as err:
+            raise TemporalApplicationError(str(err), err.known, type=UPDATE_NOT_FOUND) from None
+        except UpdateRejectedError as err:
+            raise TemporalApplicationError(err.message, type=UPDATE_REJECTED) from None
+
+    async def _on_update(self, name: str, args: Sequence[RawValue]) -> Any:
+        """Temporal's update handler: an update_accepted input, then wait for its answer."""
+        instance = self._begin(self._args)
+        converter = t_workflow.payload_converter()
+        payload = converter.from_payload(args[0].payload) if args else None
+        uid = t_workflow.current_update_info().id  # type: ignore[union-attr]
+        self._inbox.append(
+            lambda: self._event(
+                EventType.UPDATE_ACCEPTED, signal_name=name, signal_payload=payload, change_id=uid
+            )
+        )
+
+        def answered() -> bool:
+            update = instance.update(uid)
+            return update is not None and update.done
+
+        await t_workflow.wait_condition(answered)
+        update = instance.update(uid)
+        assert update is not None
+        if update.failure is not None:
+            raise TemporalApplicationError(
+                update.failure.message,
+                update.failure.model_dump(mode="json"),
+                type=update.failure.type,
+                non_retryable=True,
+            )
+        return update.result
+
     def _on_query(self, name: str, args: Sequence[RawValue]) -> Any:
         instance = self._instance
         outcome = instance.outcome if instance is not None else None
@@ -471,6 +541,11 @@ class _Driver:
 class BelugaWorkflow(_Driver):
     """The dynamic Temporal workflow that runs every registered workflow function."""
 
+    @t_workflow.init
+    def __init__(self, args: Sequence[RawValue]) -> None:
+        super().__init__()
+        self._args = args
+
     @t_workflow.run
     async def run(self, args: Sequence[RawValue]) -> Any:
         return await self._run(args)
@@ -482,6 +557,14 @@ class BelugaWorkflow(_Driver):
     @t_workflow.query(dynamic=True)
     def query(self, name: str, args: Sequence[RawValue]) -> Any:
         return self._on_query(name, args)
+
+    @t_workflow.update(dynamic=True)
+    async def update(self, name: str, args: Sequence[RawValue]) -> Any:
+        return await self._on_update(name, args)
+
+    @update.validator
+    def validate_update(self, name: str, args: Sequence[RawValue]) -> None:
+        self._on_validate_update(name, args)
 
 
 class _SettingsInterceptor(Interceptor):
@@ -496,6 +579,19 @@ class _SettingsInterceptor(Interceptor):
         settings = self._settings
 
         class Inject(WorkflowInboundInterceptor):
+            def handle_update_validator(self, input: HandleUpdateInput) -> None:
+                # an update can come before the run begins: its handlers need the tables too
+                driver = t_workflow.instance()
+                if isinstance(driver, _Driver):
+                    driver.settings = settings
+                self.next.handle_update_validator(input)
+
+            async def handle_update_handler(self, input: HandleUpdateInput) -> Any:
+                driver = t_workflow.instance()
+                if isinstance(driver, _Driver):
+                    driver.settings = settings
+                return await self.next.handle_update_handler(input)
+
             async def execute_workflow(self, input: ExecuteWorkflowInput) -> Any:
                 driver = t_workflow.instance()
                 if isinstance(driver, _Driver):

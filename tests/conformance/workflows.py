@@ -302,3 +302,34 @@ async def timeout_during_activity(ctx: WorkflowContext) -> str:
 
 
 workflows += [swallow_cancel, retry_forever, timeout_during_activity]
+
+
+def check_amount(amount: int) -> None:
+    if amount < 0:
+        raise ValueError(f"amount must be zero or more, got {amount}")
+
+
+async def with_updates(ctx: WorkflowContext, start: int) -> int:
+    total = {"value": start}
+
+    async def add(amount: int) -> int:
+        doubled: int = await ctx.execute_activity(double, amount)
+        total["value"] += doubled
+        return total["value"]
+
+    async def fail(message: str) -> None:
+        raise ValueError(message)
+
+    async def hold(tag: str) -> Any:
+        await ctx.execute_activity(ready, tag)
+        return await ctx.receive_signal("release").receive()
+
+    ctx.set_update_handler("add", add, validator=check_amount)
+    ctx.set_update_handler("fail", fail)
+    ctx.set_update_handler("hold", hold)
+    ctx.set_update_handler("peek", lambda: total["value"])
+    await ctx.receive_signal("finish").receive()
+    return total["value"]
+
+
+workflows += [with_updates]

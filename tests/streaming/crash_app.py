@@ -144,5 +144,22 @@ async def resumable(ctx: WorkflowContext, n: int) -> dict[str, int]:
     return result
 
 
-workflows = [chain, crashing, signalled, ticking, lingering, waiting, resumable]
+async def counter(ctx: WorkflowContext, start: int) -> int:
+    """Update ``add`` runs ``work`` on the amount and adds it; ``stop`` ends the run."""
+    total = {"value": start}
+
+    async def add(amount: int) -> int:
+        total["value"] += await ctx.execute_activity(work, amount)
+        return total["value"]
+
+    def positive(amount: int) -> None:
+        if amount <= 0:
+            raise ValueError(f"amount must be positive, got {amount}")
+
+    ctx.set_update_handler("add", add, validator=positive)
+    await ctx.receive_signal("stop").receive()
+    return total["value"]
+
+
+workflows = [chain, crashing, signalled, ticking, lingering, waiting, resumable, counter]
 activities = [work, crash_once, linger, held, process_items]

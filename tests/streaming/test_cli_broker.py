@@ -219,6 +219,33 @@ def test_cancel_a_running_workflow(deployment: Deployment) -> None:
     assert "'cli-z' not found: cannot cancel: it is not running" in again.stderr
 
 
+def test_update_a_running_workflow(deployment: Deployment) -> None:
+    ok(deployment.app("start", "counter", "--id", "cli-u", "--input", "10"))
+    first = ok(deployment.app("update", "cli-u", "add", "--payload", "4", "--update-id", "u-1"))
+    assert json.loads(first) == 15  # work(4) = 5
+    again = ok(deployment.app("update", "cli-u", "add", "--payload", "4", "--update-id", "u-1"))
+    assert json.loads(again) == 15  # the recorded answer: not run twice
+
+    rejected = deployment.app("update", "cli-u", "add", "--payload", "-1")
+    assert rejected.returncode == 1, rejected
+    assert "was rejected: amount must be positive, got -1" in rejected.stderr
+    unknown = deployment.app("update", "cli-u", "nope")
+    assert unknown.returncode == 1, unknown
+    assert "has no update handler 'nope'; known updates: add" in unknown.stderr
+    assert "Traceback" not in rejected.stderr + unknown.stderr
+
+    ok(deployment.app("signal", "cli-u", "stop"))
+    deployment.wait_for_status("cli-u", "completed")
+    assert deployment.query("cli-u", "result") == 15
+    shown = ok(deployment.app("show", "cli-u"))
+    assert shown.count("update_accepted") == 1
+    assert shown.count("update_completed") == 1
+    assert "add [u-1]" in shown
+    ended = deployment.app("update", "cli-u", "add", "--payload", "1")
+    assert ended.returncode == 1
+    assert "cannot update: it is not running" in ended.stderr
+
+
 def test_errors_exit_1_with_a_clear_message(deployment: Deployment) -> None:
     unknown = deployment.app("signal", "no-such-workflow", "go", "--payload", "1")
     assert unknown.returncode == 1, unknown

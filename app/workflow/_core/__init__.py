@@ -7,6 +7,8 @@ from ._instance import (
     PendingActivity,
     PendingTimer,
     TimerKind,
+    UpdateHandler,
+    UpdateState,
     WorkflowInstance,
 )
 
@@ -17,6 +19,8 @@ __all__ = [
     "PendingTimer",
     "SignalChannel",
     "TimerKind",
+    "UpdateHandler",
+    "UpdateState",
     "WorkflowContext",
     "WorkflowInstance",
 ]

@@ -1,4 +1,4 @@
-"""The API workflow code calls: activities, signals, timers, queries, replay-safe values."""
+"""The API workflow code calls: activities, signals, timers, queries, updates, replay-safe data."""
 
 from __future__ import annotations
 
@@ -213,6 +213,31 @@ class WorkflowContext:
         if not callable(fn):
             raise InvalidArgumentError(f"query handler for {name!r} must be callable")
         self._instance.add_query_handler(name, fn)
+
+    def set_update_handler(
+        self,
+        name: str,
+        fn: Callable[..., Any],
+        validator: Callable[..., Any] | None = None,
+    ) -> None:
+        """Answer ``executor.update(workflow_id, name, arg)`` with ``await fn(arg)``.
+
+        The handler runs as a task of the workflow, so it may run activities,
+        sleep and change the workflow's state; its return value (or error) is
+        recorded and sent to the caller. ``validator(arg)``, if given, runs
+        first, outside the workflow: raising rejects the update (the caller
+        gets :class:`UpdateRejectedError` with its message) and nothing is
+        recorded. Both take the update's argument, or no parameter at all.
+        """
+        if not isinstance(name, str) or not name:
+            raise InvalidArgumentError(f"update name must be a non-empty string, got {name!r}")
+        if not callable(fn):
+            raise InvalidArgumentError(f"update handler for {name!r} must be callable")
+        if validator is not None and not callable(validator):
+            raise InvalidArgumentError(f"update validator for {name!r} must be callable or None")
+        from ._instance import UpdateHandler  # circular: the instance imports this module
+
+        self._instance.add_update_handler(name, UpdateHandler(fn, validator))
 
     def patched(self, change_id: str) -> bool:
         """Whether this run takes the new branch of a code change named ``change_id``.
