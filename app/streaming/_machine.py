@@ -235,6 +235,7 @@ class Machine:
             fn=fn,
             timeout=state.timeout,
             activity_namer=self.activities.name_of,
+            continue_as_new="the streaming runtime (KafkaExecutor) yet",
         )
 
     def restore(self, run: Run) -> None:

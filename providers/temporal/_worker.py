@@ -219,6 +219,7 @@ class _Driver:
             fn=fn,
             activity_namer=settings.activities.name_of,
             patcher=_temporal_patcher(),
+            continue_as_new="the Temporal provider (TemporalExecutor) yet",
         )
         self._instance = instance
         settings.runs.add((info.workflow_id, info.run_id))

@@ -36,6 +36,7 @@ import asyncio
 import enum
 import logging
 import random
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -51,29 +52,31 @@ from .._converter import (
 )
 from .._errors import (
     ActivityError,
+    ContinueAsNewError,
     NonDeterminismError,
     PayloadError,
+    WorkflowError,
     WorkflowTimeoutError,
     _ControlFlow,
     _InstanceClosed,
 )
 from .._names import activity_name
-from .._types import EventType, FailureInfo, HistoryEvent, RetryPolicy, WorkflowStatus
+from .._types import (
+    TERMINAL_EVENTS,
+    EventType,
+    FailureInfo,
+    HistoryEvent,
+    RetryPolicy,
+    WorkflowInfo,
+    WorkflowStatus,
+)
 from ._loop import WorkflowLoop
 
 log = logging.getLogger("app.workflow.core")
 
 WORKFLOW_TIMEOUT_STEP = 0
 
-_ECHOES = frozenset(
-    {
-        EventType.ACTIVITY_STARTED,
-        EventType.MARKER_RECORDED,
-        EventType.WORKFLOW_COMPLETED,
-        EventType.WORKFLOW_FAILED,
-        EventType.WORKFLOW_CANCELED,
-    }
-)
+_ECHOES = frozenset({EventType.ACTIVITY_STARTED, EventType.MARKER_RECORDED, *TERMINAL_EVENTS})
 
 Patcher = Callable[[str, bool], bool]
 """Decides ``patched(change_id)`` (``deprecated`` for ``deprecate_patch``) in
@@ -121,12 +124,17 @@ class PendingActivity:
 
 @dataclass(frozen=True)
 class Outcome:
-    """How the run ended; ``error`` is the live exception when there is one."""
+    """How the run ended; ``error`` is the live exception when there is one.
+
+    A run that continued as new has ``result`` = the next run's input payload
+    and ``next_run_id``.
+    """
 
     status: WorkflowStatus
     result: Any = None
     failure: FailureInfo | None = None
     error: BaseException | None = None
+    next_run_id: str | None = None
 
     @property
     def event_type(self) -> EventType:
@@ -134,6 +142,7 @@ class Outcome:
             WorkflowStatus.COMPLETED: EventType.WORKFLOW_COMPLETED,
             WorkflowStatus.FAILED: EventType.WORKFLOW_FAILED,
             WorkflowStatus.CANCELED: EventType.WORKFLOW_CANCELED,
+            WorkflowStatus.CONTINUED_AS_NEW: EventType.WORKFLOW_CONTINUED_AS_NEW,
         }[self.status]
 
 
@@ -167,6 +176,7 @@ class WorkflowInstance:
         timeout: float | None = None,
         activity_namer: Callable[[Callable[..., Any]], str] = activity_name,
         patcher: Patcher | None = None,
+        continue_as_new: str | None = None,
     ) -> None:
         from ._context import WorkflowContext  # circular: the context drives the instance
 
@@ -200,6 +210,11 @@ class WorkflowInstance:
         self._recorded: Sequence[HistoryEvent] = ()
         self._patches: dict[str, bool] = {}  # change id -> the branch taken
         self._markers: dict[str, bool] = {}  # change id -> its marker is recorded
+        # None: the runtime carries out continue-as-new; else why it cannot
+        self._no_continue_as_new = continue_as_new
+        self._signal_seq = 0
+        self.previous_run_ids: tuple[str, ...] = ()
+        self.suggest_after: int | None = None
 
     # -- what the runtime reads -----------------------------------------------
     @property
@@ -247,12 +262,15 @@ class WorkflowInstance:
                 )
         outcome = self.outcome
         if outcome is not None and not self.outcome_recorded:
+            carried_on = outcome.status is WorkflowStatus.CONTINUED_AS_NEW
             events.append(
                 HistoryEvent(
                     id=next_id + len(events),
                     type=outcome.event_type,
                     timestamp=now,
-                    result=outcome.result,
+                    result=None if carried_on else outcome.result,
+                    input=outcome.result if carried_on else None,
+                    new_run_id=outcome.next_run_id,
                     error=describe_failure(outcome.failure) if outcome.failure else None,
                     failure=outcome.failure,
                 )
@@ -262,6 +280,28 @@ class WorkflowInstance:
     def pending_timers(self) -> dict[int, PendingTimer]:
         """Timers that should be armed, by step."""
         return dict(self._timers)
+
+    def info(self) -> WorkflowInfo:
+        """What ``ctx.info()`` returns at this point of the run."""
+        length = self.last_event_id
+        return WorkflowInfo(
+            workflow_id=self.workflow_id,
+            run_id=self.run_id,
+            workflow_type=self.workflow_type,
+            history_length=length,
+            should_continue_as_new=self.suggest_after is not None and length >= self.suggest_after,
+            previous_run_ids=self.previous_run_ids,
+        )
+
+    def carried_signals(self) -> list[tuple[str, Any]]:
+        """Signals delivered but not received by the code, in arrival order.
+
+        A run that continued as new hands these to the next run, so none is lost.
+        """
+        waiting: list[tuple[int, str, Any]] = []
+        for name, channel in self._channels.items():
+            waiting += [(seq, name, payload) for seq, payload in channel.buffered()]
+        return [(name, payload) for _, name, payload in sorted(waiting, key=lambda w: w[0])]
 
     def awaited_signals(self) -> list[str]:
         """Names of the signals the code waits for right now."""
@@ -354,11 +394,7 @@ class WorkflowInstance:
         if kind is EventType.MARKER_RECORDED:
             self._on_marker(event)
             return
-        if kind in (
-            EventType.WORKFLOW_COMPLETED,
-            EventType.WORKFLOW_FAILED,
-            EventType.WORKFLOW_CANCELED,
-        ):
+        if kind in TERMINAL_EVENTS:
             self._on_terminal(event)
             return
         if self.outcome is not None:
@@ -374,7 +410,9 @@ class WorkflowInstance:
         elif kind is EventType.TIMER_FIRED:
             self._on_timer_fired(event)
         elif kind is EventType.SIGNAL_RECEIVED:
-            self._signal_channel(event.signal_name or "").deliver(event.signal_payload)
+            self._signal_seq += 1
+            channel = self._signal_channel(event.signal_name or "")
+            channel.deliver(event.signal_payload, self._signal_seq)
         elif kind is EventType.CANCEL_REQUESTED:
             self.cancel_requested = True
             if self._main is not None and not self._main.done():
@@ -384,6 +422,8 @@ class WorkflowInstance:
     def _on_started(self, event: HistoryEvent) -> None:
         if self._main is not None:
             raise self._diverged(event, "one workflow_started", "a second workflow_started")
+        self.previous_run_ids = tuple(event.previous_run_ids or ())
+        self.suggest_after = event.continue_as_new_suggested_after
         self._main = self._loop.create_task(
             self._run_code(event.input), name=f"workflow:{self.workflow_id}"
         )
@@ -534,6 +574,13 @@ class WorkflowInstance:
             else:
                 self._settle(Outcome(WorkflowStatus.COMPLETED, result=result))
                 return
+        if isinstance(exc, ContinueAsNewError):
+            self._settle(
+                Outcome(
+                    WorkflowStatus.CONTINUED_AS_NEW, result=exc.input, next_run_id=exc.next_run_id
+                )
+            )
+            return
         if isinstance(exc, _ControlFlow):
             return
         if isinstance(exc, asyncio.CancelledError):
@@ -654,6 +701,19 @@ class WorkflowInstance:
             if event.type is EventType.MARKER_RECORDED and event.change_id:
                 markers.add(event.change_id)
         return bool(later), markers
+
+    def continue_as_new(self, payload: Any) -> ContinueAsNewError:
+        """The exception that ends this run and starts the next with ``payload``."""
+        self._check_open()
+        if self._no_continue_as_new is not None:
+            raise WorkflowError(
+                f"ctx.continue_as_new is not supported on {self._no_continue_as_new}; "
+                "run this workflow on the embedded DefaultExecutor, or end the run and "
+                "start a new one with the next input"
+            )
+        # derived from the run id, so a replay names the same next run
+        seed = random.Random(f"{self.run_id}:continue-as-new").getrandbits(128)
+        return ContinueAsNewError(payload, uuid.UUID(int=seed, version=4).hex)
 
     def add_query_handler(self, name: str, fn: Callable[[], Any]) -> None:
         self._query_handlers[name] = fn
