@@ -18,6 +18,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -91,6 +92,8 @@ class _Run:
         self.deferred: list[Callable[[], Awaitable[None]]] = []
         self.flushing = False
         self.finished = False
+        # signals handed over by the run this one continued, not recorded here yet
+        self.carried: deque[tuple[str, Any]] = deque()
 
     @property
     def ended(self) -> bool:
@@ -700,47 +703,40 @@ class DefaultExecutor:
         self._sync_timers(run, instance)
 
     async def _continue(self, run: _Run, instance: WorkflowInstance, outcome: Outcome) -> None:
-        """Start the run that ``run`` continued as, carrying its unconsumed signals.
+        """Start the run that ``run`` continued as, handing it the unconsumed signals.
 
         Called under ``run``'s lock once its ``workflow_continued_as_new`` is
         recorded. The new run is registered (its lock held) before the old one
         is finished, so an input that finds the old run ended waits for the new
-        one and is recorded there.
+        one and is recorded there. The carried signals are recorded one at a
+        time after its ``workflow_started``: if it continues as new again, the
+        rest go on to the next run.
         """
         old = run.state
         assert outcome.next_run_id is not None
+        carried = deque([*instance.carried_signals(), *run.carried])
+        run.carried.clear()
         now = self._clock()
-        events = [
-            HistoryEvent(
-                id=1,
-                type=EventType.WORKFLOW_STARTED,
-                timestamp=now,
-                input=outcome.result,
-                previous_run_ids=[*old.previous_run_ids, old.run_id],
-                continue_as_new_suggested_after=instance.suggest_after,
-            )
-        ]
-        for name, payload in instance.carried_signals():
-            events.append(
-                HistoryEvent(
-                    id=len(events) + 1,
-                    type=EventType.SIGNAL_RECEIVED,
-                    timestamp=now,
-                    signal_name=name,
-                    signal_payload=payload,
-                )
-            )
+        started = HistoryEvent(
+            id=1,
+            type=EventType.WORKFLOW_STARTED,
+            timestamp=now,
+            input=outcome.result,
+            previous_run_ids=[*old.previous_run_ids, old.run_id],
+            continue_as_new_suggested_after=instance.suggest_after,
+        )
         state = WorkflowState(
             workflow_id=old.workflow_id,
             run_id=outcome.next_run_id,
             workflow_type=old.workflow_type,
             input=outcome.result,
             timeout=old.timeout,
-            history=events,
+            history=[started],
             created_at=now,
             updated_at=now,
         )
         new = _Run(state, run.fn)
+        new.carried = carried
         await new.lock.acquire()
         try:
             self._runs[old.workflow_id] = new
@@ -753,13 +749,25 @@ class DefaultExecutor:
             if run.fn is None:
                 return
             new.instance = self._new_instance(state, run.fn)
-            for event in events:
-                self._apply(new, event)
-                if new.parked is not None:
-                    return
+            self._apply(new, started)
             if self._always_replay:
                 self._check_replay(new)
             await self._reconcile(new)
+            while new.carried and not new.ended and new.parked is None:
+                name, payload = new.carried.popleft()
+                event = self._event(
+                    new, EventType.SIGNAL_RECEIVED, signal_name=name, signal_payload=payload
+                )
+                try:
+                    await self._record(new, [event])
+                except Exception as exc:
+                    new.carried.appendleft((name, payload))
+                    self._park(new, WorkflowError(f"could not record {event.type.value}: {exc}"))
+                    return
+                self._apply(new, event)
+                if self._always_replay:
+                    self._check_replay(new)
+                await self._reconcile(new)
         finally:
             new.lock.release()
             self._spawn(self._flush(new))

@@ -65,6 +65,27 @@ async def test_a_run_ends_with_continued_as_new(runtime: Runtime) -> None:
     assert state.history[-1].type is EventType.WORKFLOW_COMPLETED
 
 
+async def test_unconsumed_signals_carry_over_even_past_the_next_continue(
+    runtime: Runtime,
+) -> None:
+    counter = {**_counter(7, 2), "gate": 1}
+    async with runtime.open() as ex:
+        handle = await ex.execute(wf.counter, WorkflowOptions(id="carry", input=counter))
+        for n in range(1, 8):
+            await signal(ex, "carry", "add", n)
+        await signal(ex, "carry", "go")
+        # run 1 takes 1 and 2 and hands 3..7 on; run 2 takes 3 and 4 and hands 5..7 on ...
+        assert await handle.result(timeout=WAIT) == {"total": 28, "count": 7, "runs": 4}
+        state = await ex.describe("carry")
+    assert [e.type for e in state.history] == [
+        EventType.WORKFLOW_STARTED,
+        EventType.SIGNAL_RECEIVED,
+        EventType.WORKFLOW_COMPLETED,
+    ]
+    assert state.history[1].signal_payload == 7
+    assert len(state.previous_run_ids) == 3
+
+
 async def test_info_history_length_and_suggestion(runtime: Runtime) -> None:
     options = WorkflowOptions(id="probe", input=False, continue_as_new_suggested_after=3)
     async with runtime.open() as ex:
