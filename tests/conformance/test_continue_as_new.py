@@ -44,6 +44,9 @@ async def test_counter_continues_as_new_and_loses_no_signal(runtime: Runtime) ->
         assert state.run_id not in state.previous_run_ids
         assert await handle.status() is WorkflowStatus.CONTINUED_AS_NEW
         assert await ex.get_handle("cnt").result(timeout=WAIT) == result
+        # queries of the workflow id reach its last run
+        assert await asyncio.wait_for(ex.query("cnt", "run_number"), WAIT) == 6
+        assert await asyncio.wait_for(ex.query("cnt", "status"), WAIT) == "completed"
     first = state.history[0]
     assert first.type is EventType.WORKFLOW_STARTED
     assert first.previous_run_ids == state.previous_run_ids

@@ -309,6 +309,7 @@ async def counter(ctx: WorkflowContext, state: dict[str, int]) -> dict[str, int]
     """Sums ``add`` signals, continuing as new after every ``every`` of them."""
     total, count = state["total"], state["count"]
     add = ctx.receive_signal("add", int)
+    ctx.set_query_handler("run_number", lambda: state["runs"])
     if state.get("gate"):  # wait for "go" first: the adds sent before it queue up
         await ctx.receive_signal("go").receive()
         state = {**state, "gate": 0}
