@@ -99,6 +99,8 @@ def _detail(event: HistoryEvent) -> str:
         return format_value(event.signal_payload)
     if kind is EventType.UPDATE_COMPLETED and event.error is None:
         return format_value(event.result)
+    if kind is EventType.WORKFLOW_CONTINUED_AS_NEW:
+        return f"as run {event.new_run_id or '?'}: {format_value(event.input)}"
     if event.error is not None:
         return _one_line(event.error)
     return ""
@@ -133,6 +135,12 @@ def render_state(state: WorkflowState) -> str:
     fields: list[tuple[str, str]] = [
         ("Workflow", state.workflow_id),
         ("Run", state.run_id),
+    ]
+    previous = state.previous_run_ids
+    if previous:
+        # the continue-as-new chain, oldest first; this run continued the last one
+        fields.append(("Previous runs", f"{len(previous)}: {' -> '.join(previous)}"))
+    fields += [
         ("Type", state.workflow_type or "-"),
         ("Status", state.status.value),
         ("Created", _date_time(state.created_at)),

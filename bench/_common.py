@@ -1,4 +1,4 @@
-"""What both benchmarks share: the workloads W1-W5, their sizes, metrics and output.
+"""What both benchmarks share: the workloads W1-W6, their sizes, metrics and output.
 
 A workload gets an :data:`Opener` (hooks -> a started executor, stopped on
 exit) and :class:`Sizes`; it returns its numbers by name. The runtime under
@@ -68,7 +68,19 @@ async def nap(ctx: WorkflowContext, seconds: float) -> str:
     return "rested"
 
 
-WORKFLOWS = [three_steps, fan_out, signal_echo, chain, nap]
+async def tally(ctx: WorkflowContext, state: dict[str, int]) -> dict[str, int]:
+    """Sums ``add`` signals (an activity each), continuing as new after ``every`` of them."""
+    adds = ctx.receive_signal("add", int)
+    total, count = state["total"], state["count"]
+    for _ in range(state["every"]):
+        total += await ctx.execute_activity(tiny, await adds.receive()) - 1
+        count += 1
+        if count == state["target"]:
+            return {"total": total, "count": count, "runs": state["runs"]}
+    ctx.continue_as_new({**state, "total": total, "count": count, "runs": state["runs"] + 1})
+
+
+WORKFLOWS: list[Callable[..., Any]] = [three_steps, fan_out, signal_echo, chain, nap, tally]
 ACTIVITIES = [tiny]
 
 
@@ -85,6 +97,9 @@ class Sizes:
     w5_workflows: int
     w5_sleep_s: float
     rt_messages: int = 0  # the broker round trip (streaming only)
+    w6_signals: int = 10_000
+    w6_every: int = 500
+    w6_window: int = 20  # signals the client keeps in flight
 
 
 @dataclass(frozen=True)
@@ -287,8 +302,64 @@ async def run_w5(open_executor: Opener, sizes: Sizes) -> dict[str, float]:
     return {"wall": wall, "started": started - began}
 
 
+async def run_w6(open_executor: Opener, sizes: Sizes) -> dict[str, float]:
+    """One workflow consuming many signals, continuing as new every ``w6_every``.
+
+    The client keeps ``w6_window`` signals in flight (so the runs' histories
+    stay short: a flood would be carried over from run to run). Each signal
+    is one step: an activity whose completion the client's hook stamps. The
+    numbers are the mean step of each segment (one run of the chain): flat
+    when a run's cost does not grow with the chain.
+    """
+    n, every = sizes.w6_signals, sizes.w6_every
+    stamps: list[float] = []
+    room = asyncio.Semaphore(sizes.w6_window)
+    all_heard = asyncio.Event()
+
+    def activity_done(workflow_id: str, result: Any) -> None:
+        if workflow_id == "w6":
+            stamps.append(time.perf_counter())
+            room.release()
+            if len(stamps) >= n:
+                all_heard.set()
+
+    state = {"total": 0, "count": 0, "target": n, "every": every, "runs": 1}
+    async with open_executor(Hooks(on_activity_complete=activity_done)) as executor:
+        handle = await executor.execute(tally, WorkflowOptions(id="w6", input=state))
+        for i in range(1, n + 1):
+            await asyncio.wait_for(room.acquire(), WAIT_S)
+            await executor.signal("w6", Signal("add", i))
+        runs = -(-n // every)
+        expected = {"total": n * (n + 1) // 2, "count": n, "runs": runs}
+        check("w6", await handle.result(timeout=WAIT_S), expected)
+        await asyncio.wait_for(all_heard.wait(), WAIT_S)
+    check("w6 completed activities", len(stamps), n)
+    steps = [later - earlier for earlier, later in itertools.pairwise(stamps)]
+    # segment k: the steps of run k (the first step, which pays for the start, left out)
+    segments = [steps[max(0, k * every - 1) : (k + 1) * every - 1] for k in range(runs)]
+    means = [statistics.fmean(seg) for seg in segments if seg]
+    # the step across a hand-off: the last activity of a run to the first of the next
+    handoffs = [steps[k * every - 1] for k in range(1, runs)]
+    return {
+        "first": ms(means[0]),
+        "last": ms(means[-1]),
+        "ratio": means[-1] / means[0],
+        "spread": max(means) / min(means),
+        "handoff": ms(statistics.fmean(handoffs)) if handoffs else math.nan,
+        # every segment's mean step (ms), printed with the run's numbers
+        **{f"seg{k + 1}": ms(mean) for k, mean in enumerate(means)},
+    }
+
+
 Run = Callable[[Opener, Sizes], Coroutine[Any, Any, dict[str, float]]]
-RUNS: dict[str, Run] = {"W1": run_w1, "W2": run_w2, "W3": run_w3, "W4": run_w4, "W5": run_w5}
+RUNS: dict[str, Run] = {
+    "W1": run_w1,
+    "W2": run_w2,
+    "W3": run_w3,
+    "W4": run_w4,
+    "W5": run_w5,
+    "W6": run_w6,
+}
 
 Ctx = TypeVar("Ctx")
 
@@ -310,6 +381,10 @@ SUMMARIES: dict[str, Callable[[Sizes], str]] = {
     "W3": lambda s: f"{s.w3_round_trips} sequential signal -> activity round trips",
     "W4": lambda s: f"1 workflow x {s.w4_steps} sequential activities, windows of {s.w4_window}",
     "W5": lambda s: f"{s.w5_workflows} workflows sleeping {s.w5_sleep_s:g}s, started at once",
+    "W6": lambda s: (
+        f"1 workflow x {s.w6_signals} signals (an activity each), continuing as new "
+        f"every {s.w6_every}; {s.w6_window} signals in flight"
+    ),
 }
 
 

@@ -14,6 +14,8 @@ Every workload runs on a fresh :class:`DefaultExecutor` over a fresh store
   hears of its completion through a hook. Also the bare ``signal()`` latency.
 - W4: one long workflow: per-step cost at the start vs. the end of its history.
 - W5: many workflows sleeping on durable timers at the same time.
+- W6: one workflow consuming signals, continuing as new every segment:
+  the mean step of each segment (each run of the chain) should stay flat.
 
 Targets apply to the SQLite results and are only printed: timing never makes
 the script fail. It exits 1 only when a workload raises (the engine broke).
@@ -77,6 +79,8 @@ QUICK = Sizes(
     w4_window=100,
     w5_workflows=50,
     w5_sleep_s=1.0,
+    w6_signals=600,
+    w6_every=100,
 )
 
 METRICS = [
@@ -95,6 +99,11 @@ METRICS = [
     Metric("W4", "median", "last/first (medians)"),
     Metric("W5", "wall", "wall, first start to all done (s)", Target(1.5, at_least=False)),
     Metric("W5", "started", "all started after (s)"),
+    Metric("W6", "first", "first-segment step (ms)"),
+    Metric("W6", "last", "last-segment step (ms)"),
+    Metric("W6", "ratio", "last/first segment", Target(1.2, at_least=False)),
+    Metric("W6", "spread", "slowest/fastest segment"),
+    Metric("W6", "handoff", "step across a continue-as-new (ms)"),
 ]
 
 WORKLOADS: dict[str, Workload[Opener]] = {

@@ -26,6 +26,8 @@ which ``--profile`` implies):
   bare ``signal()`` latency (command -> executor -> reply).
 - W4: one long workflow: per-step cost at the start vs. the end of its history.
 - W5: many workflows sleeping on durable timers at the same time.
+- W6: one workflow consuming signals, continuing as new every segment:
+  the mean step of each segment (each run of the chain) should stay flat.
 
 W1 also reports the CPU time spent per workflow by the worker and client
 processes and by the broker: on a small machine the runtime is CPU-bound.
@@ -115,6 +117,8 @@ QUICK = Sizes(
     w4_window=20,
     w5_workflows=20,
     w5_sleep_s=1.0,
+    w6_signals=120,
+    w6_every=40,
 )
 
 METRICS = [
@@ -139,6 +143,11 @@ METRICS = [
     Metric("W4", "median", "last/first (medians)"),
     Metric("W5", "wall", "wall, first start to all done (s)"),
     Metric("W5", "started", "all started after (s)"),
+    Metric("W6", "first", "first-segment step (ms)", per_rt=True),
+    Metric("W6", "last", "last-segment step (ms)", per_rt=True),
+    Metric("W6", "ratio", "last/first segment"),
+    Metric("W6", "spread", "slowest/fastest segment"),
+    Metric("W6", "handoff", "step across a continue-as-new (ms)", per_rt=True),
 ]
 
 

@@ -194,3 +194,30 @@ def test_list_on_an_empty_database(tmp_path: Path, capsys: pytest.CaptureFixture
     captured = capsys.readouterr()
     assert captured.out == f"No failed workflows in {empty}.\n"
     assert captured.err == ""
+
+
+async def _continued_workflow(db: Path) -> None:
+    from app.workflow import DefaultExecutor, Signal, WorkflowOptions
+    from tests.conformance import workflows as wf
+
+    state = {"total": 0, "count": 0, "target": 3, "every": 1, "runs": 1}
+    async with DefaultExecutor(SQLiteStore(db), workflows=[wf.counter], close_store=True) as ex:
+        handle = await ex.execute(wf.counter, WorkflowOptions(id="chain", input=state))
+        for n in (1, 2, 3):
+            await ex.signal("chain", Signal("add", n))
+        await handle.result(timeout=TIMEOUT)
+
+
+def test_show_lists_the_continue_as_new_chain(tmp_path: Path) -> None:
+    db = tmp_path / "chain.db"
+    asyncio.run(_continued_workflow(db))
+    proc = run_cli("show", "chain", "--db", str(db), cwd=tmp_path, env_db=tmp_path / "env.db")
+    assert proc.returncode == 0, proc.stderr
+    match = re.search(r"^Previous runs\s+2: ([0-9a-f]{32}) -> ([0-9a-f]{32})$", proc.stdout, re.M)
+    assert match, proc.stdout
+    assert re.search(r"^Status\s+completed$", proc.stdout, re.MULTILINE)
+    assert [kind for _, kind in history_rows(proc.stdout)] == [
+        "workflow_started",
+        "signal_received",
+        "workflow_completed",
+    ]

@@ -141,6 +141,8 @@ class KafkaExecutor:
         self._pending: dict[str, asyncio.Future[Reply]] = {}
         self._watchers: dict[str, list[asyncio.Event]] = {}
         self._ended: OrderedDict[str, tuple[str, HistoryEvent]] = OrderedDict()
+        # (workflow id, run id) -> the run it continued as, from the history topic
+        self._continued: OrderedDict[tuple[str, str], str] = OrderedDict()
         self._started_here: OrderedDict[str, None] = OrderedDict()
         self._seen_events: dict[tuple[str, str, int], None] = {}
         self._hook_queue: asyncio.Queue[tuple[Any, tuple[Any, ...]]] = asyncio.Queue()
@@ -295,6 +297,12 @@ class KafkaExecutor:
                     del self._seen_events[old]
             retry = any(k == "retry" for k, _ in (message.headers or ()))
             self._queue_hooks(wid, event, retry)
+            if event.type is EventType.WORKFLOW_CONTINUED_AS_NEW and event.new_run_id:
+                self._continued[(wid, run_id)] = event.new_run_id
+                if len(self._continued) > _SEEN_LIMIT:
+                    self._continued.popitem(last=False)
+                for waiter in self._watchers.get(wid, []):
+                    waiter.set()
             if event.type in _TERMINAL:
                 self._ended[wid] = (run_id, event)
                 self._ended.move_to_end(wid)
@@ -448,6 +456,8 @@ class KafkaExecutor:
                 name=name,
                 payload=payload,
                 timeout_seconds=options.timeout_seconds,
+                # the start command carries this in ``step`` (see docs/wire.md)
+                step=options.continue_as_new_suggested_after,
             )
         )
         if not reply.ok:
@@ -568,7 +578,10 @@ class KafkaExecutor:
         raise WorkflowError(f"workflow {workflow_id!r}: {reply.error}")
 
     async def _status(self, workflow_id: str, run_id: str | None) -> WorkflowStatus:
-        return (await self._state(workflow_id, run_id))[0].status
+        state = (await self._state(workflow_id, run_id))[0]
+        if run_id is not None and run_id != state.run_id:
+            return WorkflowStatus.CONTINUED_AS_NEW
+        return state.status
 
     async def _state(
         self, workflow_id: str, run_id: str | None
@@ -576,7 +589,7 @@ class KafkaExecutor:
         reply = await self._request(self._command(CommandKind.QUERY, workflow_id, name=DESCRIBE))
         self._raise_for(workflow_id, reply)
         state = WorkflowState.model_validate(reply.payload["state"])
-        if run_id is not None and state.run_id != run_id:
+        if run_id is not None and state.run_id != run_id and run_id not in state.previous_run_ids:
             raise WorkflowNotFoundError(
                 workflow_id, f"run {run_id} was replaced by run {state.run_id}"
             )
@@ -600,6 +613,8 @@ class KafkaExecutor:
             look = run_id is None or workflow_id not in self._started_here
             while True:
                 ended.clear()
+                while run_id is not None and (workflow_id, run_id) in self._continued:
+                    run_id = self._continued[(workflow_id, run_id)]  # follow the chain
                 # only once the run is known: an earlier run of the id may have ended
                 value = _NOT_ENDED if run_id is None else self._ended_value(workflow_id, run_id, fn)
                 if value is not _NOT_ENDED:
@@ -619,7 +634,8 @@ class KafkaExecutor:
                                 f"workflow {workflow_id!r} did not end within {timeout:g}s"
                             ) from None
                         continue
-                    run_id = run_id or state.run_id
+                    if run_id is None or run_id in state.previous_run_ids:
+                        run_id = state.run_id  # the chain's current run
                     if state.status is not WorkflowStatus.RUNNING:
                         fn = fn or self._workflows.get(state.workflow_type)
                         return outcome_value(state, None, fn)

@@ -21,7 +21,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from app.workflow._converter import describe_failure
-from app.workflow._core import PendingActivity, PendingTimer, TimerKind, WorkflowInstance
+from app.workflow._core import (
+    Outcome,
+    PendingActivity,
+    PendingTimer,
+    TimerKind,
+    WorkflowInstance,
+)
 from app.workflow._errors import (
     NonDeterminismError,
     UpdateNotFoundError,
@@ -31,6 +37,7 @@ from app.workflow._errors import (
 from app.workflow._names import FunctionTable
 from app.workflow._types import (
     TERMINAL_EVENTS,
+    TERMINAL_STATUS,
     EventType,
     FailureInfo,
     HistoryEvent,
@@ -48,12 +55,6 @@ DESCRIBE = "__describe__"
 """The query that returns the whole state (header and history)."""
 
 BUILTIN_QUERIES = ("result", "status")
-
-_STATUS_OF = {
-    EventType.WORKFLOW_COMPLETED: WorkflowStatus.COMPLETED,
-    EventType.WORKFLOW_FAILED: WorkflowStatus.FAILED,
-    EventType.WORKFLOW_CANCELED: WorkflowStatus.CANCELED,
-}
 
 
 class CommandKind:
@@ -153,6 +154,11 @@ class Effects:
     """Answers to earlier commands (updates that completed now): (reply_to, command_id, reply)."""
     duplicate: bool = False
     started: bool = False
+    successor: Run | None = None
+    """The run this command's run continued as (continue-as-new); it replaces it."""
+    ended: list[tuple[str, list[HistoryEvent], set[int]]] = field(default_factory=list)
+    """Runs that continued as new in this command: each one's run id, the events
+    it recorded and their retry ids (``events`` and ``retries`` are the last run's)."""
 
     @property
     def changed(self) -> bool:
@@ -185,6 +191,8 @@ class Run:
     update_waiters: dict[str, dict[str, str]] = field(default_factory=dict)
     """Clients waiting for a running update: update id -> {reply_to: command_id}. Kept
     in memory only: a client resends its update command until it gets the answer."""
+    carried: deque[tuple[str, Any]] = field(default_factory=deque)
+    """Signals handed over by the run this one continued, not recorded here yet."""
 
     @property
     def running(self) -> bool:
@@ -349,7 +357,15 @@ class Machine:
 
     # -- commands --------------------------------------------------------------
     def handle(self, run: Run | None, cmd: Command) -> tuple[Run | None, Effects]:
-        """Apply ``cmd`` to ``run`` (None: the workflow is unknown here)."""
+        """Apply ``cmd`` to ``run`` (None: the workflow is unknown here).
+
+        The run returned replaces ``run``: a new one after a start, or after
+        a continue-as-new (``fx.ended`` then holds the old run's events).
+        """
+        run, fx = self._handle(run, cmd)
+        return fx.successor or run, fx
+
+    def _handle(self, run: Run | None, cmd: Command) -> tuple[Run | None, Effects]:
         kind = cmd.kind
         if kind == CommandKind.START:
             return self._start(run, cmd)
@@ -418,8 +434,13 @@ class Machine:
             )
             return run, fx
         now = self.clock()
+        # a start command carries continue_as_new_suggested_after in ``step``
         started = HistoryEvent(
-            id=1, type=EventType.WORKFLOW_STARTED, timestamp=now, input=cmd.payload
+            id=1,
+            type=EventType.WORKFLOW_STARTED,
+            timestamp=now,
+            input=cmd.payload,
+            continue_as_new_suggested_after=cmd.step,
         )
         state = WorkflowState(
             workflow_id=cmd.workflow_id,
@@ -608,7 +629,7 @@ class Machine:
         last = events[-1]
         state.updated_at = last.timestamp
         if last.type in TERMINAL_EVENTS:
-            state.status = _STATUS_OF[last.type]
+            state.status = TERMINAL_STATUS[last.type]
             state.result = last.result
             state.error = last.error
         elif run.parked is None:
@@ -668,10 +689,76 @@ class Machine:
                 self._apply(run, event)
                 if run.parked is not None:
                     return
+        if outcome is not None and outcome.status is WorkflowStatus.CONTINUED_AS_NEW:
+            self._continue(run, instance, outcome, fx)
+            return
         if outcome is not None:
             run.close()
             return
         fx.tasks.extend(self._task(run, act) for act in new_attempts)
+
+    def _continue(
+        self, run: Run, instance: WorkflowInstance, outcome: Outcome, fx: Effects
+    ) -> None:
+        """Replace ``run``, which continued as new, by its next run (the embedded runtime's way).
+
+        The next run starts with its workflow_started and a signal_received
+        for each signal the old run did not consume; commands that follow
+        this one find it in the old run's place.
+        """
+        old = run.state
+        assert outcome.next_run_id is not None
+        carried = deque([*instance.carried_signals(), *run.carried])
+        run.carried.clear()
+        run.close()
+        fn = self.workflows.get(old.workflow_type)
+        if fn is None:
+            return
+        now = self.clock()
+        state = WorkflowState(
+            workflow_id=old.workflow_id,
+            run_id=outcome.next_run_id,
+            workflow_type=old.workflow_type,
+            input=outcome.result,
+            timeout=old.timeout,
+            history=[],
+            created_at=now,
+            updated_at=now,
+        )
+        new = Run(
+            state=state,
+            instance=self._new_instance(state, fn),
+            seen=run.seen,
+            start_command=run.start_command,
+            partition=run.partition,
+            carried=carried,
+        )
+        fx.ended.append((old.run_id, fx.events, fx.retries))
+        fx.events, fx.retries, fx.tasks = [], set(), []
+        fx.successor = new
+        fx.started = True
+        self._input(
+            new,
+            HistoryEvent(
+                id=1,
+                type=EventType.WORKFLOW_STARTED,
+                timestamp=now,
+                input=outcome.result,
+                previous_run_ids=[*old.previous_run_ids, old.run_id],
+                continue_as_new_suggested_after=instance.suggest_after,
+            ),
+            fx,
+        )
+        # one at a time: if the new run continues as new again, the rest go on with it
+        while new.carried and new.running and new.instance is not None and fx.successor is new:
+            name, payload = new.carried.popleft()
+            self._input(
+                new,
+                self._event(
+                    new, EventType.SIGNAL_RECEIVED, signal_name=name, signal_payload=payload
+                ),
+                fx,
+            )
 
     def _task(self, run: Run, act: PendingActivity) -> Task:
         state = run.state

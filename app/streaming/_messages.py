@@ -197,7 +197,8 @@ def encode_history(workflow_id: str, run_id: str, workflow_type: str, event: His
             "attempt": event.attempt,
             "failure": _failure_record(event.failure),
             "sender_id": event.sender_id,
-            "change_id": event.change_id,
+            # a workflow_continued_as_new names the next run here (no schema change)
+            "change_id": event.new_run_id or event.change_id,
         }
     )
 
@@ -221,6 +222,10 @@ def decode_history(data: bytes) -> tuple[str, str, str, HistoryEvent]:
         fields["signal_payload"] = payload
     else:
         fields["input"] = payload
+    if kind is EventType.WORKFLOW_CONTINUED_AS_NEW:
+        fields["new_run_id"] = record["change_id"]
+    else:
+        fields["change_id"] = record["change_id"]
     event = HistoryEvent(
         id=record["id"],
         type=kind,
@@ -233,7 +238,6 @@ def decode_history(data: bytes) -> tuple[str, str, str, HistoryEvent]:
         attempt=record["attempt"],
         failure=_failure(record["failure"]),
         sender_id=record["sender_id"],
-        change_id=record["change_id"],
         **fields,
     )
     return record["workflow_id"], record["run_id"], record["workflow_type"], event

@@ -344,6 +344,14 @@ class StreamingWorker(Generations):
             run.inherited &= {(t.step, t.attempt) for t in pending}
         if fx.changed:
             await self.store.write_header(run, partition)
+            for ended_run, events, retries in fx.ended:  # runs that continued as new
+                for ev in events:
+                    headers = [("retry", b"1")] if ev.id in retries else []
+                    await self.history.send(
+                        key=wid.encode(),
+                        value=await self.wire.history_out(wid, ended_run, state.workflow_type, ev),
+                        headers=headers,
+                    )
             for ev in fx.events:
                 headers = [("retry", b"1")] if ev.id in fx.retries else []
                 await self.history.send(

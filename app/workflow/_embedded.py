@@ -18,6 +18,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -57,6 +58,7 @@ from ._store import AppendingStore, StoreConflictError, WorkflowStore
 from ._tasks import cancel_and_wait
 from ._types import (
     TERMINAL_EVENTS,
+    TERMINAL_STATUS,
     EventType,
     FailureInfo,
     HistoryEvent,
@@ -101,6 +103,8 @@ class _Run:
         # callers of update() waiting for its update_completed, by update id
         self.updates: dict[str, asyncio.Future[HistoryEvent]] = {}
         self.loop = asyncio.get_running_loop()
+        # signals handed over by the run this one continued, not recorded here yet
+        self.carried: deque[tuple[str, Any]] = deque()
 
     @property
     def ended(self) -> bool:
@@ -216,6 +220,8 @@ class DefaultExecutor:
         self._appending = isinstance(self._io_store, AppendingStore)
         self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="activity")
         running = await self._io.list(WorkflowFilter(status=WorkflowStatus.RUNNING))
+        # a run that continued as new but whose next run was not saved (a crash between)
+        running += await self._io.list(WorkflowFilter(status=WorkflowStatus.CONTINUED_AS_NEW))
         for state in running:
             await self._resume(state)
 
@@ -295,7 +301,11 @@ class DefaultExecutor:
                 raise WorkflowAlreadyRunningError(wid, existing.run_id)
             now = self._clock()
             started = HistoryEvent(
-                id=1, type=EventType.WORKFLOW_STARTED, timestamp=now, input=payload
+                id=1,
+                type=EventType.WORKFLOW_STARTED,
+                timestamp=now,
+                input=payload,
+                continue_as_new_suggested_after=options.continue_as_new_suggested_after,
             )
             state = WorkflowState(
                 workflow_id=wid,
@@ -360,14 +370,13 @@ class DefaultExecutor:
                 sender_id=signal.sender_id,
             )
 
-        recorded = await self._input(
+        while not await self._input(
             run,
             make,
             raise_errors=True,
             on_recorded=lambda r: self._defer(r, self._hooks.on_signal, workflow_id, signal),
-        )
-        if not recorded:
-            raise WorkflowNotFoundError(workflow_id, "it ended before the signal was recorded")
+        ):
+            run = self._successor(run, "it ended before the signal was recorded")
 
     async def update(
         self, workflow_id: str, name: str, arg: Any = None, update_id: str | None = None
@@ -441,10 +450,10 @@ class DefaultExecutor:
         """Ask the workflow to stop: ``CancelledError`` is raised at its current await."""
         await self.start()
         run = self._running(workflow_id, "cancel")
-        if not await self._input(
+        while not await self._input(
             run, lambda r: self._event(r, EventType.CANCEL_REQUESTED), raise_errors=True
         ):
-            raise WorkflowNotFoundError(workflow_id, "it ended before the cancel was recorded")
+            run = self._successor(run, "it ended before the cancel was recorded")
 
     async def query(self, workflow_id: str, query_type: str) -> Any:
         """``"status"``, ``"result"``, or a handler the workflow registered."""
@@ -483,6 +492,14 @@ class DefaultExecutor:
         instance.replay(state.history)
         return instance
 
+    def _successor(self, run: _Run, reason: str) -> _Run:
+        """The run that continued ``run`` as new, for an input that found it ended."""
+        wid = run.state.workflow_id
+        nxt = self._runs.get(wid)
+        if nxt is None or nxt is run or nxt.ended:
+            raise WorkflowNotFoundError(wid, reason)
+        return nxt
+
     def _running(self, workflow_id: str, action: str) -> _Run:
         run = self._runs.get(workflow_id)
         if run is None or run.ended:
@@ -494,14 +511,19 @@ class DefaultExecutor:
         run = self._runs.get(workflow_id)
         if run is not None and run_id in (None, run.state.run_id):
             return run.state.status
-        return (await self._load_run(workflow_id, run_id)).status
+        if run is not None and run_id in run.state.previous_run_ids:
+            return WorkflowStatus.CONTINUED_AS_NEW
+        state = await self._load_run(workflow_id, run_id)
+        if run_id is not None and run_id != state.run_id:
+            return WorkflowStatus.CONTINUED_AS_NEW
+        return state.status
 
     async def _load_run(self, workflow_id: str, run_id: str | None) -> WorkflowState:
         await self.start()
         state = await self._io.load(workflow_id)
         if state is None:
             raise WorkflowNotFoundError(workflow_id)
-        if run_id is not None and state.run_id != run_id:
+        if run_id is not None and state.run_id != run_id and run_id not in state.previous_run_ids:
             raise WorkflowNotFoundError(
                 workflow_id, f"run {run_id} was replaced by run {state.run_id}"
             )
@@ -515,28 +537,32 @@ class DefaultExecutor:
         timeout: float | None,
     ) -> Any:
         await self.start()
-        run = self._runs.get(workflow_id)
-        if run is not None and run_id in (None, run.state.run_id):
-            waits: list[asyncio.Future[Any]] = [run.done, run.stuck]
-            await asyncio.wait_for(
-                asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED),
-                timeout,
+        async with asyncio.timeout(timeout):
+            while True:  # a run that continued as new: follow the chain to its last run
+                run = self._runs.get(workflow_id)
+                if run is None or (
+                    run_id not in (None, run.state.run_id)
+                    and run_id not in run.state.previous_run_ids
+                ):
+                    break
+                waits: list[asyncio.Future[Any]] = [run.done, run.stuck]
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                if not run.done.done() and run.parked is not None:
+                    raise run.parked
+                outcome = run.done.result()
+                if outcome.status is not WorkflowStatus.CONTINUED_AS_NEW:
+                    fn = fn or self._workflows.get(run.state.workflow_type)
+                    return outcome_value(run.state, outcome, fn)
+                run_id = outcome.next_run_id
+        state = await self._load_run(workflow_id, run_id)
+        if state.status in (WorkflowStatus.RUNNING, WorkflowStatus.CONTINUED_AS_NEW):
+            raise WorkflowError(
+                f"workflow {workflow_id!r} is running but not in this executor "
+                f"({state.error or 'no error recorded'}); start an executor that "
+                "registers its workflow type to resume it"
             )
-            if not run.done.done() and run.parked is not None:
-                raise run.parked
-            outcome = run.done.result()
-            state = run.state
-        else:
-            state = await self._load_run(workflow_id, run_id)
-            if state.status is WorkflowStatus.RUNNING:
-                raise WorkflowError(
-                    f"workflow {workflow_id!r} is running but not in this executor "
-                    f"({state.error or 'no error recorded'}); start an executor that "
-                    "registers its workflow type to resume it"
-                )
-            outcome = None
         fn = fn or self._workflows.get(state.workflow_type)
-        return outcome_value(state, outcome, fn)
+        return outcome_value(state, None, fn)
 
     # -- the run loop ---------------------------------------------------------
     def _new_instance(self, state: WorkflowState, fn: Callable[..., Any]) -> WorkflowInstance:
@@ -562,11 +588,7 @@ class DefaultExecutor:
         last = events[-1]
         state.updated_at = last.timestamp
         if last.type in TERMINAL_EVENTS:
-            state.status = {
-                EventType.WORKFLOW_COMPLETED: WorkflowStatus.COMPLETED,
-                EventType.WORKFLOW_FAILED: WorkflowStatus.FAILED,
-                EventType.WORKFLOW_CANCELED: WorkflowStatus.CANCELED,
-            }[last.type]
+            state.status = TERMINAL_STATUS[last.type]
             state.result = last.result
             state.error = last.error
         elif run.parked is None:
@@ -766,11 +788,84 @@ class DefaultExecutor:
                 self._apply(run, event)
                 if run.parked is not None:
                     return
+        if outcome is not None and outcome.status is WorkflowStatus.CONTINUED_AS_NEW:
+            await self._continue(run, instance, outcome)
+            return
         if outcome is not None:
             self._finish(run, outcome)
             return
         self._sync_activities(run, instance)
         self._sync_timers(run, instance)
+
+    async def _continue(self, run: _Run, instance: WorkflowInstance, outcome: Outcome) -> None:
+        """Start the run that ``run`` continued as, handing it the unconsumed signals.
+
+        Called under ``run``'s lock once its ``workflow_continued_as_new`` is
+        recorded. The new run is registered (its lock held) before the old one
+        is finished, so an input that finds the old run ended waits for the new
+        one and is recorded there. The carried signals are recorded one at a
+        time after its ``workflow_started``: if it continues as new again, the
+        rest go on to the next run.
+        """
+        old = run.state
+        assert outcome.next_run_id is not None
+        carried = deque([*instance.carried_signals(), *run.carried])
+        run.carried.clear()
+        now = self._clock()
+        started = HistoryEvent(
+            id=1,
+            type=EventType.WORKFLOW_STARTED,
+            timestamp=now,
+            input=outcome.result,
+            previous_run_ids=[*old.previous_run_ids, old.run_id],
+            continue_as_new_suggested_after=instance.suggest_after,
+        )
+        state = WorkflowState(
+            workflow_id=old.workflow_id,
+            run_id=outcome.next_run_id,
+            workflow_type=old.workflow_type,
+            input=outcome.result,
+            timeout=old.timeout,
+            history=[started],
+            created_at=now,
+            updated_at=now,
+        )
+        new = _Run(state, run.fn)
+        new.carried = carried
+        await new.lock.acquire()
+        try:
+            self._runs[old.workflow_id] = new
+            self._finish(run, outcome)
+            try:
+                await self._io.save(state)
+            except Exception as exc:
+                self._park(new, WorkflowError(f"could not start the next run: {exc}"))
+                return
+            if run.fn is None:
+                return
+            new.instance = self._new_instance(state, run.fn)
+            self._apply(new, started)
+            if self._always_replay:
+                self._check_replay(new)
+            await self._reconcile(new)
+            while new.carried and not new.ended and new.parked is None:
+                name, payload = new.carried.popleft()
+                event = self._event(
+                    new, EventType.SIGNAL_RECEIVED, signal_name=name, signal_payload=payload
+                )
+                try:
+                    await self._record(new, [event])
+                except Exception as exc:
+                    new.carried.appendleft((name, payload))
+                    self._park(new, WorkflowError(f"could not record {event.type.value}: {exc}"))
+                    return
+                self._apply(new, event)
+                if self._always_replay:
+                    self._check_replay(new)
+                await self._reconcile(new)
+        finally:
+            new.lock.release()
+            self._spawn(self._flush(new))
 
     def _sync_activities(self, run: _Run, instance: WorkflowInstance) -> None:
         wanted = {a.step: a for a in instance.pending_activities()}

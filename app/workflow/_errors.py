@@ -23,7 +23,9 @@ Every error the engine raises derives from :class:`WorkflowError`::
     └── ApplicationError               an error rebuilt from history whose type is unknown here
 
 Internal control-flow signals derive from ``BaseException`` and are never
-exported, so ``except Exception`` in workflow code cannot swallow them.
+exported, so ``except Exception`` in workflow code cannot swallow them. One
+is public, :class:`ContinueAsNewError` (``BaseException`` too): raised by
+``ctx.continue_as_new(input)`` to unwind the code, as Temporal's is.
 """
 
 from __future__ import annotations
@@ -197,6 +199,21 @@ class ApplicationError(WorkflowError):
         self.type = type
         self.non_retryable = non_retryable
         super().__init__(f"{type}: {message}" if type else message)
+
+
+class ContinueAsNewError(BaseException):
+    """Raised by ``ctx.continue_as_new(input)``: the run ends and a new one starts.
+
+    It unwinds the workflow code like any exception (``finally`` blocks run);
+    do not catch it. It derives from ``BaseException`` so that ``except
+    Exception`` in workflow code lets it through. Raising it yourself has the
+    same effect as calling ``ctx.continue_as_new``.
+    """
+
+    def __init__(self, input: object, next_run_id: str) -> None:
+        super().__init__(f"continue as new (run {next_run_id})")
+        self.input = input
+        self.next_run_id = next_run_id
 
 
 class _ControlFlow(BaseException):

@@ -42,6 +42,7 @@ class WorkflowStatus(StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELED = "canceled"
+    CONTINUED_AS_NEW = "continued_as_new"
 
 
 class EventType(StrEnum):
@@ -50,7 +51,9 @@ class EventType(StrEnum):
     The seed's nine kinds, plus ``cancel_requested``: a cancel must be in the
     history so that replay delivers it at the same point of the code, and
     ``marker_recorded``: the code took the new branch of ``ctx.patched(id)``
-    (or reached ``ctx.deprecate_patch(id)``), ``change_id`` naming the patch.
+    (or reached ``ctx.deprecate_patch(id)``), ``change_id`` naming the patch,
+    and ``workflow_continued_as_new``: the run ended by ``ctx.continue_as_new``,
+    ``input`` holding the next run's input and ``new_run_id`` its run id.
 
     ``update_accepted`` records an update that passed its validator (its
     name in ``signal_name``, its argument in ``signal_payload``, its update
@@ -71,11 +74,36 @@ class EventType(StrEnum):
     MARKER_RECORDED = "marker_recorded"
     UPDATE_ACCEPTED = "update_accepted"
     UPDATE_COMPLETED = "update_completed"
+    WORKFLOW_CONTINUED_AS_NEW = "workflow_continued_as_new"
 
 
 TERMINAL_EVENTS = frozenset(
-    {EventType.WORKFLOW_COMPLETED, EventType.WORKFLOW_FAILED, EventType.WORKFLOW_CANCELED}
+    {
+        EventType.WORKFLOW_COMPLETED,
+        EventType.WORKFLOW_FAILED,
+        EventType.WORKFLOW_CANCELED,
+        EventType.WORKFLOW_CONTINUED_AS_NEW,
+    }
 )
+
+TERMINAL_STATUS = {
+    EventType.WORKFLOW_COMPLETED: WorkflowStatus.COMPLETED,
+    EventType.WORKFLOW_FAILED: WorkflowStatus.FAILED,
+    EventType.WORKFLOW_CANCELED: WorkflowStatus.CANCELED,
+    EventType.WORKFLOW_CONTINUED_AS_NEW: WorkflowStatus.CONTINUED_AS_NEW,
+}
+"""The status a run has once its terminal event is recorded."""
+
+
+def suggested_after(value: Any, what: str) -> int | None:
+    """Validate a ``continue_as_new_suggested_after`` event count (None: never suggest)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidArgumentError(
+            f"{what} must be a whole number of history events >= 1 (or None), got {value!r}"
+        )
+    return value
 
 
 @dataclass(frozen=True)
@@ -143,11 +171,18 @@ def default_retry_policy() -> RetryPolicy:
 
 @dataclass(frozen=True)
 class WorkflowOptions:
-    """How to start a workflow: its id, its input and an optional overall timeout."""
+    """How to start a workflow: its id, its input and an optional overall timeout.
+
+    ``continue_as_new_suggested_after`` sets when ``ctx.info().should_continue_as_new``
+    turns true: once the run's history holds that many events (None: never).
+    It applies to every run of a continue-as-new chain. Each run has its own
+    ``timeout``.
+    """
 
     id: str
     input: Any = None
     timeout: Duration | None = None
+    continue_as_new_suggested_after: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.id, str) or not self.id.strip():
@@ -156,6 +191,10 @@ class WorkflowOptions:
             )
         object.__setattr__(
             self, "timeout", _optional_seconds(self.timeout, "WorkflowOptions.timeout")
+        )
+        suggested_after(
+            self.continue_as_new_suggested_after,
+            "WorkflowOptions.continue_as_new_suggested_after",
         )
 
     @property
@@ -222,7 +261,11 @@ class HistoryEvent(BaseModel):
     (the n-th durable call of the workflow code); ``attempt`` numbers the
     tries of an activity; ``change_id`` is the patch a ``marker_recorded``
     event stands for, or the update id of an ``update_*`` event (whose name
-    and argument travel in ``signal_name`` and ``signal_payload``).
+    and argument travel in ``signal_name`` and ``signal_payload``). A
+    ``workflow_continued_as_new`` event names the next run
+    in ``new_run_id``; the ``workflow_started`` event of a run begun by
+    continue-as-new lists the runs before it in ``previous_run_ids`` (oldest
+    first), and a first run's may carry ``continue_as_new_suggested_after``.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -242,6 +285,26 @@ class HistoryEvent(BaseModel):
     failure: FailureInfo | None = None
     sender_id: str | None = None
     change_id: str | None = None
+    new_run_id: str | None = None
+    previous_run_ids: list[str] | None = None
+    continue_as_new_suggested_after: int | None = None
+
+
+@dataclass(frozen=True)
+class WorkflowInfo:
+    """What ``ctx.info()`` tells the code about its run.
+
+    ``history_length`` counts the events applied so far (replay gives the
+    same number at the same point); ``should_continue_as_new`` is true once
+    it reaches the workflow's ``continue_as_new_suggested_after``.
+    """
+
+    workflow_id: str
+    run_id: str
+    workflow_type: str
+    history_length: int
+    should_continue_as_new: bool
+    previous_run_ids: tuple[str, ...] = ()
 
 
 class WorkflowState(BaseModel):
@@ -258,3 +321,9 @@ class WorkflowState(BaseModel):
     history: list[HistoryEvent] = Field(default_factory=list)
     created_at: datetime
     updated_at: datetime
+
+    @property
+    def previous_run_ids(self) -> list[str]:
+        """The runs of this workflow id before this one, oldest first (continue-as-new)."""
+        first = self.history[0] if self.history else None
+        return list(first.previous_run_ids or []) if first is not None else []

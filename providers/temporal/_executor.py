@@ -415,10 +415,14 @@ class TemporalExecutor:
         await self.start()
         self._check_open()
         timeout = options.timeout_seconds
+        args: list[Any] = [payload]
+        if options.continue_as_new_suggested_after is not None:
+            # a second argument only then, so other histories stay as they were
+            args.append({"suggest_after": options.continue_as_new_suggested_after})
         try:
             handle = await self.client.start_workflow(
                 name,
-                payload,
+                args=args,
                 id=options.id,
                 task_queue=self.task_queue,
                 execution_timeout=timedelta(seconds=timeout) if timeout is not None else None,
@@ -575,7 +579,15 @@ class TemporalExecutor:
                 run_id = await self._latest_run(workflow_id)
             watch = private = _Watch(self, workflow_id, run_id, hooks=None)
         try:
-            state = await asyncio.wait_for(watch.wait_end(), timeout)
+            async with asyncio.timeout(timeout):
+                state = await watch.wait_end()
+                # a run that continued as new: follow the chain to its last run
+                while state.status is WorkflowStatus.CONTINUED_AS_NEW:
+                    if private is not None:
+                        private.close()
+                    next_run = state.history[-1].new_run_id or await self._latest_run(workflow_id)
+                    watch = private = _Watch(self, workflow_id, next_run, hooks=None)
+                    state = await watch.wait_end()
         finally:
             if private is not None:
                 private.close()

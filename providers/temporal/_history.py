@@ -199,11 +199,30 @@ class _HistoryMapper:
     ) -> list[HistoryEvent | _Retry]:
         attrs = event.workflow_execution_started_event_attributes
         self.workflow_type = attrs.workflow_type.name
-        self.input = await self._first(attrs.input.payloads)
+        values = await self._values(attrs.input.payloads)
+        self.input = values[0] if values else None
+        # a second argument: the engine's run options (continue-as-new), see _worker
+        extra = values[1] if len(values) > 1 and isinstance(values[1], dict) else {}
         if attrs.HasField("workflow_execution_timeout"):
             self.timeout = _seconds(attrs.workflow_execution_timeout) or None
         self.created_at = _when(event)
-        return [self._emit(event, EventType.WORKFLOW_STARTED, input=self.input)]
+        made: list[HistoryEvent | _Retry] = [
+            self._emit(
+                event,
+                EventType.WORKFLOW_STARTED,
+                input=self.input,
+                previous_run_ids=extra.get("previous_run_ids"),
+                continue_as_new_suggested_after=extra.get("suggest_after"),
+            )
+        ]
+        # signals handed over by the run this one continued, as the other runtimes record them
+        for name, payload in extra.get("carried") or []:
+            made.append(
+                self._emit(
+                    event, EventType.SIGNAL_RECEIVED, signal_name=name, signal_payload=payload
+                )
+            )
+        return made
 
     async def _on_workflow_execution_signaled_event_attributes(
         self, event: TemporalEvent
@@ -284,8 +303,16 @@ class _HistoryMapper:
     async def _on_workflow_execution_continued_as_new_event_attributes(
         self, event: TemporalEvent
     ) -> list[HistoryEvent | _Retry]:
-        self.status = WorkflowStatus.COMPLETED
-        return [self._emit(event, EventType.WORKFLOW_COMPLETED)]
+        attrs = event.workflow_execution_continued_as_new_event_attributes
+        self.status = WorkflowStatus.CONTINUED_AS_NEW
+        return [
+            self._emit(
+                event,
+                EventType.WORKFLOW_CONTINUED_AS_NEW,
+                input=await self._first(attrs.input.payloads),
+                new_run_id=attrs.new_execution_run_id,
+            )
+        ]
 
     async def _on_workflow_execution_failed_event_attributes(
         self, event: TemporalEvent
@@ -572,8 +599,10 @@ async def _history_pages(
 def _status_of(status: WorkflowExecutionStatus | None) -> WorkflowStatus:
     if status is None or status is WorkflowExecutionStatus.RUNNING:
         return WorkflowStatus.RUNNING
-    if status in (WorkflowExecutionStatus.COMPLETED, WorkflowExecutionStatus.CONTINUED_AS_NEW):
+    if status is WorkflowExecutionStatus.COMPLETED:
         return WorkflowStatus.COMPLETED
+    if status is WorkflowExecutionStatus.CONTINUED_AS_NEW:
+        return WorkflowStatus.CONTINUED_AS_NEW
     if status is WorkflowExecutionStatus.CANCELED:
         return WorkflowStatus.CANCELED
     return WorkflowStatus.FAILED
@@ -583,6 +612,7 @@ _STATUS_QUERY = {
     WorkflowStatus.RUNNING: "ExecutionStatus = 'Running'",
     WorkflowStatus.COMPLETED: "ExecutionStatus = 'Completed'",
     WorkflowStatus.CANCELED: "ExecutionStatus = 'Canceled'",
+    WorkflowStatus.CONTINUED_AS_NEW: "ExecutionStatus = 'ContinuedAsNew'",
     WorkflowStatus.FAILED: (
         "(ExecutionStatus = 'Failed' OR ExecutionStatus = 'TimedOut' "
         "OR ExecutionStatus = 'Terminated')"

@@ -250,6 +250,11 @@ class _Driver:
             )
         converter = t_workflow.payload_converter()
         payload = converter.from_payload(args[0].payload) if args else None
+        # a second argument: the run options (continue_as_new_suggested_after, and for a
+        # run begun by continue-as-new, the runs before it and the signals handed over)
+        extra: dict[str, Any] = {}
+        if len(args) > 1:
+            extra = converter.from_payload(args[1].payload) or {}
         instance = WorkflowInstance(
             workflow_id=info.workflow_id,
             run_id=info.run_id,
@@ -260,10 +265,36 @@ class _Driver:
         )
         self._instance = instance
         settings.runs.add((info.workflow_id, info.run_id))
-        self._apply(self._event(EventType.WORKFLOW_STARTED, input=payload))
+        self._apply(
+            self._event(
+                EventType.WORKFLOW_STARTED,
+                input=payload,
+                previous_run_ids=extra.get("previous_run_ids"),
+                continue_as_new_suggested_after=extra.get("suggest_after"),
+            )
+        )
+        # the signals the previous run left unconsumed come before any sent to this one
+        self._inbox.extendleft(
+            reversed([_SignalInput(self, name, value) for name, value in extra.get("carried", [])])
+        )
         return instance
 
     def _finish(self, outcome: Outcome) -> Any:
+        if outcome.status is WorkflowStatus.CONTINUED_AS_NEW:
+            # Temporal's own continue-as-new; the signals the code did not consume (and
+            # those delivered but not applied yet) go to the next run as its argument
+            instance = self._instance
+            assert instance is not None
+            carried = instance.carried_signals() + [
+                (item.name, item.payload) for item in self._inbox if isinstance(item, _SignalInput)
+            ]
+            info = t_workflow.info()
+            extra = {
+                "previous_run_ids": [*instance.previous_run_ids, info.run_id],
+                "suggest_after": instance.suggest_after,
+                "carried": carried,
+            }
+            t_workflow.continue_as_new(args=[outcome.result, extra])
         if outcome.status is WorkflowStatus.COMPLETED:
             return outcome.result
         if outcome.status is WorkflowStatus.CANCELED:
@@ -469,14 +500,7 @@ class _Driver:
         values = [converter.from_payload(arg.payload) for arg in args]
         sender = values[1] if len(values) > 1 and isinstance(values[1], str) else None
         payload = values[0] if values else None
-        self._inbox.append(
-            lambda: self._event(
-                EventType.SIGNAL_RECEIVED,
-                signal_name=name,
-                signal_payload=payload,
-                sender_id=sender,
-            )
-        )
+        self._inbox.append(_SignalInput(self, name, payload, sender))
 
     def _on_validate_update(self, name: str, args: Sequence[RawValue]) -> None:
         """Temporal's validator: a refusal records nothing, as on the other runtimes."""
@@ -535,6 +559,24 @@ class _Driver:
             info = t_workflow.info()
             raise QueryNotFoundError(info.workflow_id, name, [*BUILTIN_QUERIES, *handlers])
         return instance.query(name)
+
+
+class _SignalInput:
+    """A signal in the driver's inbox; kept recognisable so continue-as-new can hand it on."""
+
+    def __init__(self, driver: _Driver, name: str, payload: Any, sender: str | None = None):
+        self._driver = driver
+        self.name = name
+        self.payload = payload
+        self.sender = sender
+
+    def __call__(self) -> HistoryEvent:
+        return self._driver._event(
+            EventType.SIGNAL_RECEIVED,
+            signal_name=self.name,
+            signal_payload=self.payload,
+            sender_id=self.sender,
+        )
 
 
 @t_workflow.defn(dynamic=True, sandboxed=False)

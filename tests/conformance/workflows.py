@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from app.workflow import (
     ActivityError,
     NonRetryableError,
+    PayloadError,
     RetryPolicy,
     WorkflowContext,
     activity,
@@ -333,3 +334,48 @@ async def with_updates(ctx: WorkflowContext, start: int) -> int:
 
 
 workflows += [with_updates]
+
+
+async def counter(ctx: WorkflowContext, state: dict[str, int]) -> dict[str, int]:
+    """Sums ``add`` signals, continuing as new after every ``every`` of them."""
+    total, count = state["total"], state["count"]
+    add = ctx.receive_signal("add", int)
+    ctx.set_query_handler("run_number", lambda: state["runs"])
+    if state.get("gate"):  # wait for "go" first: the adds sent before it queue up
+        await ctx.receive_signal("go").receive()
+        state = {**state, "gate": 0}
+    for _ in range(state["every"]):
+        total += await add.receive()
+        count += 1
+        if count == state["target"]:
+            return {"total": total, "count": count, "runs": state["runs"]}
+    ctx.continue_as_new({**state, "total": total, "count": count, "runs": state["runs"] + 1})
+
+
+async def info_probe(ctx: WorkflowContext, continued: bool) -> dict[str, Any]:
+    """Reports ``ctx.info()`` after each of two signals; continues as new once."""
+    seen = []
+    for _ in range(2):
+        await ctx.receive_signal("tick").receive()
+        info = ctx.info()
+        seen.append([info.history_length, info.should_continue_as_new])
+    if not continued:
+        ctx.continue_as_new(True)
+    info = ctx.info()
+    return {
+        "seen": seen,
+        "previous": len(info.previous_run_ids),
+        "run_id": info.run_id,
+        "workflow_id": info.workflow_id,
+    }
+
+
+async def bad_continue_as_new(ctx: WorkflowContext) -> str:
+    try:
+        ctx.continue_as_new(object())
+    except PayloadError as err:
+        return f"rejected: {type(err).__name__}"
+    return "continued"
+
+
+workflows += [counter, info_probe, bad_continue_as_new]

@@ -8,11 +8,11 @@ import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from .._converter import from_payload, signature_of, to_payload
 from .._errors import InvalidArgumentError, _InstanceClosed
-from .._types import Duration, RetryPolicy, default_retry_policy, to_seconds
+from .._types import Duration, RetryPolicy, WorkflowInfo, default_retry_policy, to_seconds
 
 if TYPE_CHECKING:
     from ._instance import WorkflowInstance
@@ -31,17 +31,21 @@ class SignalChannel:
     def __init__(self, instance: WorkflowInstance, name: str) -> None:
         self._instance = instance
         self.name = name
-        self._buffer: deque[Any] = deque()
+        self._buffer: deque[tuple[int, Any]] = deque()  # (arrival number, payload)
         self._waiters: deque[asyncio.Future[Any]] = deque()
         self._type: Any = None
 
-    def deliver(self, payload: Any) -> None:
+    def deliver(self, payload: Any, seq: int = 0) -> None:
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
                 waiter.set_result(payload)
                 return
-        self._buffer.append(payload)
+        self._buffer.append((seq, payload))
+
+    def buffered(self) -> list[tuple[int, Any]]:
+        """The signals delivered but not received yet, with their arrival numbers."""
+        return list(self._buffer)
 
     def _decode(self, payload: Any) -> Any:
         return from_payload(payload, self._type, f"payload of signal {self.name!r}")
@@ -58,7 +62,7 @@ class SignalChannel:
         """Wait for the next signal; ``TimeoutError`` if ``timeout`` passes first."""
         seconds = None if timeout is None else to_seconds(timeout, "receive timeout")
         if self._buffer:
-            return self._decode(self._buffer.popleft())
+            return self._decode(self._buffer.popleft()[1])
         loop = self._instance.loop
         _require_loop(loop)
         waiter: asyncio.Future[Any] = loop.create_future()
@@ -127,6 +131,34 @@ class WorkflowContext:
     @property
     def workflow_type(self) -> str:
         return self._instance.workflow_type
+
+    def info(self) -> WorkflowInfo:
+        """This run: its ids, its history length and whether to continue as new.
+
+        ``should_continue_as_new`` turns true once the history reaches the
+        workflow's ``continue_as_new_suggested_after`` events; a long-lived
+        workflow checks it at a safe point and calls :meth:`continue_as_new`.
+        """
+        return self._instance.info()
+
+    def continue_as_new(self, input: Any = None) -> NoReturn:
+        """End this run and start a fresh one of the same workflow id with ``input``.
+
+        The new run has a new run id and an empty history (its
+        ``workflow_started``, then a ``signal_received`` for each signal this
+        run received but did not consume, in arrival order). It raises
+        :class:`ContinueAsNewError`, which unwinds the code (``finally``
+        blocks run) and must not be caught; ``input`` is converted here, so a
+        value that cannot be serialized fails at the call with
+        :class:`PayloadError`. Handles and ``result()`` for the workflow id
+        follow the chain to its last run. Pending activities and timers of
+        this run are abandoned::
+
+            if ctx.info().should_continue_as_new:
+                ctx.continue_as_new({"total": total})
+        """
+        payload = to_payload(input, "input of continue_as_new")
+        raise self._instance.continue_as_new(payload)
 
     def is_replaying(self) -> bool:
         """True while the code re-runs recorded history (e.g. to skip logging)."""

@@ -43,6 +43,7 @@ import asyncio
 import enum
 import logging
 import random
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -58,6 +59,7 @@ from .._converter import (
 )
 from .._errors import (
     ActivityError,
+    ContinueAsNewError,
     InvalidArgumentError,
     NonDeterminismError,
     PayloadError,
@@ -69,7 +71,15 @@ from .._errors import (
     _InstanceClosed,
 )
 from .._names import activity_name
-from .._types import EventType, FailureInfo, HistoryEvent, RetryPolicy, WorkflowStatus
+from .._types import (
+    TERMINAL_EVENTS,
+    EventType,
+    FailureInfo,
+    HistoryEvent,
+    RetryPolicy,
+    WorkflowInfo,
+    WorkflowStatus,
+)
 from ._loop import WorkflowLoop
 
 log = logging.getLogger("app.workflow.core")
@@ -81,9 +91,7 @@ _ECHOES = frozenset(
         EventType.ACTIVITY_STARTED,
         EventType.MARKER_RECORDED,
         EventType.UPDATE_COMPLETED,
-        EventType.WORKFLOW_COMPLETED,
-        EventType.WORKFLOW_FAILED,
-        EventType.WORKFLOW_CANCELED,
+        *TERMINAL_EVENTS,
     }
 )
 
@@ -153,12 +161,17 @@ class UpdateState:
 
 @dataclass(frozen=True)
 class Outcome:
-    """How the run ended; ``error`` is the live exception when there is one."""
+    """How the run ended; ``error`` is the live exception when there is one.
+
+    A run that continued as new has ``result`` = the next run's input payload
+    and ``next_run_id``.
+    """
 
     status: WorkflowStatus
     result: Any = None
     failure: FailureInfo | None = None
     error: BaseException | None = None
+    next_run_id: str | None = None
 
     @property
     def event_type(self) -> EventType:
@@ -166,6 +179,7 @@ class Outcome:
             WorkflowStatus.COMPLETED: EventType.WORKFLOW_COMPLETED,
             WorkflowStatus.FAILED: EventType.WORKFLOW_FAILED,
             WorkflowStatus.CANCELED: EventType.WORKFLOW_CANCELED,
+            WorkflowStatus.CONTINUED_AS_NEW: EventType.WORKFLOW_CONTINUED_AS_NEW,
         }[self.status]
 
 
@@ -200,6 +214,7 @@ class WorkflowInstance:
         timeout: float | None = None,
         activity_namer: Callable[[Callable[..., Any]], str] = activity_name,
         patcher: Patcher | None = None,
+        continue_as_new: str | None = None,
     ) -> None:
         from ._context import WorkflowContext  # circular: the context drives the instance
 
@@ -235,6 +250,11 @@ class WorkflowInstance:
         self._recorded: Sequence[HistoryEvent] = ()
         self._patches: dict[str, bool] = {}  # change id -> the branch taken
         self._markers: dict[str, bool] = {}  # change id -> its marker is recorded
+        # None: the runtime carries out continue-as-new; else why it cannot
+        self._no_continue_as_new = continue_as_new
+        self._signal_seq = 0
+        self.previous_run_ids: tuple[str, ...] = ()
+        self.suggest_after: int | None = None
 
     # -- what the runtime reads -----------------------------------------------
     @property
@@ -296,12 +316,15 @@ class WorkflowInstance:
                 )
         outcome = self.outcome
         if outcome is not None and not self.outcome_recorded:
+            carried_on = outcome.status is WorkflowStatus.CONTINUED_AS_NEW
             events.append(
                 HistoryEvent(
                     id=next_id + len(events),
                     type=outcome.event_type,
                     timestamp=now,
-                    result=outcome.result,
+                    result=None if carried_on else outcome.result,
+                    input=outcome.result if carried_on else None,
+                    new_run_id=outcome.next_run_id,
                     error=describe_failure(outcome.failure) if outcome.failure else None,
                     failure=outcome.failure,
                 )
@@ -311,6 +334,28 @@ class WorkflowInstance:
     def pending_timers(self) -> dict[int, PendingTimer]:
         """Timers that should be armed, by step."""
         return dict(self._timers)
+
+    def info(self) -> WorkflowInfo:
+        """What ``ctx.info()`` returns at this point of the run."""
+        length = self.last_event_id
+        return WorkflowInfo(
+            workflow_id=self.workflow_id,
+            run_id=self.run_id,
+            workflow_type=self.workflow_type,
+            history_length=length,
+            should_continue_as_new=self.suggest_after is not None and length >= self.suggest_after,
+            previous_run_ids=self.previous_run_ids,
+        )
+
+    def carried_signals(self) -> list[tuple[str, Any]]:
+        """Signals delivered but not received by the code, in arrival order.
+
+        A run that continued as new hands these to the next run, so none is lost.
+        """
+        waiting: list[tuple[int, str, Any]] = []
+        for name, channel in self._channels.items():
+            waiting += [(seq, name, payload) for seq, payload in channel.buffered()]
+        return [(name, payload) for _, name, payload in sorted(waiting, key=lambda w: w[0])]
 
     def awaited_signals(self) -> list[str]:
         """Names of the signals the code waits for right now."""
@@ -448,11 +493,7 @@ class WorkflowInstance:
         if kind is EventType.UPDATE_COMPLETED:
             self._on_update_completed(event)
             return
-        if kind in (
-            EventType.WORKFLOW_COMPLETED,
-            EventType.WORKFLOW_FAILED,
-            EventType.WORKFLOW_CANCELED,
-        ):
+        if kind in TERMINAL_EVENTS:
             self._on_terminal(event)
             return
         if self.outcome is not None:
@@ -468,7 +509,9 @@ class WorkflowInstance:
         elif kind is EventType.TIMER_FIRED:
             self._on_timer_fired(event)
         elif kind is EventType.SIGNAL_RECEIVED:
-            self._signal_channel(event.signal_name or "").deliver(event.signal_payload)
+            self._signal_seq += 1
+            channel = self._signal_channel(event.signal_name or "")
+            channel.deliver(event.signal_payload, self._signal_seq)
         elif kind is EventType.CANCEL_REQUESTED:
             self.cancel_requested = True
             if self._main is not None and not self._main.done():
@@ -480,6 +523,8 @@ class WorkflowInstance:
     def _on_started(self, event: HistoryEvent) -> None:
         if self._main is not None:
             raise self._diverged(event, "one workflow_started", "a second workflow_started")
+        self.previous_run_ids = tuple(event.previous_run_ids or ())
+        self.suggest_after = event.continue_as_new_suggested_after
         self._main = self._loop.create_task(
             self._run_code(event.input), name=f"workflow:{self.workflow_id}"
         )
@@ -681,6 +726,13 @@ class WorkflowInstance:
             else:
                 self._settle(Outcome(WorkflowStatus.COMPLETED, result=result))
                 return
+        if isinstance(exc, ContinueAsNewError):
+            self._settle(
+                Outcome(
+                    WorkflowStatus.CONTINUED_AS_NEW, result=exc.input, next_run_id=exc.next_run_id
+                )
+            )
+            return
         if isinstance(exc, _ControlFlow):
             return
         if isinstance(exc, asyncio.CancelledError):
@@ -810,6 +862,19 @@ class WorkflowInstance:
             if event.type is EventType.MARKER_RECORDED and event.change_id:
                 markers.add(event.change_id)
         return bool(later), markers
+
+    def continue_as_new(self, payload: Any) -> ContinueAsNewError:
+        """The exception that ends this run and starts the next with ``payload``."""
+        self._check_open()
+        if self._no_continue_as_new is not None:
+            raise WorkflowError(
+                f"ctx.continue_as_new is not supported on {self._no_continue_as_new}; "
+                "run this workflow on the embedded DefaultExecutor, or end the run and "
+                "start a new one with the next input"
+            )
+        # derived from the run id, so a replay names the same next run
+        seed = random.Random(f"{self.run_id}:continue-as-new").getrandbits(128)
+        return ContinueAsNewError(payload, uuid.UUID(int=seed, version=4).hex)
 
     def add_query_handler(self, name: str, fn: Callable[[], Any]) -> None:
         self._query_handlers[name] = fn
