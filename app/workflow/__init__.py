@@ -24,12 +24,13 @@ from ._codec import (
     load_codec,
     new_key,
 )
-from ._core import SignalChannel, WorkflowContext
+from ._core import ChildWorkflowHandle, SignalChannel, WorkflowContext
 from ._embedded import DefaultExecutor, ExecutorStoppedError
 from ._errors import (
     ActivityCancelledError,
     ActivityError,
     ApplicationError,
+    ChildWorkflowError,
     ContinueAsNewError,
     InvalidArgumentError,
     NonDeterminismError,
@@ -58,6 +59,7 @@ from ._types import (
     EventType,
     FailureInfo,
     HistoryEvent,
+    ParentClosePolicy,
     RetryPolicy,
     Signal,
     WorkflowFilter,
@@ -77,6 +79,8 @@ __all__ = [
     "AppendingStore",
     "ApplicationError",
     "BlobStore",
+    "ChildWorkflowError",
+    "ChildWorkflowHandle",
     "ClaimCheckCodec",
     "CodecChain",
     "CompressionCodec",
@@ -99,6 +103,7 @@ __all__ = [
     "Middleware",
     "NonDeterminismError",
     "NonRetryableError",
+    "ParentClosePolicy",
     "PayloadCodec",
     "PayloadCodecError",
     "PayloadError",

@@ -20,7 +20,13 @@ from typing import Any
 import pydantic_core
 from pydantic import TypeAdapter, ValidationError
 
-from ._errors import ActivityError, ApplicationError, NonRetryableError, PayloadError
+from ._errors import (
+    ActivityError,
+    ApplicationError,
+    ChildWorkflowError,
+    NonRetryableError,
+    PayloadError,
+)
 from ._types import FailureInfo
 
 _SCALARS = (str, int, float, bool, type(None))
@@ -118,6 +124,14 @@ def encode_failure(exc: BaseException, *, with_stack: bool = False) -> FailureIn
             attempts=exc.attempts,
             cause=encode_failure(cause) if cause is not None else None,
         )
+    if isinstance(exc, ChildWorkflowError):
+        return FailureInfo(
+            type=_type_name(type(exc)),
+            message=str(exc),
+            attempts=exc.attempts,
+            stack=stack,
+            cause=encode_failure(cause) if cause is not None else None,
+        )
     if isinstance(exc, ApplicationError) and exc.type:
         return FailureInfo(
             type=exc.type, message=exc.message, non_retryable=exc.non_retryable, stack=stack
@@ -168,6 +182,8 @@ def decode_failure(info: FailureInfo) -> BaseException:
             exc = None  # a constructor that rewrites its message would not round-trip
     if exc is None:
         exc = ApplicationError(info.message, type=info.type, non_retryable=info.non_retryable)
+    if info.cause is not None:
+        exc.__cause__ = decode_failure(info.cause)
     return exc
 
 

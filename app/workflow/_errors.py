@@ -98,6 +98,21 @@ class ActivityError(WorkflowError):
         super().__init__(f"activity {activity_name!r} failed after {attempts} {plural}: {message}")
 
 
+class ChildWorkflowError(WorkflowError):
+    """A child workflow failed, was canceled or terminated; ``__cause__`` is its error."""
+
+    def __init__(self, workflow_id: str, workflow_type: str, attempts: int, message: str) -> None:
+        self.workflow_id = workflow_id
+        self.workflow_type = workflow_type
+        self.attempts = attempts
+        self.message = message
+        plural = "attempt" if attempts == 1 else "attempts"
+        super().__init__(
+            f"child workflow {workflow_id!r} ({workflow_type}) failed after {attempts} "
+            f"{plural}: {message}"
+        )
+
+
 class ActivityCancelledError(WorkflowError):
     """Raised by ``activity.heartbeat()`` when the attempt is no longer wanted.
 

@@ -35,6 +35,19 @@ def _optional_seconds(value: Duration | None, what: str) -> float | None:
     return None if value is None else to_seconds(value, what)
 
 
+class ParentClosePolicy(StrEnum):
+    """What happens to a child workflow still running when its parent's run ends.
+
+    ``CANCEL`` (the default) asks it to stop (its code sees ``CancelledError``),
+    ``TERMINATE`` ends it at once without running more of its code, and
+    ``ABANDON`` lets it run on.
+    """
+
+    CANCEL = "cancel"
+    ABANDON = "abandon"
+    TERMINATE = "terminate"
+
+
 class WorkflowStatus(StrEnum):
     """Where a workflow run stands."""
 
@@ -54,6 +67,13 @@ class EventType(StrEnum):
     (or reached ``ctx.deprecate_patch(id)``), ``change_id`` naming the patch,
     and ``workflow_continued_as_new``: the run ended by ``ctx.continue_as_new``,
     ``input`` holding the next run's input and ``new_run_id`` its run id.
+
+    The ``child_workflow_*`` events are a parent's view of its children:
+    ``child_workflow_started`` (the parent asked for it: ``child_workflow_id``,
+    ``child_workflow_type``, ``input``, at a ``step`` and ``attempt``),
+    ``child_workflow_completed`` / ``child_workflow_failed`` (its end, with its
+    ``result`` or ``failure`` and its last run in ``new_run_id``) and
+    ``child_workflow_signaled`` (the parent sent it ``signal_name``).
 
     ``update_accepted`` records an update that passed its validator (its
     name in ``signal_name``, its argument in ``signal_payload``, its update
@@ -75,6 +95,10 @@ class EventType(StrEnum):
     UPDATE_ACCEPTED = "update_accepted"
     UPDATE_COMPLETED = "update_completed"
     WORKFLOW_CONTINUED_AS_NEW = "workflow_continued_as_new"
+    CHILD_WORKFLOW_STARTED = "child_workflow_started"
+    CHILD_WORKFLOW_COMPLETED = "child_workflow_completed"
+    CHILD_WORKFLOW_FAILED = "child_workflow_failed"
+    CHILD_WORKFLOW_SIGNALED = "child_workflow_signaled"
 
 
 TERMINAL_EVENTS = frozenset(
@@ -266,6 +290,10 @@ class HistoryEvent(BaseModel):
     in ``new_run_id``; the ``workflow_started`` event of a run begun by
     continue-as-new lists the runs before it in ``previous_run_ids`` (oldest
     first), and a first run's may carry ``continue_as_new_suggested_after``.
+    The ``workflow_started`` of a child workflow names its parent
+    (``parent_workflow_id``, ``parent_run_id``, the parent's ``step`` and
+    ``attempt`` that started it, and its ``parent_close_policy``); a run the
+    child continued as new carries the same.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -288,6 +316,11 @@ class HistoryEvent(BaseModel):
     new_run_id: str | None = None
     previous_run_ids: list[str] | None = None
     continue_as_new_suggested_after: int | None = None
+    child_workflow_id: str | None = None
+    child_workflow_type: str | None = None
+    parent_workflow_id: str | None = None
+    parent_run_id: str | None = None
+    parent_close_policy: ParentClosePolicy | None = None
 
 
 @dataclass(frozen=True)

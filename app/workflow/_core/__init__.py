@@ -1,6 +1,15 @@
 """The deterministic core: no I/O, no clock, no randomness but the run's own."""
 
-from ._context import SignalChannel, WorkflowContext
+from ._children import (
+    TERMINATED,
+    ChildSignal,
+    ChildTable,
+    PendingChild,
+    child_end,
+    signal_id,
+    terminated_failure,
+)
+from ._context import ChildWorkflowHandle, SignalChannel, WorkflowContext
 from ._instance import (
     WORKFLOW_TIMEOUT_STEP,
     Outcome,
@@ -13,6 +22,14 @@ from ._instance import (
 )
 
 __all__ = [
+    "TERMINATED",
+    "ChildSignal",
+    "ChildTable",
+    "ChildWorkflowHandle",
+    "PendingChild",
+    "child_end",
+    "signal_id",
+    "terminated_failure",
     "WORKFLOW_TIMEOUT_STEP",
     "Outcome",
     "PendingActivity",

@@ -12,12 +12,21 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from .._converter import from_payload, signature_of, to_payload
 from .._errors import InvalidArgumentError, _InstanceClosed
-from .._types import Duration, RetryPolicy, WorkflowInfo, default_retry_policy, to_seconds
+from .._types import (
+    Duration,
+    ParentClosePolicy,
+    RetryPolicy,
+    WorkflowInfo,
+    default_retry_policy,
+    to_seconds,
+)
 
 if TYPE_CHECKING:
+    from ._children import PendingChild
     from ._instance import WorkflowInstance
 
 _DEFAULT_RETRY = default_retry_policy()
+_NO_RETRY = RetryPolicy(max_attempts=1)
 
 
 class SignalChannel:
@@ -91,6 +100,42 @@ class SignalChannel:
     async def _iterate(self) -> AsyncIterator[Any]:
         while True:
             yield await self.receive()
+
+
+class ChildWorkflowHandle:
+    """A child workflow started with ``ctx.start_child``.
+
+    ``await handle.result()`` waits for its last run to end and returns its
+    result (raising :class:`ChildWorkflowError` when it failed, was canceled
+    or terminated); ``await handle.signal(name, payload)`` sends it a signal,
+    recorded in the parent's history and delivered once.
+    """
+
+    def __init__(self, instance: WorkflowInstance, child: PendingChild) -> None:
+        self._instance = instance
+        self._child = child
+        self.id = child.workflow_id
+        self.workflow_type = child.workflow_type
+
+    async def result(self) -> Any:
+        """The child's result, once its last run ended."""
+        future = self._child.future
+        assert future is not None
+        _require_loop(self._instance.loop)
+        # shielded: a caller that stops waiting (a timeout) must not cancel the child
+        return await asyncio.shield(future)
+
+    async def signal(self, name: str, payload: Any = None) -> None:
+        """Send the child signal ``name``; recorded, then delivered by the runtime."""
+        if not isinstance(name, str) or not name:
+            raise InvalidArgumentError(f"signal name must be a non-empty string, got {name!r}")
+        data = to_payload(payload, f"payload of signal {name!r} to child {self.id!r}")
+        _require_loop(self._instance.loop)
+        self._instance.children.signal(self.id, name, data)
+        await asyncio.sleep(0)
+
+    def __repr__(self) -> str:
+        return f"ChildWorkflowHandle(id={self.id!r}, workflow_type={self.workflow_type!r})"
 
 
 def _require_loop(loop: asyncio.AbstractEventLoop) -> None:
@@ -220,6 +265,90 @@ class WorkflowContext:
             fn, act_name, payload, retry or _DEFAULT_RETRY, seconds, beat
         )
         return await future
+
+    async def execute_child(
+        self,
+        fn: Callable[..., Any],
+        input: Any = None,
+        *,
+        id: str | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: Duration | None = None,
+        parent_close_policy: ParentClosePolicy = ParentClosePolicy.CANCEL,
+    ) -> Any:
+        """Run workflow ``fn(input)`` as a child and return its result.
+
+        Shorthand for ``await (await ctx.start_child(...)).result()``; see
+        :meth:`start_child` for the options.
+        """
+        handle = self._start_child(fn, input, id, retry, timeout, parent_close_policy)
+        return await handle.result()
+
+    async def start_child(
+        self,
+        fn: Callable[..., Any],
+        input: Any = None,
+        *,
+        id: str | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: Duration | None = None,
+        parent_close_policy: ParentClosePolicy = ParentClosePolicy.CANCEL,
+    ) -> ChildWorkflowHandle:
+        """Start workflow ``fn(input)`` as a child of this run; returns its handle.
+
+        The child is a workflow of its own (``id``, by default derived from
+        this run and the step, so a replay names the same one), run by any
+        worker that registers ``fn``; its start and its end are events of this
+        run's history. ``retry`` (default: no retry) starts it again, under
+        the same id, when it fails; ``timeout`` bounds each of its runs. When
+        this run ends first, ``parent_close_policy`` says what happens to the
+        child: cancel it (the default), terminate it, or abandon it.
+        """
+        return self._start_child(fn, input, id, retry, timeout, parent_close_policy)
+
+    def _start_child(
+        self,
+        fn: Callable[..., Any],
+        input: Any,
+        id: str | None,
+        retry: RetryPolicy | None,
+        timeout: Duration | None,
+        policy: ParentClosePolicy,
+    ) -> ChildWorkflowHandle:
+        if not callable(fn) or not signature_of(fn, 1).is_async:
+            raise InvalidArgumentError(
+                f"child workflow {fn!r} must be an `async def` function taking (ctx, input)"
+            )
+        if id is not None and (not isinstance(id, str) or not id.strip()):
+            raise InvalidArgumentError(f"child workflow id must be a non-empty string, got {id!r}")
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise InvalidArgumentError(
+                f"retry must be a RetryPolicy or None, got {type(retry).__name__}"
+            )
+        if not isinstance(policy, ParentClosePolicy):
+            try:
+                policy = ParentClosePolicy(policy)
+            except ValueError:
+                choices = ", ".join(p.value for p in ParentClosePolicy)
+                raise InvalidArgumentError(
+                    f"parent_close_policy must be a ParentClosePolicy ({choices}), got {policy!r}"
+                ) from None
+        seconds = None if timeout is None else to_seconds(timeout, "child workflow timeout")
+        instance = self._instance
+        name = instance.workflow_name(fn)
+        if id == instance.workflow_id:
+            raise InvalidArgumentError(
+                f"a child workflow cannot have its parent's id {id!r}; give it its own"
+            )
+        sig = signature_of(fn, 1)
+        if sig.params == 0 and input is not None:
+            raise InvalidArgumentError(
+                f"child workflow {name!r} takes no input, but an input was given"
+            )
+        payload = to_payload(input, f"input of child workflow {name!r}")
+        _require_loop(instance.loop)
+        child = instance.children.start(fn, name, id, payload, retry or _NO_RETRY, seconds, policy)
+        return ChildWorkflowHandle(instance, child)
 
     def receive_signal(self, name: str, payload_type: Any = None) -> SignalChannel:
         """The channel of signals called ``name``; payloads decode to ``payload_type``."""

@@ -80,6 +80,7 @@ from .._types import (
     WorkflowInfo,
     WorkflowStatus,
 )
+from ._children import TERMINATED, ChildTable, PendingChild
 from ._loop import WorkflowLoop
 
 log = logging.getLogger("app.workflow.core")
@@ -91,6 +92,8 @@ _ECHOES = frozenset(
         EventType.ACTIVITY_STARTED,
         EventType.MARKER_RECORDED,
         EventType.UPDATE_COMPLETED,
+        EventType.CHILD_WORKFLOW_STARTED,
+        EventType.CHILD_WORKFLOW_SIGNALED,
         *TERMINAL_EVENTS,
     }
 )
@@ -195,6 +198,8 @@ def _describe(event: HistoryEvent) -> str:
         what += f" at step {event.step}"
     if event.attempt is not None:
         what += f" (attempt {event.attempt})"
+    if event.child_workflow_id is not None:
+        what += f" of child workflow {event.child_workflow_id!r}"
     if event.change_id is not None:
         kind = "update" if event.type.value.startswith("update_") else "patch"
         what += f" for {kind} {event.change_id!r}"
@@ -215,6 +220,7 @@ class WorkflowInstance:
         activity_namer: Callable[[Callable[..., Any]], str] = activity_name,
         patcher: Patcher | None = None,
         continue_as_new: str | None = None,
+        workflow_namer: Callable[[Callable[..., Any]], str] = activity_name,
     ) -> None:
         from ._context import WorkflowContext  # circular: the context drives the instance
 
@@ -230,6 +236,7 @@ class WorkflowInstance:
         self.cancel_requested = False
         self._fn = fn
         self.activity_name = activity_namer
+        self.workflow_name = workflow_namer
         # asyncio.AbstractEventLoop is no ABC at run time; the socket, pipe and subprocess
         # methods this loop leaves out raise NotImplementedError, as workflow code must not do I/O.
         self._loop = WorkflowLoop(self)  # type: ignore[abstract]
@@ -255,6 +262,7 @@ class WorkflowInstance:
         self._signal_seq = 0
         self.previous_run_ids: tuple[str, ...] = ()
         self.suggest_after: int | None = None
+        self.children = ChildTable(self)
 
     # -- what the runtime reads -----------------------------------------------
     @property
@@ -264,6 +272,10 @@ class WorkflowInstance:
     @property
     def now(self) -> float:
         return self._loop.time()
+
+    def pending_children(self) -> list[PendingChild]:
+        """Child workflows to run now: start those ``recorded``, then await their end."""
+        return [c for c in self.children.pending() if c.recorded]
 
     def pending_activities(self) -> list[PendingActivity]:
         """Attempts that should be running now (not those waiting out a backoff)."""
@@ -314,6 +326,7 @@ class WorkflowInstance:
                         failure=update.failure,
                     )
                 )
+        events += self.children.echoes(next_id + len(events), now)
         outcome = self.outcome
         if outcome is not None and not self.outcome_recorded:
             carried_on = outcome.status is WorkflowStatus.CONTINUED_AS_NEW
@@ -387,6 +400,7 @@ class WorkflowInstance:
             self._step,
             markers,
             updates,
+            self.children.snapshot(),
         )
 
     def summary(self) -> str:
@@ -395,6 +409,7 @@ class WorkflowInstance:
             f"activity {a.name!r} at step {a.step} (attempt {a.attempt})"
             for a in sorted(self._activities.values(), key=lambda a: a.step)
         ]
+        parts += self.children.summary()
         parts += [f"a {t.kind.value} timer at step {t.step}" for t in self._timers.values()]
         if self.outcome is not None:
             parts.append(self.outcome.event_type.value)
@@ -493,6 +508,14 @@ class WorkflowInstance:
         if kind is EventType.UPDATE_COMPLETED:
             self._on_update_completed(event)
             return
+        if kind is EventType.CHILD_WORKFLOW_STARTED:
+            if not self.children.on_started(event):
+                raise self._diverged(event, self._expectation(event.step), _describe(event))
+            return
+        if kind is EventType.CHILD_WORKFLOW_SIGNALED:
+            if not self.children.on_signaled(event):
+                raise self._diverged(event, self._expectation(event.step), _describe(event))
+            return
         if kind in TERMINAL_EVENTS:
             self._on_terminal(event)
             return
@@ -512,8 +535,15 @@ class WorkflowInstance:
             self._signal_seq += 1
             channel = self._signal_channel(event.signal_name or "")
             channel.deliver(event.signal_payload, self._signal_seq)
+        elif kind in (EventType.CHILD_WORKFLOW_COMPLETED, EventType.CHILD_WORKFLOW_FAILED):
+            if not self.children.on_end(event):
+                raise self._diverged(event, self._expectation(event.step), _describe(event))
         elif kind is EventType.CANCEL_REQUESTED:
             self.cancel_requested = True
+            if event.failure is not None and event.failure.type == TERMINATED:
+                # terminated: the run ends here, none of its code runs again
+                self._settle(Outcome(WorkflowStatus.CANCELED, failure=event.failure))
+                return
             if self._main is not None and not self._main.done():
                 self._main.cancel()
         elif kind is EventType.UPDATE_ACCEPTED:
@@ -639,16 +669,8 @@ class WorkflowInstance:
         self._timers.pop(act.step, None)  # the attempt's timeout, if armed
         if not failure.non_retryable and act.attempt < act.retry.max_attempts:
             unit = random.Random(f"{self.run_id}:{act.step}:{act.attempt}").uniform(-1.0, 1.0)
-            delay = act.retry.interval(act.attempt, unit)
             act.backing_off = True
-            self._timers[act.step] = PendingTimer(
-                act.step,
-                self.now + delay,
-                TimerKind.RETRY,
-                attempt=act.attempt,
-                activity_name=act.name,
-                duration=delay,
-            )
+            self.arm_retry(act.step, act.attempt, act.name, act.retry.interval(act.attempt, unit))
             return
         self._finish_activity(act)
         assert act.future is not None
@@ -656,6 +678,17 @@ class WorkflowInstance:
             err = ActivityError(act.name, act.attempt, failure.message)
             err.__cause__ = decode_failure(failure)
             act.future.set_exception(err)
+
+    def arm_retry(self, step: int, attempt: int, name: str, delay: float) -> None:
+        """Wait ``delay`` before the next attempt of the activity or child at ``step``."""
+        self._timers[step] = PendingTimer(
+            step,
+            self.now + delay,
+            TimerKind.RETRY,
+            attempt=attempt,
+            activity_name=name,
+            duration=delay,
+        )
 
     def _finish_activity(self, act: PendingActivity) -> None:
         self._activities.pop(act.step, None)
@@ -670,6 +703,8 @@ class WorkflowInstance:
         if timer.kind is TimerKind.USER:
             self._handle_steps.pop(id(self._loop_timers[step]), None)
             self._loop.fire_timer(self._loop_timers.pop(step))
+        elif timer.kind is TimerKind.RETRY and self.children.retry(step):
+            pass
         elif timer.kind is TimerKind.RETRY:
             act = self._activities[step]
             act.attempt += 1
@@ -754,6 +789,7 @@ class WorkflowInstance:
                     )
                 )
         # work the code left behind is abandoned, as when a Temporal workflow returns
+        self.children.settle()
         self._activities.clear()
         self._timers.clear()
         self.close()
@@ -902,6 +938,9 @@ class WorkflowInstance:
             return f"{self.outcome.event_type.value} (the code has ended)"
         if step is None:
             return "nothing at this point"
+        child = self.children.expectation(step)
+        if child is not None:
+            return child
         act = self._activities.get(step)
         if act is not None:
             state = "backing off" if act.backing_off else f"attempt {act.attempt}"
