@@ -1,4 +1,4 @@
-"""What both benchmarks share: the workloads W1-W6, their sizes, metrics and output.
+"""What both benchmarks share: the workloads W1-W7, their sizes, metrics and output.
 
 A workload gets an :data:`Opener` (hooks -> a started executor, stopped on
 exit) and :class:`Sizes`; it returns its numbers by name. The runtime under
@@ -80,7 +80,28 @@ async def tally(ctx: WorkflowContext, state: dict[str, int]) -> dict[str, int]:
     ctx.continue_as_new({**state, "total": total, "count": count, "runs": state["runs"] + 1})
 
 
-WORKFLOWS: list[Callable[..., Any]] = [three_steps, fan_out, signal_echo, chain, nap, tally]
+async def one_step(ctx: WorkflowContext, x: int) -> int:
+    """A child of W7: one activity."""
+    result: int = await ctx.execute_activity(tiny, x)
+    return result
+
+
+async def parent(ctx: WorkflowContext, n: int) -> int:
+    """Fans out to ``n`` child workflows at once and sums their results."""
+    children = (ctx.execute_child(one_step, i, id=f"{ctx.workflow_id}-{i}") for i in range(n))
+    return sum(await asyncio.gather(*children))
+
+
+WORKFLOWS: list[Callable[..., Any]] = [
+    three_steps,
+    fan_out,
+    signal_echo,
+    chain,
+    nap,
+    tally,
+    one_step,
+    parent,
+]
 ACTIVITIES = [tiny]
 
 
@@ -100,6 +121,8 @@ class Sizes:
     w6_signals: int = 10_000
     w6_every: int = 500
     w6_window: int = 20  # signals the client keeps in flight
+    w7_parents: int = 5
+    w7_children: int = 100
 
 
 @dataclass(frozen=True)
@@ -351,6 +374,24 @@ async def run_w6(open_executor: Opener, sizes: Sizes) -> dict[str, float]:
     }
 
 
+async def run_w7(open_executor: Opener, sizes: Sizes) -> dict[str, float]:
+    """Parents fanning out to ``w7_children`` child workflows each, one parent at a time.
+
+    Each parent's wall time runs from its start to its result: the children's
+    starts, their activities and their ends recorded back in the parent.
+    """
+    n = sizes.w7_children
+    walls: list[float] = []
+    async with open_executor(None) as executor:
+        for k in range(sizes.w7_parents):
+            began = time.perf_counter()
+            handle = await executor.execute(parent, WorkflowOptions(id=f"w7-{k}", input=n))
+            check("w7", await handle.result(timeout=WAIT_S), sum(i + 1 for i in range(n)))
+            walls.append(time.perf_counter() - began)
+    best = min(walls)
+    return {"wall": ms(statistics.median(walls)), "best": ms(best), "children": n / best}
+
+
 Run = Callable[[Opener, Sizes], Coroutine[Any, Any, dict[str, float]]]
 RUNS: dict[str, Run] = {
     "W1": run_w1,
@@ -359,6 +400,7 @@ RUNS: dict[str, Run] = {
     "W4": run_w4,
     "W5": run_w5,
     "W6": run_w6,
+    "W7": run_w7,
 }
 
 Ctx = TypeVar("Ctx")
@@ -384,6 +426,10 @@ SUMMARIES: dict[str, Callable[[Sizes], str]] = {
     "W6": lambda s: (
         f"1 workflow x {s.w6_signals} signals (an activity each), continuing as new "
         f"every {s.w6_every}; {s.w6_window} signals in flight"
+    ),
+    "W7": lambda s: (
+        f"{s.w7_parents} parents, one at a time, each fanning out to {s.w7_children} "
+        "child workflows (an activity each)"
     ),
 }
 

@@ -16,6 +16,7 @@ Every workload runs on a fresh :class:`DefaultExecutor` over a fresh store
 - W5: many workflows sleeping on durable timers at the same time.
 - W6: one workflow consuming signals, continuing as new every segment:
   the mean step of each segment (each run of the chain) should stay flat.
+- W7: a parent fanning out to many child workflows (an activity each).
 
 Targets apply to the SQLite results and are only printed: timing never makes
 the script fail. It exits 1 only when a workload raises (the engine broke).
@@ -81,6 +82,8 @@ QUICK = Sizes(
     w5_sleep_s=1.0,
     w6_signals=600,
     w6_every=100,
+    w7_parents=3,
+    w7_children=20,
 )
 
 METRICS = [
@@ -104,6 +107,9 @@ METRICS = [
     Metric("W6", "ratio", "last/first segment", Target(1.2, at_least=False)),
     Metric("W6", "spread", "slowest/fastest segment"),
     Metric("W6", "handoff", "step across a continue-as-new (ms)"),
+    Metric("W7", "wall", "parent with its children, median (ms)"),
+    Metric("W7", "best", "parent with its children, best (ms)"),
+    Metric("W7", "children", "children/s (best parent)"),
 ]
 
 WORKLOADS: dict[str, Workload[Opener]] = {

@@ -28,6 +28,7 @@ which ``--profile`` implies):
 - W5: many workflows sleeping on durable timers at the same time.
 - W6: one workflow consuming signals, continuing as new every segment:
   the mean step of each segment (each run of the chain) should stay flat.
+- W7: a parent fanning out to many child workflows (an activity each).
 
 W1 also reports the CPU time spent per workflow by the worker and client
 processes and by the broker: on a small machine the runtime is CPU-bound.
@@ -119,6 +120,8 @@ QUICK = Sizes(
     w5_sleep_s=1.0,
     w6_signals=120,
     w6_every=40,
+    w7_parents=3,
+    w7_children=20,
 )
 
 METRICS = [
@@ -148,6 +151,9 @@ METRICS = [
     Metric("W6", "ratio", "last/first segment"),
     Metric("W6", "spread", "slowest/fastest segment"),
     Metric("W6", "handoff", "step across a continue-as-new (ms)", per_rt=True),
+    Metric("W7", "wall", "parent with its children, median (ms)", per_rt=True),
+    Metric("W7", "best", "parent with its children, best (ms)"),
+    Metric("W7", "children", "children/s (best parent)"),
 ]
 
 

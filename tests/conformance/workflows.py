@@ -16,6 +16,8 @@ from pydantic import BaseModel
 
 from app.workflow import (
     ActivityError,
+    ChildWorkflowError,
+    InvalidArgumentError,
     NonRetryableError,
     PayloadError,
     RetryPolicy,
@@ -379,3 +381,115 @@ async def bad_continue_as_new(ctx: WorkflowContext) -> str:
 
 
 workflows += [counter, info_probe, bad_continue_as_new]
+
+
+# -- child workflows ------------------------------------------------------------
+CHILD_RUNS: dict[str, int] = {}
+"""How many times ``count_run`` ran per key: a child's retries in this process."""
+
+
+def count_run(key: str) -> int:
+    CHILD_RUNS[key] = CHILD_RUNS.get(key, 0) + 1
+    return CHILD_RUNS[key]
+
+
+async def child_double(ctx: WorkflowContext, x: int) -> int:
+    doubled: int = await ctx.execute_activity(double, x)
+    return doubled
+
+
+async def parent_fans_out(ctx: WorkflowContext, n: int) -> int:
+    """Runs ``n`` children at once, each doubling its input with an activity."""
+    results = await asyncio.gather(
+        *(ctx.execute_child(child_double, i, id=f"{ctx.workflow_id}-c{i}") for i in range(n))
+    )
+    return sum(results)
+
+
+async def parent_of_failing(ctx: WorkflowContext, message: str) -> str:
+    try:
+        await ctx.execute_child(failing_workflow, message, id=f"{ctx.workflow_id}-child")
+    except ChildWorkflowError as err:
+        return f"{err.workflow_id} after {err.attempts}: {err.__cause__}"
+    return "no error"
+
+
+async def fails_twice(ctx: WorkflowContext, key: str) -> int:
+    run: int = await ctx.execute_activity(count_run, key)
+    if run < 3:
+        raise ValueError(f"run {run} of {key} fails")
+    return run
+
+
+async def parent_retries_child(ctx: WorkflowContext, key: str) -> int:
+    policy = RetryPolicy(max_attempts=3, initial_interval=0.01, max_interval=0.05)
+    result: int = await ctx.execute_child(fails_twice, key, id=f"{key}-child", retry=policy)
+    return result
+
+
+async def child_waits_for_go(ctx: WorkflowContext, start: int) -> int:
+    await ctx.execute_activity(ready, f"child {ctx.workflow_id}")
+    got: int = await ctx.receive_signal("go").receive()
+    return start + got
+
+
+async def parent_signals_child(ctx: WorkflowContext, amount: int) -> int:
+    child = await ctx.start_child(child_waits_for_go, 100, id=f"{ctx.workflow_id}-child")
+    await child.signal("go", amount)
+    result: int = await child.result()
+    return result
+
+
+async def parent_awaits_child(ctx: WorkflowContext, start: int) -> int:
+    """Awaits a child that waits for its "go" signal from the test."""
+    result: int = await ctx.execute_child(child_waits_for_go, start, id=f"{ctx.workflow_id}-child")
+    return result
+
+
+async def parent_leaves_child(ctx: WorkflowContext, policy: str) -> str:
+    """Starts a child that sleeps for an hour and ends at once, under ``policy``."""
+    child = await ctx.start_child(
+        cancel_with_cleanup, "child", id=f"{ctx.workflow_id}-child", parent_close_policy=policy
+    )
+    await ctx.execute_activity(ready, child.id)  # the child is started by now
+    return child.id
+
+
+async def parent_with_child_timeout(ctx: WorkflowContext) -> str:
+    try:
+        await ctx.execute_child(sleeper, 30.0, id=f"{ctx.workflow_id}-child", timeout=0.3)
+    except ChildWorkflowError as err:
+        return f"{type(err.__cause__).__name__}"
+    return "no timeout"
+
+
+async def bad_children(ctx: WorkflowContext) -> list[str]:
+    errors = []
+    for call in (
+        lambda: ctx.execute_child(double, 1),  # type: ignore[arg-type]
+        lambda: ctx.execute_child(child_double, 1, id=ctx.workflow_id),
+        lambda: ctx.execute_child(child_double, 1, parent_close_policy="explode"),  # type: ignore[arg-type]
+        lambda: ctx.execute_child(child_double, 1, retry=3),  # type: ignore[arg-type]
+        lambda: ctx.execute_child(child_double, 1, timeout=-1),
+    ):
+        try:
+            await call()
+        except InvalidArgumentError as err:
+            errors.append(str(err))
+    return errors
+
+
+workflows += [
+    child_double,
+    parent_fans_out,
+    parent_of_failing,
+    fails_twice,
+    parent_retries_child,
+    child_waits_for_go,
+    parent_signals_child,
+    parent_awaits_child,
+    parent_leaves_child,
+    parent_with_child_timeout,
+    bad_children,
+]
+activities += [count_run]
