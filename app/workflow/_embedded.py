@@ -22,8 +22,10 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
+from . import _driver as driver
 from . import activity as _activity
 from ._activity_runner import heartbeat_timeout_failure, run_attempt, watch_heartbeats
 from ._codec import PayloadCodec, as_chain
@@ -38,11 +40,10 @@ from ._core import (
     Outcome,
     PendingActivity,
     PendingTimer,
-    TimerKind,
     UpdateState,
     WorkflowInstance,
 )
-from ._embedded_children import EmbeddedChildren, parent_fields
+from ._embedded_children import EmbeddedChildren
 from ._errors import (
     InvalidArgumentError,
     NonDeterminismError,
@@ -58,8 +59,6 @@ from ._payloads import Payloads
 from ._store import AppendingStore, StoreConflictError, WorkflowStore
 from ._tasks import cancel_and_wait
 from ._types import (
-    TERMINAL_EVENTS,
-    TERMINAL_STATUS,
     EventType,
     FailureInfo,
     HistoryEvent,
@@ -75,6 +74,10 @@ log = logging.getLogger("app.workflow.embedded")
 
 BUILTIN_QUERIES = ("result", "status")
 _WRITE_RETRIES = (0.05, 0.2, 0.8)  # seconds between tries of a failed store write
+
+
+class _Unrecorded(Exception):
+    """A write of a step failed; the run is parked (see ``DefaultExecutor._step``)."""
 
 
 class ExecutorStoppedError(WorkflowError):
@@ -362,8 +365,6 @@ class DefaultExecutor:
                 hook_input = payload  # a child's input, as recorded
             self._defer(run, self._hooks.on_workflow_start, wid, hook_input)
             self._apply(run, started)
-            if self._always_replay:
-                self._check_replay(run)
             await self._reconcile(run)
         finally:
             run.lock.release()
@@ -616,25 +617,74 @@ class DefaultExecutor:
             id=len(run.state.history) + 1, type=kind, timestamp=self._clock(), **fields
         )
 
-    async def _record(self, run: _Run, events: list[HistoryEvent]) -> None:
-        """Make ``events`` durable; the in-memory state changes only if the write succeeds."""
-        state = run.state
-        before = (len(state.history), state.status, state.result, state.error, state.updated_at)
-        state.history.extend(events)
-        last = events[-1]
-        state.updated_at = last.timestamp
-        if last.type in TERMINAL_EVENTS:
-            state.status = TERMINAL_STATUS[last.type]
-            state.result = last.result
-            state.error = last.error
-        elif run.parked is None:
-            state.error = None
+    async def _step(
+        self,
+        run: _Run,
+        event: HistoryEvent | None,
+        *,
+        raise_errors: bool = False,
+        on_recorded: Callable[[_Run], None] | None = None,
+    ) -> bool:
+        """One step of ``run`` through the shared driver (see ``_driver``), under its lock.
+
+        Records ``event`` (an input; None: only reconcile) and the echoes it
+        causes, each batch durable before it is applied; then starts what the
+        code asked for. False when ``event`` could not be recorded.
+        """
+        instance = run.instance
+        if event is not None and instance is not None and run.parked is None:
+            self._input_hooks(run, instance, event)  # they read the state before the event
+        batches = 0
+
+        async def write(batch: list[HistoryEvent]) -> None:
+            nonlocal batches
+            batches += 1
+            try:
+                await self._write(run.state, batch)
+            except Exception as exc:
+                if raise_errors and event is not None and batches == 1:
+                    raise
+                self._park(run, WorkflowError(f"could not record {batch[0].type.value}: {exc}"))
+                raise _Unrecorded() from exc
+            self._recorded(run, batch)
+            if batches == 1 and event is not None and on_recorded is not None:
+                on_recorded(run)
+
+        steps = driver.step(
+            run.state,
+            instance,
+            event,
+            self._clock,
+            parked=run.parked is not None,
+            check=partial(self._check_replay, run) if self._always_replay else None,
+        )
         try:
-            await self._write(state, events)
-        except BaseException:
-            del state.history[before[0] :]
-            state.status, state.result, state.error, state.updated_at = before[1:]
-            raise
+            settled = await driver.run_step(steps, write)
+        except _Unrecorded:
+            return event is None or batches > 1
+        if settled.diverged is not None:
+            self._park(run, settled.diverged)
+        wid = run.state.workflow_id
+        for echo in settled.echoes:
+            if echo.type is EventType.ACTIVITY_STARTED:
+                self._defer(run, self._hooks.on_activity_start, wid, echo.input)
+            elif echo.type is EventType.CHILD_WORKFLOW_SIGNALED:
+                self._children.deliver(run, echo)
+        if run.parked is not None or instance is None:
+            return True
+        outcome = settled.outcome
+        if outcome is not None and outcome.status is WorkflowStatus.CONTINUED_AS_NEW:
+            await self._continue(run, instance, outcome)
+        elif outcome is not None:
+            self._finish(run, outcome)
+        else:
+            self._sync_activities(run, instance)
+            self._children.sync(run)
+            self._sync_timers(run, instance)
+        return True
+
+    def _recorded(self, run: _Run, events: list[HistoryEvent]) -> None:
+        """Answer the callers of ``update`` whose answer was just made durable."""
         for event in events:
             if event.type is EventType.UPDATE_COMPLETED and event.change_id in run.updates:
                 waiter = run.updates.pop(event.change_id)
@@ -685,29 +735,16 @@ class DefaultExecutor:
             event = make(run)
             if event is None:
                 return True
-            try:
-                await self._record(run, [event])
-            except Exception as exc:
-                if raise_errors:
-                    raise
-                self._park(run, WorkflowError(f"could not record {event.type.value}: {exc}"))
-                return False
-            if on_recorded is not None:
-                on_recorded(run)
-            if run.parked is not None:
-                return True  # kept in history; applied when the code is fixed and resumed
-            self._input_hooks(run, event)
-            self._apply(run, event)
-            if self._always_replay:
-                self._check_replay(run)
-            await self._reconcile(run)
-            return True
+            return await self._step(run, event, raise_errors=raise_errors, on_recorded=on_recorded)
 
-    def _check_replay(self, run: _Run) -> None:
-        """Rebuild the run from its history and demand the same state (always-replay mode)."""
+    def _check_replay(self, run: _Run) -> bool:
+        """Rebuild the run from its history and demand the same state (always-replay mode).
+
+        False when it did not match: the run is parked.
+        """
         live = run.instance
         if live is None or run.parked is not None or run.fn is None:
-            return
+            return run.parked is None
         fresh = self._new_instance(run.state, run.fn)
         fresh.replaying = True
         try:
@@ -715,7 +752,7 @@ class DefaultExecutor:
             replayed, replayed_summary = fresh.snapshot(), fresh.summary()
         except NonDeterminismError as err:
             self._park(run, err)
-            return
+            return False
         finally:
             fresh.close()
         if replayed != live.snapshot():
@@ -728,6 +765,8 @@ class DefaultExecutor:
                     f"{live.summary()} when run live",
                 ),
             )
+            return False
+        return True
 
     def _apply(self, run: _Run, event: HistoryEvent) -> None:
         assert run.instance is not None
@@ -769,27 +808,20 @@ class DefaultExecutor:
         finally:
             run.flushing = False
 
-    def _input_hooks(self, run: _Run, event: HistoryEvent) -> None:
+    def _input_hooks(self, run: _Run, instance: WorkflowInstance, event: HistoryEvent) -> None:
         wid = run.state.workflow_id
-        instance = run.instance
-        assert instance is not None
         kind = event.type
         if kind is EventType.ACTIVITY_COMPLETED:
             self._defer(run, self._hooks.on_activity_complete, wid, event.result)
         elif (
             kind is EventType.ACTIVITY_FAILED
             and event.failure is not None
-            and not event.failure.non_retryable
-            and self._will_retry(instance, event)
+            and driver.will_retry(instance, event)
         ):
             self._defer(run, self._hooks.on_retry, wid, decode_failure(event.failure))
         elif kind is EventType.TIMER_FIRED and event.step is not None:
             timer = instance.pending_timers().get(event.step)
-            if (
-                timer is not None
-                and timer.kind is TimerKind.ACTIVITY_TIMEOUT
-                and self._will_retry(instance, event)
-            ):
+            if timer is not None and driver.will_retry(instance, event):
                 self._defer(
                     run,
                     self._hooks.on_retry,
@@ -797,44 +829,10 @@ class DefaultExecutor:
                     TimeoutError(f"activity {timer.activity_name!r} timed out"),
                 )
 
-    @staticmethod
-    def _will_retry(instance: WorkflowInstance, event: HistoryEvent) -> bool:
-        for act in instance.pending_activities():
-            if act.step == event.step:
-                return act.attempt < act.retry.max_attempts
-        return False
-
     async def _reconcile(self, run: _Run) -> None:
         """Record echoes of new commands, then align tasks and timers with the instance."""
-        instance = run.instance
-        if instance is None or run.parked is not None:
-            return
-        wid = run.state.workflow_id
-        echoes = instance.echoes(len(run.state.history) + 1, self._clock())
-        outcome = instance.outcome
-        if echoes:
-            try:
-                await self._record(run, echoes)
-            except Exception as exc:
-                self._park(run, WorkflowError(f"could not record {echoes[0].type.value}: {exc}"))
-                return
-            for event in echoes:
-                if event.type is EventType.ACTIVITY_STARTED:
-                    self._defer(run, self._hooks.on_activity_start, wid, event.input)
-                elif event.type is EventType.CHILD_WORKFLOW_SIGNALED:
-                    self._children.deliver(run, event)
-                self._apply(run, event)
-                if run.parked is not None:
-                    return
-        if outcome is not None and outcome.status is WorkflowStatus.CONTINUED_AS_NEW:
-            await self._continue(run, instance, outcome)
-            return
-        if outcome is not None:
-            self._finish(run, outcome)
-            return
-        self._sync_activities(run, instance)
-        self._children.sync(run)
-        self._sync_timers(run, instance)
+        if run.instance is not None and run.parked is None:
+            await self._step(run, None)
 
     async def _continue(self, run: _Run, instance: WorkflowInstance, outcome: Outcome) -> None:
         """Start the run that ``run`` continued as, handing it the unconsumed signals.
@@ -847,31 +845,12 @@ class DefaultExecutor:
         rest go on to the next run.
         """
         old = run.state
-        assert outcome.next_run_id is not None
-        carried = deque([*instance.carried_signals(), *run.carried])
+        nxt = driver.next_run(old, instance, outcome, self._clock(), run.carried)
         run.carried.clear()
-        now = self._clock()
-        started = HistoryEvent(
-            id=1,
-            type=EventType.WORKFLOW_STARTED,
-            timestamp=now,
-            input=outcome.result,
-            previous_run_ids=[*old.previous_run_ids, old.run_id],
-            continue_as_new_suggested_after=instance.suggest_after,
-            **(parent_fields(old.history[0]) if old.history else {}),
-        )
-        state = WorkflowState(
-            workflow_id=old.workflow_id,
-            run_id=outcome.next_run_id,
-            workflow_type=old.workflow_type,
-            input=outcome.result,
-            timeout=old.timeout,
-            history=[started],
-            created_at=now,
-            updated_at=now,
-        )
+        state, started = nxt.state, nxt.started
+        state.history.append(started)
         new = _Run(state, run.fn)
-        new.carried = carried
+        new.carried = nxt.carried
         await new.lock.acquire()
         try:
             self._runs[old.workflow_id] = new
@@ -885,24 +864,15 @@ class DefaultExecutor:
                 return
             new.instance = self._new_instance(state, run.fn)
             self._apply(new, started)
-            if self._always_replay:
-                self._check_replay(new)
             await self._reconcile(new)
             while new.carried and not new.ended and new.parked is None:
                 name, payload = new.carried.popleft()
                 event = self._event(
                     new, EventType.SIGNAL_RECEIVED, signal_name=name, signal_payload=payload
                 )
-                try:
-                    await self._record(new, [event])
-                except Exception as exc:
+                if not await self._step(new, event):
                     new.carried.appendleft((name, payload))
-                    self._park(new, WorkflowError(f"could not record {event.type.value}: {exc}"))
                     return
-                self._apply(new, event)
-                if self._always_replay:
-                    self._check_replay(new)
-                await self._reconcile(new)
         finally:
             new.lock.release()
             self._spawn(self._flush(new))

@@ -42,19 +42,6 @@ ParentRef = tuple[str, str, int, int]
 """(parent workflow id, parent run id, step, attempt): which call a child answers."""
 
 
-def parent_fields(started: HistoryEvent) -> dict[str, Any]:
-    """The parent reference of a run's ``workflow_started``, for the run it continues as."""
-    if started.parent_workflow_id is None:
-        return {}
-    return {
-        "parent_workflow_id": started.parent_workflow_id,
-        "parent_run_id": started.parent_run_id,
-        "parent_close_policy": started.parent_close_policy,
-        "step": started.step,
-        "attempt": started.attempt,
-    }
-
-
 def _ref_of(state: WorkflowState) -> ParentRef | None:
     first = state.history[0] if state.history else None
     if first is None or first.parent_workflow_id is None or first.parent_run_id is None:
