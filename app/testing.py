@@ -89,7 +89,7 @@ class TimeSkippingExecutor(DefaultExecutor):
             self.skipped += ahead
         _, handle = run.timers[timer.step]
         handle.cancel()
-        self._spawn(self._fire(run, timer))
+        self._spawn(self._work.fire(run, timer))
 
 
 class HookRecorder:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -26,24 +25,21 @@ from functools import partial
 from typing import Any
 
 from . import _driver as driver
-from . import activity as _activity
-from ._activity_runner import heartbeat_timeout_failure, run_attempt, watch_heartbeats
 from ._codec import PayloadCodec, as_chain
 from ._codec_store import CodecStore
 from ._converter import (
     check_workflow_call,
     decode_failure,
-    describe_failure,
     to_payload,
 )
 from ._core import (
     Outcome,
-    PendingActivity,
     PendingTimer,
     UpdateState,
     WorkflowInstance,
 )
 from ._embedded_children import EmbeddedChildren
+from ._embedded_work import EmbeddedWork
 from ._errors import (
     InvalidArgumentError,
     NonDeterminismError,
@@ -60,7 +56,6 @@ from ._store import AppendingStore, StoreConflictError, WorkflowStore
 from ._tasks import cancel_and_wait
 from ._types import (
     EventType,
-    FailureInfo,
     HistoryEvent,
     Signal,
     WorkflowFilter,
@@ -182,6 +177,7 @@ class DefaultExecutor:
         self._start_task: asyncio.Future[None] | None = None
         self._closed = False
         self._children = EmbeddedChildren(self)
+        self._work = EmbeddedWork(self)
 
     # -- lifecycle ------------------------------------------------------------
     async def __aenter__(self) -> DefaultExecutor:
@@ -678,9 +674,8 @@ class DefaultExecutor:
         elif outcome is not None:
             self._finish(run, outcome)
         else:
-            self._sync_activities(run, instance)
+            self._work.sync(run, instance)
             self._children.sync(run)
-            self._sync_timers(run, instance)
         return True
 
     def _recorded(self, run: _Run, events: list[HistoryEvent]) -> None:
@@ -876,136 +871,6 @@ class DefaultExecutor:
         finally:
             new.lock.release()
             self._spawn(self._flush(new))
-
-    def _sync_activities(self, run: _Run, instance: WorkflowInstance) -> None:
-        wanted = {a.step: a for a in instance.pending_activities()}
-        for step, (attempt, task) in list(run.activity_tasks.items()):
-            act = wanted.get(step)
-            if act is None or act.attempt != attempt:
-                task.cancel()
-                del run.activity_tasks[step]
-        for step, act in wanted.items():
-            if step not in run.activity_tasks:
-                task = self._spawn(self._run_activity(run, act))
-                run.activity_tasks[step] = (act.attempt, task)
-
-    def _sync_timers(self, run: _Run, instance: WorkflowInstance) -> None:
-        wanted = instance.pending_timers()
-        for step, (timer, handle) in list(run.timers.items()):
-            if wanted.get(step) != timer:
-                handle.cancel()
-                del run.timers[step]
-        for step, timer in wanted.items():
-            if step not in run.timers:
-                self._arm(run, timer)
-
-    def _arm(self, run: _Run, timer: PendingTimer) -> None:
-        delay = max(0.0, timer.due - self._clock().timestamp())
-        handle = asyncio.get_running_loop().call_later(
-            delay, lambda: self._spawn(self._fire(run, timer))
-        )
-        run.timers[timer.step] = (timer, handle)
-
-    async def _fire(self, run: _Run, timer: PendingTimer) -> None:
-        early = timer.due - self._clock().timestamp()
-        if early > 0:  # the loop's monotonic clock ran ahead of the wall clock
-            if run.timers.get(timer.step, (None,))[0] == timer:
-                self._arm(run, timer)
-            return
-
-        def make(r: _Run) -> HistoryEvent | None:
-            current = r.timers.get(timer.step)
-            if current is None or current[0] != timer or r.instance is None:
-                return None
-            if not r.instance.is_current_timer(timer.step, timer.attempt):
-                return None
-            del r.timers[timer.step]
-            return self._event(
-                r,
-                EventType.TIMER_FIRED,
-                step=timer.step,
-                attempt=timer.attempt,
-                activity_name=timer.activity_name,
-                duration=timer.duration,
-            )
-
-        await self._input(run, make)
-
-    async def _run_activity(self, run: _Run, act: PendingActivity) -> None:
-        state = run.state
-        info = _activity.ActivityInfo(
-            workflow_id=state.workflow_id,
-            run_id=state.run_id,
-            activity_id=f"{state.workflow_id}/{act.step}",
-            activity_name=act.name,
-            attempt=act.attempt,
-            step=act.step,
-            heartbeat_timeout=act.heartbeat_timeout,
-            heartbeat_details=run.heartbeats.get(act.step),
-        )
-        fn = self._activities.get(act.name) or act.fn
-        loop = asyncio.get_running_loop()
-        number = act.attempt
-        started = time.monotonic()
-        last_beat = [started]
-
-        def beat(details: Any) -> None:  # any thread; a list item and a dict item store are atomic
-            if run.activity_tasks.get(act.step, (None,))[0] == number:
-                last_beat[0] = time.monotonic()
-                run.heartbeats[act.step] = details
-
-        attempt = _activity._Attempt(info, beat)
-        running = loop.create_task(run_attempt(fn, act.input, attempt, self._pool))
-        try:
-            done = await watch_heartbeats(running, act.heartbeat_timeout, last_beat)
-        except asyncio.CancelledError:
-            attempt.cancel("the workflow no longer waits for this attempt")
-            running.cancel()
-            raise
-        failure: FailureInfo | None
-        if done is None:  # missed its heartbeat timeout
-            attempt.cancel("it missed its heartbeat timeout; another attempt runs instead")
-            running.cancel()
-            assert act.heartbeat_timeout is not None
-            result, failure = (
-                None,
-                heartbeat_timeout_failure(act.name, act.attempt, act.heartbeat_timeout),
-            )
-            duration = time.monotonic() - started
-        else:
-            result, failure, duration = done.result, done.failure, done.duration
-        task = asyncio.current_task()
-
-        def make(r: _Run) -> HistoryEvent | None:
-            mine = r.activity_tasks.get(act.step)
-            if mine is None or mine[1] is not task or r.instance is None:
-                return None
-            del r.activity_tasks[act.step]
-            if not r.instance.is_current_attempt(act.step, act.attempt):
-                return None
-            if failure is None:
-                r.heartbeats.pop(act.step, None)
-                return self._event(
-                    r,
-                    EventType.ACTIVITY_COMPLETED,
-                    activity_name=act.name,
-                    result=result,
-                    step=act.step,
-                    attempt=act.attempt,
-                    duration=duration,
-                )
-            return self._event(
-                r,
-                EventType.ACTIVITY_FAILED,
-                activity_name=act.name,
-                error=describe_failure(failure),
-                failure=failure,
-                step=act.step,
-                attempt=act.attempt,
-                duration=duration,
-            )
-
-        await self._input(run, make)
 
     def _finish(self, run: _Run, outcome: Outcome) -> None:
         run.finished = True
