@@ -319,7 +319,11 @@ class TemporalExecutor:
             raise _rpc_error(err, self.address, "describe its namespace") from err
         self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="activity")
         settings = _Settings(
-            self._workflows, self._activities, self._activity_timeout, self._heartbeat_timeout
+            self._workflows,
+            self._activities,
+            self._activity_timeout,
+            self._heartbeat_timeout,
+            task_timeout=self._task_timeout.total_seconds(),
         )
         runner = _ActivityRunner(
             self._activities, self._pool, max(0.1, self._heartbeat_timeout / 3)
