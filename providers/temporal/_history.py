@@ -783,7 +783,8 @@ def _status_of(status: WorkflowExecutionStatus | None) -> WorkflowStatus:
 _STATUS_QUERY = {
     WorkflowStatus.RUNNING: "ExecutionStatus = 'Running'",
     WorkflowStatus.COMPLETED: "ExecutionStatus = 'Completed'",
-    WorkflowStatus.CANCELED: "ExecutionStatus = 'Canceled'",
+    # a child terminated by its parent's close policy reads as canceled (see its mapping)
+    WorkflowStatus.CANCELED: "(ExecutionStatus = 'Canceled' OR ExecutionStatus = 'Terminated')",
     WorkflowStatus.CONTINUED_AS_NEW: "ExecutionStatus = 'ContinuedAsNew'",
     WorkflowStatus.FAILED: (
         "(ExecutionStatus = 'Failed' OR ExecutionStatus = 'TimedOut' "
