@@ -161,6 +161,8 @@ class _Settings:
     # runs this worker has taken on and not seen end (it may hold them in its sticky cache)
     runs: set[tuple[str, str]] = field(default_factory=set)
     task_timeout: float | None = None  # Temporal's workflow task timeout, for child workflows
+    # the instances of those runs whose code has not ended, closed when the worker stops
+    instances: set[WorkflowInstance] = field(default_factory=set)
 
 
 _Input = Callable[[], HistoryEvent | None]
@@ -213,18 +215,26 @@ class _Driver:
         info = t_workflow.info()
         settings = self.settings
         assert settings is not None
-        while instance.outcome is None:
-            try:
-                await t_workflow.wait_condition(lambda: bool(self._inbox))
-            except asyncio.CancelledError:
-                if self._cancel_seen or t_workflow.cancellation_reason() is None:
-                    raise  # eviction, not a cancel request
-                self._cancel_seen = True
-                self._inbox.append(lambda: self._event(EventType.CANCEL_REQUESTED))
-            while self._inbox and instance.outcome is None:
-                event = self._inbox.popleft()()
-                if event is not None:
-                    self._apply(event)
+        try:
+            while instance.outcome is None:
+                try:
+                    await t_workflow.wait_condition(lambda: bool(self._inbox))
+                except asyncio.CancelledError:
+                    if self._cancel_seen or t_workflow.cancellation_reason() is None:
+                        raise  # eviction, not a cancel request
+                    self._cancel_seen = True
+                    self._inbox.append(lambda: self._event(EventType.CANCEL_REQUESTED))
+                while self._inbox and instance.outcome is None:
+                    event = self._inbox.popleft()()
+                    if event is not None:
+                        self._apply(event)
+        finally:
+            settings.instances.discard(instance)
+            if instance.outcome is None:
+                # evicted (or the task failed): stop the code now, while its loop is
+                # open, rather than when its coroutines are collected (a terminated
+                # child's cleanup code would then run outside its loop)
+                instance.close()
         settings.runs.discard((info.workflow_id, info.run_id))
         return self._finish(instance.outcome)
 
@@ -271,6 +281,7 @@ class _Driver:
             instance, self._event, self._inbox.append, settings.task_timeout
         )
         settings.runs.add((info.workflow_id, info.run_id))
+        settings.instances.add(instance)
         parent = info.parent
         self._apply(
             self._event(
