@@ -56,13 +56,14 @@ DEADLINE = 30.0
 # these: keep the old version in schemas/previous/ first, then update the table.
 CURRENT = {
     "command": "2cf37faf1242693b",
-    "history_event": "9e04b456723fcb9b",
+    "history_event": "ac816a35b9457a53",
     "activity_task": "44ca8cc5e7088bf2",
     "reply": "b0c3bf58c4206980",
     "dead_letter": "4bcf9ce17d5a3d95",
 }
 # What release 0.1.0 framed them with; `reply` has no logical type, so no alias.
-# history_event has changed since (change_id): 0.1.0 wrote the version kept as
+# history_event has changed since (change_id, then the child workflow fields): 0.1.0
+# wrote the version kept as
 # previous/history_event.1.avsc, whose values are in KEPT; this is the alias
 # the same computation gives the current version.
 LEGACY = {
@@ -73,14 +74,17 @@ LEGACY = {
 }
 # (fingerprint, 0.1.0 alias) of each version kept in schemas/previous/.
 KEPT = {
-    "history_event": [("0a4013083edbcb9a", "f81f2b5ee2460bc1")],
+    "history_event": [
+        ("0a4013083edbcb9a", "f81f2b5ee2460bc1"),
+        ("9e04b456723fcb9b", "adf20ef5649c1dc3"),
+    ],
     "activity_task": [("ba4aad980d4bb6fc", "30ee3f5ea70be197")],
 }
 # The 0.1.0-style fingerprint of each current schema, where it differs from LEGACY
 # (the schema changed after 0.1.0; LEGACY is then the alias of its kept version 1).
 LEGACY_OF_CURRENT = LEGACY | {
     "activity_task": "27943ffc10b0db1a",
-    "history_event": "adf20ef5649c1dc3",
+    "history_event": "ee920bf46828cd9d",
 }
 
 
