@@ -8,10 +8,8 @@ as replay, so workflow code sees identical values either way.
 
 from __future__ import annotations
 
-import ast
 import inspect
 import json
-import re
 import sys
 import traceback
 import typing
@@ -28,13 +26,11 @@ from ._errors import (
     ChildWorkflowError,
     NonRetryableError,
     PayloadError,
-    WorkflowTimeoutError,
 )
 from ._types import FailureInfo
 
 _SCALARS = (str, int, float, bool, type(None))
 _MAX_STACK = 4000
-_TIMED_OUT = re.compile(r"^workflow ('.*'|\".*\") timed out after ")
 
 
 def to_payload(value: Any, what: str = "value") -> Any:
@@ -136,11 +132,6 @@ def encode_failure(exc: BaseException, *, with_stack: bool = False) -> FailureIn
             stack=stack,
             cause=encode_failure(cause) if cause is not None else None,
         )
-    if isinstance(exc, WorkflowTimeoutError):
-        # the timeout travels too, so decode_failure can rebuild the error (a child's)
-        return FailureInfo(
-            type=_type_name(type(exc)), message=str(exc), timeout=exc.timeout, stack=stack
-        )
     if isinstance(exc, ApplicationError) and exc.type:
         return FailureInfo(
             type=exc.type, message=exc.message, non_retryable=exc.non_retryable, stack=stack
@@ -189,22 +180,11 @@ def decode_failure(info: FailureInfo) -> BaseException:
             exc = None
         if exc is not None and str(exc) != info.message:
             exc = None  # a constructor that rewrites its message would not round-trip
-    if exc is None and exc_type is WorkflowTimeoutError:
-        exc = _timeout_error(info)
     if exc is None:
         exc = ApplicationError(info.message, type=info.type, non_retryable=info.non_retryable)
     if info.cause is not None:
         exc.__cause__ = decode_failure(info.cause)
     return exc
-
-
-def _timeout_error(info: FailureInfo) -> WorkflowTimeoutError | None:
-    """A :class:`WorkflowTimeoutError` (a child's, say) rebuilt from its message and timeout."""
-    found = _TIMED_OUT.match(info.message)
-    if found is None or info.timeout is None:
-        return None
-    err = WorkflowTimeoutError(ast.literal_eval(found[1]), info.timeout)
-    return err if str(err) == info.message else None
 
 
 def describe_failure(info: FailureInfo) -> str:
