@@ -22,6 +22,10 @@ UPDATE_NOT_FOUND = "UpdateNotFound"
 """The ApplicationError type of an update refused for naming no handler (details: the known)."""
 UPDATE_REJECTED = "UpdateRejected"
 """The ApplicationError type of an update its validator refused."""
+CHILD_MEMO = "beluga-child"
+"""The memo key of a child workflow's start: ``{"step", "attempt", "parent_close_policy"}``."""
+PARENT_CLOSE_REASON = "by parent close policy"
+"""Temporal's termination reason for a child its parent's close policy terminated."""
 
 _PAGE_SIZE = 1000
 _LONG_POLL = timedelta(seconds=40)  # above the server's own long-poll expiry (about 20 s)

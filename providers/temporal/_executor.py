@@ -319,7 +319,11 @@ class TemporalExecutor:
             raise _rpc_error(err, self.address, "describe its namespace") from err
         self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="activity")
         settings = _Settings(
-            self._workflows, self._activities, self._activity_timeout, self._heartbeat_timeout
+            self._workflows,
+            self._activities,
+            self._activity_timeout,
+            self._heartbeat_timeout,
+            task_timeout=self._task_timeout.total_seconds(),
         )
         runner = _ActivityRunner(
             self._activities, self._pool, max(0.1, self._heartbeat_timeout / 3)
@@ -373,6 +377,12 @@ class TemporalExecutor:
                 log.warning("the Temporal worker did not stop cleanly", exc_info=True)
         if self._worker_task is not None and not self._worker_task.done():
             self._worker_task.cancel()
+        if self._settings is not None:
+            # runs still cached when the worker stopped (a child terminated in Temporal
+            # never gets another task): stop their code now, not when it is collected
+            for instance in list(self._settings.instances):
+                instance.close()
+            self._settings.instances.clear()
         if self._settings is not None and self._settings.runs:
             await self._release_sticky(list(self._settings.runs))
         if watches:

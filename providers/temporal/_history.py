@@ -34,7 +34,7 @@ from app.workflow._converter import (
     describe_failure,
     encode_failure,
 )
-from app.workflow._core import TimerKind
+from app.workflow._core import TERMINATED, TimerKind, terminated_failure
 
 from ._codec import plain_failure
 from ._common import (
@@ -46,6 +46,8 @@ from ._common import (
     _SLEEP_SUMMARY,
     _TRANSIENT,
     _WORKER_STOPPED,
+    CHILD_MEMO,
+    PARENT_CLOSE_REASON,
 )
 
 
@@ -68,6 +70,17 @@ class _Timer:
     duration: float
     attempt: int | None = None
     name: str | None = None
+
+
+@dataclass(frozen=True)
+class _Child:
+    """A child workflow start this run initiated (one attempt of the engine's child)."""
+
+    workflow_id: str
+    workflow_type: str
+    step: int | None
+    attempt: int | None
+    timeout: float | None
 
 
 @dataclass(frozen=True)
@@ -129,6 +142,7 @@ class _HistoryMapper:
         self._abandoned: set[int] = set()
         self._timers: dict[str, _Timer] = {}
         self._failures: dict[int, FailureInfo] = {}
+        self._children: dict[int, _Child] = {}  # by the initiated event's id
 
     @property
     def closed(self) -> bool:
@@ -206,6 +220,16 @@ class _HistoryMapper:
         if attrs.HasField("workflow_execution_timeout"):
             self.timeout = _seconds(attrs.workflow_execution_timeout) or None
         self.created_at = _when(event)
+        parent: dict[str, Any] = {}
+        if attrs.HasField("parent_workflow_execution"):
+            memo = await self._memo(attrs.memo.fields.get(CHILD_MEMO))
+            parent = {
+                "parent_workflow_id": attrs.parent_workflow_execution.workflow_id,
+                "parent_run_id": attrs.parent_workflow_execution.run_id,
+                "step": memo.get("step"),
+                "attempt": memo.get("attempt"),
+                "parent_close_policy": memo.get("parent_close_policy"),
+            }
         made: list[HistoryEvent | _Retry] = [
             self._emit(
                 event,
@@ -213,6 +237,7 @@ class _HistoryMapper:
                 input=self.input,
                 previous_run_ids=extra.get("previous_run_ids"),
                 continue_as_new_suggested_after=extra.get("suggest_after"),
+                **parent,
             )
         ]
         # signals handed over by the run this one continued, as the other runtimes record them
@@ -338,6 +363,11 @@ class _HistoryMapper:
         self, event: TemporalEvent
     ) -> list[HistoryEvent | _Retry]:
         reason = event.workflow_execution_terminated_event_attributes.reason
+        if reason == PARENT_CLOSE_REASON:
+            # the engine's terminate (a parent-close policy): the run ends canceled
+            self.status = WorkflowStatus.CANCELED
+            failure = terminated_failure(f"terminated {reason}")
+            return [self._emit(event, EventType.WORKFLOW_CANCELED, failure=failure)]
         failure = FailureInfo(
             type="WorkflowTerminated",
             message=f"terminated in Temporal: {reason or 'no reason given'}",
@@ -551,6 +581,148 @@ class _HistoryMapper:
         self._timers.pop(event.timer_canceled_event_attributes.timer_id, None)
         return []
 
+    # child workflows
+    async def _memo(self, payload: Payload | None) -> dict[str, Any]:
+        value = await self._first([payload]) if payload is not None else None
+        return value if isinstance(value, dict) else {}
+
+    async def _on_start_child_workflow_execution_initiated_event_attributes(
+        self, event: TemporalEvent
+    ) -> list[HistoryEvent | _Retry]:
+        attrs = event.start_child_workflow_execution_initiated_event_attributes
+        memo = await self._memo(attrs.memo.fields.get(CHILD_MEMO))
+        timeout = None
+        if attrs.HasField("workflow_execution_timeout"):
+            timeout = _seconds(attrs.workflow_execution_timeout) or None
+        child = _Child(
+            attrs.workflow_id,
+            attrs.workflow_type.name,
+            memo.get("step"),
+            memo.get("attempt"),
+            timeout,
+        )
+        self._children[event.event_id] = child
+        return [
+            self._emit(
+                event,
+                EventType.CHILD_WORKFLOW_STARTED,
+                child_workflow_id=child.workflow_id,
+                child_workflow_type=child.workflow_type,
+                input=await self._first(attrs.input.payloads),
+                step=child.step,
+                attempt=child.attempt,
+                duration=timeout,
+                parent_close_policy=memo.get("parent_close_policy"),
+            )
+        ]
+
+    def _child_end(
+        self, event: TemporalEvent, initiated: int, failure: FailureInfo | None, **fields: Any
+    ) -> list[HistoryEvent | _Retry]:
+        child = self._children.pop(initiated, None)
+        if child is None:
+            return []
+        common: dict[str, Any] = {
+            "child_workflow_id": child.workflow_id,
+            "child_workflow_type": child.workflow_type,
+            "step": child.step,
+            "attempt": child.attempt,
+        }
+        if failure is None:
+            return [self._emit(event, EventType.CHILD_WORKFLOW_COMPLETED, **common, **fields)]
+        if child.step is not None:
+            self._failures[child.step] = failure  # for on_retry, when its backoff starts
+        return [
+            self._emit(
+                event,
+                EventType.CHILD_WORKFLOW_FAILED,
+                failure=failure,
+                error=describe_failure(failure),
+                **common,
+                **fields,
+            )
+        ]
+
+    async def _on_start_child_workflow_execution_failed_event_attributes(
+        self, event: TemporalEvent
+    ) -> list[HistoryEvent | _Retry]:
+        attrs = event.start_child_workflow_execution_failed_event_attributes
+        failure = FailureInfo(
+            type="app.workflow._errors.WorkflowAlreadyRunningError",
+            message=f"workflow {attrs.workflow_id!r} is already running; Temporal refused "
+            f"to start it as a child ({attrs.cause})",
+            non_retryable=True,
+        )
+        return self._child_end(event, attrs.initiated_event_id, failure)
+
+    async def _on_child_workflow_execution_completed_event_attributes(
+        self, event: TemporalEvent
+    ) -> list[HistoryEvent | _Retry]:
+        attrs = event.child_workflow_execution_completed_event_attributes
+        return self._child_end(
+            event,
+            attrs.initiated_event_id,
+            None,
+            result=await self._first(attrs.result.payloads),
+            new_run_id=attrs.workflow_execution.run_id,
+        )
+
+    async def _on_child_workflow_execution_failed_event_attributes(
+        self, event: TemporalEvent
+    ) -> list[HistoryEvent | _Retry]:
+        attrs = event.child_workflow_execution_failed_event_attributes
+        failure = await self._failure(attrs.failure)
+        return self._child_end(
+            event, attrs.initiated_event_id, failure, new_run_id=attrs.workflow_execution.run_id
+        )
+
+    async def _on_child_workflow_execution_canceled_event_attributes(
+        self, event: TemporalEvent
+    ) -> list[HistoryEvent | _Retry]:
+        attrs = event.child_workflow_execution_canceled_event_attributes
+        failure = encode_failure(asyncio.CancelledError("the child workflow was canceled"))
+        return self._child_end(
+            event, attrs.initiated_event_id, failure, new_run_id=attrs.workflow_execution.run_id
+        )
+
+    async def _on_child_workflow_execution_terminated_event_attributes(
+        self, event: TemporalEvent
+    ) -> list[HistoryEvent | _Retry]:
+        attrs = event.child_workflow_execution_terminated_event_attributes
+        failure = FailureInfo(
+            type=TERMINATED, message="the child workflow was terminated", non_retryable=True
+        )
+        return self._child_end(
+            event, attrs.initiated_event_id, failure, new_run_id=attrs.workflow_execution.run_id
+        )
+
+    async def _on_child_workflow_execution_timed_out_event_attributes(
+        self, event: TemporalEvent
+    ) -> list[HistoryEvent | _Retry]:
+        attrs = event.child_workflow_execution_timed_out_event_attributes
+        child = self._children.get(attrs.initiated_event_id)
+        timeout = (child.timeout if child is not None else None) or 0.0
+        failure = encode_failure(
+            WorkflowTimeoutError(attrs.workflow_execution.workflow_id, timeout)
+        )
+        return self._child_end(
+            event, attrs.initiated_event_id, failure, new_run_id=attrs.workflow_execution.run_id
+        )
+
+    async def _on_signal_external_workflow_execution_initiated_event_attributes(
+        self, event: TemporalEvent
+    ) -> list[HistoryEvent | _Retry]:
+        attrs = event.signal_external_workflow_execution_initiated_event_attributes
+        return [
+            self._emit(
+                event,
+                EventType.CHILD_WORKFLOW_SIGNALED,
+                child_workflow_id=attrs.workflow_execution.workflow_id,
+                signal_name=attrs.signal_name,
+                signal_payload=await self._first(attrs.input.payloads),
+            )
+        ]
+
 
 _PATCH_MARKER = "core_patch"
 
@@ -611,7 +783,8 @@ def _status_of(status: WorkflowExecutionStatus | None) -> WorkflowStatus:
 _STATUS_QUERY = {
     WorkflowStatus.RUNNING: "ExecutionStatus = 'Running'",
     WorkflowStatus.COMPLETED: "ExecutionStatus = 'Completed'",
-    WorkflowStatus.CANCELED: "ExecutionStatus = 'Canceled'",
+    # a child terminated by its parent's close policy reads as canceled (see its mapping)
+    WorkflowStatus.CANCELED: "(ExecutionStatus = 'Canceled' OR ExecutionStatus = 'Terminated')",
     WorkflowStatus.CONTINUED_AS_NEW: "ExecutionStatus = 'ContinuedAsNew'",
     WorkflowStatus.FAILED: (
         "(ExecutionStatus = 'Failed' OR ExecutionStatus = 'TimedOut' "

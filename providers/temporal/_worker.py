@@ -51,6 +51,7 @@ from app.workflow._converter import (
 from app.workflow._core import Outcome, PendingActivity, PendingTimer, TimerKind, WorkflowInstance
 from app.workflow._names import FunctionTable
 
+from ._children import ChildRunner
 from ._common import (
     _ACTIVITY_ID,
     _WORKER_STOPPED,
@@ -159,6 +160,9 @@ class _Settings:
     heartbeat_timeout: float
     # runs this worker has taken on and not seen end (it may hold them in its sticky cache)
     runs: set[tuple[str, str]] = field(default_factory=set)
+    task_timeout: float | None = None  # Temporal's workflow task timeout, for child workflows
+    # the instances of those runs whose code has not ended, closed when the worker stops
+    instances: set[WorkflowInstance] = field(default_factory=set)
 
 
 _Input = Callable[[], HistoryEvent | None]
@@ -193,6 +197,7 @@ class _Driver:
     def __init__(self) -> None:
         self.settings: _Settings | None = None  # set by _SettingsInterceptor before the run
         self._instance: WorkflowInstance | None = None
+        self._children: ChildRunner | None = None
         self._inbox: deque[_Input] = deque()
         self._next_id = 0
         self._activities: dict[int, tuple[int, t_workflow.ActivityHandle[Any]]] = {}
@@ -210,18 +215,26 @@ class _Driver:
         info = t_workflow.info()
         settings = self.settings
         assert settings is not None
-        while instance.outcome is None:
-            try:
-                await t_workflow.wait_condition(lambda: bool(self._inbox))
-            except asyncio.CancelledError:
-                if self._cancel_seen or t_workflow.cancellation_reason() is None:
-                    raise  # eviction, not a cancel request
-                self._cancel_seen = True
-                self._inbox.append(lambda: self._event(EventType.CANCEL_REQUESTED))
-            while self._inbox and instance.outcome is None:
-                event = self._inbox.popleft()()
-                if event is not None:
-                    self._apply(event)
+        try:
+            while instance.outcome is None:
+                try:
+                    await t_workflow.wait_condition(lambda: bool(self._inbox))
+                except asyncio.CancelledError:
+                    if self._cancel_seen or t_workflow.cancellation_reason() is None:
+                        raise  # eviction, not a cancel request
+                    self._cancel_seen = True
+                    self._inbox.append(lambda: self._event(EventType.CANCEL_REQUESTED))
+                while self._inbox and instance.outcome is None:
+                    event = self._inbox.popleft()()
+                    if event is not None:
+                        self._apply(event)
+        finally:
+            settings.instances.discard(instance)
+            if instance.outcome is None:
+                # evicted (or the task failed): stop the code now, while its loop is
+                # open, rather than when its coroutines are collected (a terminated
+                # child's cleanup code would then run outside its loop)
+                instance.close()
         settings.runs.discard((info.workflow_id, info.run_id))
         return self._finish(instance.outcome)
 
@@ -264,13 +277,20 @@ class _Driver:
             patcher=_temporal_patcher(),
         )
         self._instance = instance
+        self._children = ChildRunner(
+            instance, self._event, self._inbox.append, settings.task_timeout
+        )
         settings.runs.add((info.workflow_id, info.run_id))
+        settings.instances.add(instance)
+        parent = info.parent
         self._apply(
             self._event(
                 EventType.WORKFLOW_STARTED,
                 input=payload,
                 previous_run_ids=extra.get("previous_run_ids"),
                 continue_as_new_suggested_after=extra.get("suggest_after"),
+                parent_workflow_id=parent.workflow_id if parent is not None else None,
+                parent_run_id=parent.run_id if parent is not None else None,
             )
         )
         # the signals the previous run left unconsumed come before any sent to this one
@@ -329,6 +349,7 @@ class _Driver:
                         attempt=act.attempt,
                     )
                 )
+        self._start_children(instance)
         wanted = {a.step: a for a in instance.pending_activities()}
         for step, (attempt, handle) in list(self._activities.items()):
             want = wanted.get(step)
@@ -348,6 +369,39 @@ class _Driver:
             if step not in self._timers:
                 task = asyncio.ensure_future(self._timer(timer))
                 self._timers[step] = (timer, task)
+
+    # -- child workflows -----------------------------------------------------
+    def _start_children(self, instance: WorkflowInstance) -> None:
+        """Start the child attempts and send the child signals the code asked for."""
+        children = self._children
+        assert children is not None
+        for child in instance.children.pending():
+            if not child.recorded:
+                children.start(child)
+                instance.apply(
+                    self._event(
+                        EventType.CHILD_WORKFLOW_STARTED,
+                        child_workflow_id=child.workflow_id,
+                        child_workflow_type=child.workflow_type,
+                        input=child.input,
+                        step=child.step,
+                        attempt=child.attempt,
+                        duration=child.timeout,
+                        parent_close_policy=child.policy,
+                    )
+                )
+        for sig in list(instance.children.signals.values()):
+            if not sig.recorded:
+                children.signal(sig)
+                instance.apply(
+                    self._event(
+                        EventType.CHILD_WORKFLOW_SIGNALED,
+                        child_workflow_id=sig.workflow_id,
+                        signal_name=sig.name,
+                        signal_payload=sig.payload,
+                        step=sig.step,
+                    )
+                )
 
     # -- activities ----------------------------------------------------------
     def _schedule(self, act: PendingActivity) -> None:

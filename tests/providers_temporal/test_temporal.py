@@ -17,6 +17,8 @@ from temporalio.client import Client, WorkflowExecutionStatus
 
 from app.testing import HookRecorder
 from app.workflow import (
+    ApplicationError,
+    ChildWorkflowError,
     Config,
     EventType,
     InvalidArgumentError,
@@ -338,3 +340,69 @@ async def test_attempt_cut_by_a_stopping_worker_runs_again(temporal_client: Clie
 
 async def _started() -> bool:
     return bool(STARTED)
+
+
+# -- child workflows are Temporal's own ---------------------------------------------------
+async def test_each_child_attempt_is_a_temporal_child_workflow(temporal_client: Client) -> None:
+    key = "temporal-child-attempts"
+    wf.CHILD_RUNS.pop(key, None)
+    async with TemporalExecutor(
+        temporal_client,
+        task_queue=QUEUE,
+        workflows=[wf.parent_retries_child, wf.fails_twice],
+        activities=[wf.count_run],
+    ) as ex:
+        handle = await ex.execute(wf.parent_retries_child, WorkflowOptions(id="kids", input=key))
+        assert await handle.result(timeout=WAIT) == 3
+        child = await ex.describe(f"{key}-child")
+    events = [e async for e in temporal_client.get_workflow_handle("kids").fetch_history_events()]
+    starts = [
+        e.start_child_workflow_execution_initiated_event_attributes
+        for e in events
+        if e.HasField("start_child_workflow_execution_initiated_event_attributes")
+    ]
+    assert [s.workflow_id for s in starts] == [f"{key}-child"] * 3
+    assert {s.workflow_type.name for s in starts} == {"fails_twice"}
+    assert {s.task_queue.name for s in starts} == {QUEUE}
+    assert all(s.retry_policy.maximum_attempts == 1 for s in starts)
+    assert {s.parent_close_policy for s in starts} == {3}  # REQUEST_CANCEL
+    failed = [e for e in events if e.HasField("child_workflow_execution_failed_event_attributes")]
+    assert len(failed) == 2
+    timers = [e for e in events if e.HasField("timer_started_event_attributes")]
+    assert len(timers) == 2  # the backoffs between attempts, armed by the parent
+    # the last run of the child: its parent, and the parent's step and attempt
+    first = child.history[0]
+    assert (first.parent_workflow_id, first.step, first.attempt) == ("kids", 1, 3)
+    assert first.parent_close_policy == "cancel"
+
+
+async def parent_of_taken(ctx: WorkflowContext, child_id: str) -> str:
+    try:
+        await ctx.execute_child(wf.child_waits_for_go, 1, id=child_id)
+    except ChildWorkflowError as err:
+        # rebuilt from history as an ApplicationError carrying the original type
+        cause = err.__cause__
+        return cause.type if isinstance(cause, ApplicationError) else repr(cause)
+    return "started"
+
+
+async def test_a_child_whose_id_is_running_fails_to_start(temporal_client: Client) -> None:
+    async with TemporalExecutor(
+        temporal_client,
+        task_queue=QUEUE,
+        workflows=[parent_of_taken, wf.child_waits_for_go],
+        activities=[wf.ready],
+    ) as ex:
+        await ex.execute(wf.child_waits_for_go, WorkflowOptions(id="taken", input=1))
+        handle = await ex.execute(parent_of_taken, WorkflowOptions(id="taker", input="taken"))
+        assert (await handle.result(timeout=WAIT)).endswith("WorkflowAlreadyRunningError")
+        parent = await ex.describe("taker")
+        await ex.cancel("taken")
+    assert _names(parent) == [
+        "workflow_started",
+        "child_workflow_started",
+        "child_workflow_failed",
+        "workflow_completed",
+    ]
+    failure = parent.history[2].failure
+    assert failure is not None and failure.type.endswith("WorkflowAlreadyRunningError")
