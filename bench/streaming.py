@@ -4,7 +4,7 @@ Usage::
 
     python -m bench.streaming [--quick] [--only RT,W1,W3] [--partitions N]
         [--activity-concurrency N] [--fetch-wait-ms MS] [--worker-processes N]
-        [--profile DIR]
+        [--profile DIR] [--w6-signals N] [--w6-every N]
 
 One Tansu broker (memory storage) serves the whole run. Every workload gets
 its own topic namespace (``app_id``) on it, a fresh worker and a fresh
@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import dataclasses
 import gc
 import math
 import os
@@ -430,6 +431,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="profile each workload (CPU time of the loop's thread, start-up included) into "
         "DIR/<workload>.prof and print its top functions",
     )
+    parser.add_argument("--w6-signals", type=int, metavar="N", help="W6: signals in all")
+    parser.add_argument("--w6-every", type=int, metavar="N", help="W6: signals per run")
     args = parser.parse_args(argv)
     if args.worker_processes is None:
         args.worker_processes = 0 if args.profile is not None else 1
@@ -444,6 +447,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     sizes = QUICK if args.quick else FULL
+    w6 = {"w6_signals": args.w6_signals, "w6_every": args.w6_every}
+    sizes = dataclasses.replace(sizes, **{k: v for k, v in w6.items() if v is not None})
     names = args.only
     if args.profile is not None:
         args.profile.mkdir(parents=True, exist_ok=True)
