@@ -101,12 +101,20 @@ def _detail(event: HistoryEvent) -> str:
         return format_value(event.result)
     if kind is EventType.WORKFLOW_CONTINUED_AS_NEW:
         return f"as run {event.new_run_id or '?'}: {format_value(event.input)}"
+    if kind is EventType.CHILD_WORKFLOW_STARTED:
+        return f"{event.child_workflow_type or '?'}: {format_value(event.input)}"
+    if kind is EventType.CHILD_WORKFLOW_COMPLETED:
+        return format_value(event.result)
+    if kind is EventType.CHILD_WORKFLOW_SIGNALED:
+        return f"{event.signal_name or ''}: {format_value(event.signal_payload)}"
     if event.error is not None:
         return _one_line(event.error)
     return ""
 
 
 def _name(event: HistoryEvent) -> str:
+    if event.child_workflow_id is not None:
+        return event.child_workflow_id
     if event.type in (EventType.UPDATE_ACCEPTED, EventType.UPDATE_COMPLETED):
         return f"{event.signal_name or ''} [{event.change_id or ''}]"
     return event.activity_name or event.signal_name or event.change_id or ""
@@ -140,6 +148,11 @@ def render_state(state: WorkflowState) -> str:
     if previous:
         # the continue-as-new chain, oldest first; this run continued the last one
         fields.append(("Previous runs", f"{len(previous)}: {' -> '.join(previous)}"))
+    first = state.history[0] if state.history else None
+    if first is not None and first.parent_workflow_id is not None:
+        fields.append(
+            ("Parent", f"{first.parent_workflow_id} (run {first.parent_run_id}, step {first.step})")
+        )
     fields += [
         ("Type", state.workflow_type or "-"),
         ("Status", state.status.value),

@@ -203,7 +203,7 @@ def encode_history(workflow_id: str, run_id: str, workflow_type: str, event: His
     payload = event.input
     if event.type in (EventType.ACTIVITY_COMPLETED, EventType.UPDATE_COMPLETED, *_RESULT_TYPES):
         payload = event.result
-    elif event.type in (EventType.SIGNAL_RECEIVED, EventType.UPDATE_ACCEPTED):
+    elif event.type in _SIGNAL_TYPES:
         payload = event.signal_payload
     return codec("history_event").encode(
         {
@@ -225,11 +225,21 @@ def encode_history(workflow_id: str, run_id: str, workflow_type: str, event: His
             "sender_id": event.sender_id,
             # a workflow_continued_as_new names the next run here (no schema change)
             "change_id": event.new_run_id or event.change_id,
+            "child_workflow_id": event.child_workflow_id,
+            "child_workflow_type": event.child_workflow_type,
+            "parent_workflow_id": event.parent_workflow_id,
+            "parent_run_id": event.parent_run_id,
         }
     )
 
 
+_SIGNAL_TYPES = (
+    EventType.SIGNAL_RECEIVED,
+    EventType.UPDATE_ACCEPTED,
+    EventType.CHILD_WORKFLOW_SIGNALED,
+)
 _RESULT_TYPES = (
+    EventType.CHILD_WORKFLOW_COMPLETED,
     EventType.WORKFLOW_COMPLETED,
     EventType.WORKFLOW_FAILED,
     EventType.WORKFLOW_CANCELED,
@@ -244,7 +254,7 @@ def decode_history(data: bytes) -> tuple[str, str, str, HistoryEvent]:
     fields: dict[str, Any] = {}
     if kind in (EventType.ACTIVITY_COMPLETED, EventType.UPDATE_COMPLETED, *_RESULT_TYPES):
         fields["result"] = payload
-    elif kind in (EventType.SIGNAL_RECEIVED, EventType.UPDATE_ACCEPTED):
+    elif kind in _SIGNAL_TYPES:
         fields["signal_payload"] = payload
     else:
         fields["input"] = payload
@@ -252,6 +262,8 @@ def decode_history(data: bytes) -> tuple[str, str, str, HistoryEvent]:
         fields["new_run_id"] = record["change_id"]
     else:
         fields["change_id"] = record["change_id"]
+    for name in ("child_workflow_id", "child_workflow_type", "parent_workflow_id", "parent_run_id"):
+        fields[name] = record.get(name)  # absent in version 1 and 2 messages
     event = HistoryEvent(
         id=record["id"],
         type=kind,

@@ -42,6 +42,7 @@ from ._core import (
     UpdateState,
     WorkflowInstance,
 )
+from ._embedded_children import EmbeddedChildren, parent_fields
 from ._errors import (
     InvalidArgumentError,
     NonDeterminismError,
@@ -89,6 +90,8 @@ class _Run:
         self.instance: WorkflowInstance | None = None
         self.lock = asyncio.Lock()
         self.activity_tasks: dict[int, tuple[int, asyncio.Task[None]]] = {}
+        # a watcher per child workflow attempt (step -> attempt, task)
+        self.child_tasks: dict[int, tuple[int, asyncio.Task[None]]] = {}
         # the last heartbeat details of each activity step, for its next attempt
         self.heartbeats: dict[int, Any] = {}
         self.timers: dict[int, tuple[PendingTimer, asyncio.TimerHandle]] = {}
@@ -175,6 +178,7 @@ class DefaultExecutor:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._start_task: asyncio.Future[None] | None = None
         self._closed = False
+        self._children = EmbeddedChildren(self)
 
     # -- lifecycle ------------------------------------------------------------
     async def __aenter__(self) -> DefaultExecutor:
@@ -224,6 +228,7 @@ class DefaultExecutor:
         running += await self._io.list(WorkflowFilter(status=WorkflowStatus.CONTINUED_AS_NEW))
         for state in running:
             await self._resume(state)
+        await self._children.close_orphans()
 
     async def aclose(self) -> None:
         """Stop every task and timer; running workflows stay running in the store."""
@@ -266,6 +271,9 @@ class DefaultExecutor:
         for _, task in run.activity_tasks.values():
             task.cancel()
         run.activity_tasks.clear()
+        for _, task in run.child_tasks.values():
+            task.cancel()
+        run.child_tasks.clear()
         for _, handle in run.timers.values():
             handle.cancel()
         run.timers.clear()
@@ -290,7 +298,30 @@ class DefaultExecutor:
         name = self._workflows.name_of(fn)
         payload = to_payload(options.input, "workflow input")
         await self.start()
-        wid = options.id
+        run = await self._start_run(
+            fn,
+            name,
+            options.id,
+            payload,
+            options.timeout_seconds,
+            options.continue_as_new_suggested_after,
+            None,
+            options.input,
+        )
+        return EmbeddedHandle(self, options.id, run.state.run_id, fn)
+
+    async def _start_run(
+        self,
+        fn: Callable[..., Any],
+        name: str,
+        wid: str,
+        payload: Any,
+        timeout: float | None,
+        suggest_after: int | None,
+        template: HistoryEvent | None,
+        hook_input: Any = None,
+    ) -> _Run:
+        """Save and start a new run; ``template`` is a child's ``workflow_started``."""
         if wid in self._runs or wid in self._starting:
             current = self._runs.get(wid)
             raise WorkflowAlreadyRunningError(wid, current.state.run_id if current else "starting")
@@ -300,19 +331,21 @@ class DefaultExecutor:
             if existing is not None and existing.status is WorkflowStatus.RUNNING:
                 raise WorkflowAlreadyRunningError(wid, existing.run_id)
             now = self._clock()
-            started = HistoryEvent(
-                id=1,
-                type=EventType.WORKFLOW_STARTED,
-                timestamp=now,
-                input=payload,
-                continue_as_new_suggested_after=options.continue_as_new_suggested_after,
+            started = (
+                template or HistoryEvent(id=1, type=EventType.WORKFLOW_STARTED, timestamp=now)
+            ).model_copy(
+                update={
+                    "timestamp": now,
+                    "input": payload,
+                    "continue_as_new_suggested_after": suggest_after,
+                }
             )
             state = WorkflowState(
                 workflow_id=wid,
                 run_id=uuid.uuid4().hex,
                 workflow_type=name,
                 input=payload,
-                timeout=options.timeout_seconds,
+                timeout=timeout,
                 history=[started],
                 created_at=now,
                 updated_at=now,
@@ -325,7 +358,9 @@ class DefaultExecutor:
         finally:
             self._starting.discard(wid)
         try:
-            self._defer(run, self._hooks.on_workflow_start, wid, options.input)
+            if template is not None:
+                hook_input = payload  # a child's input, as recorded
+            self._defer(run, self._hooks.on_workflow_start, wid, hook_input)
             self._apply(run, started)
             if self._always_replay:
                 self._check_replay(run)
@@ -333,7 +368,7 @@ class DefaultExecutor:
         finally:
             run.lock.release()
         await self._flush(run)
-        return EmbeddedHandle(self, wid, state.run_id, fn)
+        return run
 
     async def describe(self, workflow_id: str) -> WorkflowState:
         """The latest run of ``workflow_id``: status, result or error, and its history."""
@@ -573,6 +608,7 @@ class DefaultExecutor:
             fn=fn,
             timeout=state.timeout,
             activity_namer=self._activities.name_of,
+            workflow_namer=self._workflows.name_of,
         )
 
     def _event(self, run: _Run, kind: EventType, **fields: Any) -> HistoryEvent:
@@ -785,6 +821,8 @@ class DefaultExecutor:
             for event in echoes:
                 if event.type is EventType.ACTIVITY_STARTED:
                     self._defer(run, self._hooks.on_activity_start, wid, event.input)
+                elif event.type is EventType.CHILD_WORKFLOW_SIGNALED:
+                    self._children.deliver(run, event)
                 self._apply(run, event)
                 if run.parked is not None:
                     return
@@ -795,6 +833,7 @@ class DefaultExecutor:
             self._finish(run, outcome)
             return
         self._sync_activities(run, instance)
+        self._children.sync(run)
         self._sync_timers(run, instance)
 
     async def _continue(self, run: _Run, instance: WorkflowInstance, outcome: Outcome) -> None:
@@ -819,6 +858,7 @@ class DefaultExecutor:
             input=outcome.result,
             previous_run_ids=[*old.previous_run_ids, old.run_id],
             continue_as_new_suggested_after=instance.suggest_after,
+            **(parent_fields(old.history[0]) if old.history else {}),
         )
         state = WorkflowState(
             workflow_id=old.workflow_id,
@@ -1000,6 +1040,7 @@ class DefaultExecutor:
     def _finish(self, run: _Run, outcome: Outcome) -> None:
         run.finished = True
         self._halt(run)
+        self._children.close(run)
         wid = run.state.workflow_id
         if self._runs.get(wid) is run:
             del self._runs[wid]
@@ -1046,4 +1087,5 @@ class DefaultExecutor:
             instance.replaying = False
         async with run.lock:
             await self._reconcile(run)
+        self._children.redeliver(run)
         await self._flush(run)

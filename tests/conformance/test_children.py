@@ -39,6 +39,7 @@ async def _started(ex: Any, workflow_id: str, activities: int = 0) -> Any:
 
 async def _ended(ex: Any, workflow_id: str) -> Any:
     """The state of ``workflow_id`` once its run has ended (polled: no handle to await)."""
+    await _started(ex, workflow_id)  # a child is started in the background
     async with asyncio.timeout(WAIT):
         while True:
             state = await ex.describe(workflow_id)
@@ -140,7 +141,7 @@ async def test_an_abandoned_child_runs_on(runtime: Runtime) -> None:
     async with runtime.open() as ex:
         handle = await ex.execute(wf.parent_leaves_child, WorkflowOptions(id="ab", input="abandon"))
         assert await handle.result(timeout=WAIT) == "ab-child"
-        assert (await ex.describe("ab-child")).status is WorkflowStatus.RUNNING
+        assert (await _started(ex, "ab-child")).status is WorkflowStatus.RUNNING
         await ex.cancel("ab-child")
         child = await _ended(ex, "ab-child")
     assert child.status is WorkflowStatus.CANCELED

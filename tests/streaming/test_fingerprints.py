@@ -56,15 +56,16 @@ DEADLINE = 30.0
 # these: keep the old version in schemas/previous/ first, then update the table.
 CURRENT = {
     "command": "a966729d92a14a36",
-    "history_event": "9e04b456723fcb9b",
+    "history_event": "ac816a35b9457a53",
     "activity_task": "44ca8cc5e7088bf2",
     "reply": "b0c3bf58c4206980",
     "dead_letter": "4bcf9ce17d5a3d95",
 }
 # What release 0.1.0 framed them with; `reply` has no logical type, so no alias.
-# history_event (change_id) and command (parent, child_run_id) have changed since:
-# 0.1.0 wrote the version kept as previous/<name>.1.avsc, whose values are in KEPT;
-# LEGACY_OF_CURRENT has the alias the same computation gives the current version.
+# history_event (change_id, then the child workflow fields) and command (parent,
+# child_run_id) have changed since: 0.1.0 wrote the version kept as
+# previous/<name>.1.avsc, whose values are in KEPT; LEGACY_OF_CURRENT has the alias
+# the same computation gives the current version.
 LEGACY = {
     "command": "8bff0fd3f9ca9c9c",
     "history_event": "f81f2b5ee2460bc1",
@@ -74,7 +75,10 @@ LEGACY = {
 # (fingerprint, 0.1.0 alias) of each version kept in schemas/previous/.
 KEPT = {
     "command": [("2cf37faf1242693b", "8bff0fd3f9ca9c9c")],
-    "history_event": [("0a4013083edbcb9a", "f81f2b5ee2460bc1")],
+    "history_event": [
+        ("0a4013083edbcb9a", "f81f2b5ee2460bc1"),
+        ("9e04b456723fcb9b", "adf20ef5649c1dc3"),
+    ],
     "activity_task": [("ba4aad980d4bb6fc", "30ee3f5ea70be197")],
 }
 # The 0.1.0-style fingerprint of each current schema, where it differs from LEGACY
@@ -82,7 +86,7 @@ KEPT = {
 LEGACY_OF_CURRENT = LEGACY | {
     "command": "5b98d1bf53a36cf3",
     "activity_task": "27943ffc10b0db1a",
-    "history_event": "adf20ef5649c1dc3",
+    "history_event": "ee920bf46828cd9d",
 }
 
 

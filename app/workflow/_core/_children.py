@@ -26,7 +26,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from .._converter import decode_failure, encode_failure, from_payload, signature_of
-from .._errors import ChildWorkflowError, PayloadError
+from .._errors import ChildWorkflowError, PayloadError, WorkflowTimeoutError
 from .._types import (
     EventType,
     FailureInfo,
@@ -86,6 +86,15 @@ def child_end(
     if failure is None:
         failure = encode_failure(asyncio.CancelledError("the child workflow was canceled"))
     return EventType.CHILD_WORKFLOW_FAILED, {"failure": failure, "error": failure.message}
+
+
+_TIMEOUT = f"{WorkflowTimeoutError.__module__}.{WorkflowTimeoutError.__qualname__}"
+
+
+def _cause(child: PendingChild, failure: FailureInfo) -> BaseException:
+    if failure.type == _TIMEOUT:  # its constructor takes more than a message
+        return WorkflowTimeoutError(child.workflow_id, child.timeout or 0.0)
+    return decode_failure(failure)
 
 
 def terminated_failure(reason: str) -> FailureInfo:
@@ -255,7 +264,7 @@ class ChildTable:
             err = ChildWorkflowError(
                 child.workflow_id, child.workflow_type, child.attempt, failure.message
             )
-            err.__cause__ = decode_failure(failure)
+            err.__cause__ = _cause(child, failure)
             future.set_exception(err)
         return True
 
