@@ -209,6 +209,18 @@ def render_waiting(waiting: dict[str, Any], now: float) -> str:
             if act.get("redrives"):
                 line += f", sent again {act['redrives']} time(s)"
         lines.append(line)
+    for child in waiting.get("children", []):
+        line = (
+            f"  child workflow {child['workflow_id']!r} ({child['type']}) step {child['step']} "
+            f"attempt {child['attempt']}"
+        )
+        if child.get("backing_off"):
+            line += ": failed, waiting out its retry backoff"
+        else:
+            line += f": start sent {_moment(child.get('dispatched'), now)}"
+            if child.get("redrives"):
+                line += f", sent again {child['redrives']} time(s)"
+        lines.append(line)
     for act in waiting.get("backing_off", []):
         lines.append(
             f"  retry of activity {act['activity']!r} step {act['step']} after attempt "

@@ -22,6 +22,7 @@ from typing import Any
 
 from app.workflow._converter import describe_failure
 from app.workflow._core import (
+    TERMINATED,
     Outcome,
     PendingActivity,
     PendingTimer,
@@ -46,6 +47,11 @@ from app.workflow._types import (
 )
 from app.workflow._updates import completed_update
 
+from . import _children as children
+from ._commands import Command as Command
+from ._commands import CommandKind as CommandKind
+from ._commands import ParentRef as ParentRef
+
 log = logging.getLogger("app.streaming.machine")
 
 SEEN_LIMIT = 512
@@ -55,62 +61,6 @@ DESCRIBE = "__describe__"
 """The query that returns the whole state (header and history)."""
 
 BUILTIN_QUERIES = ("result", "status")
-
-
-class CommandKind:
-    """The ``kind`` values of a command."""
-
-    START = "start"
-    SIGNAL = "signal"
-    CANCEL = "cancel"
-    QUERY = "query"
-    ACTIVITY_RESULT = "activity_result"
-    TIMER_FIRED = "timer_fired"
-    UPDATE = "update"
-    """Run update handler ``name`` with ``payload``; ``command_id`` is the update id.
-    The reply comes when the update completes (a resend of it only waits again)."""
-    HEARTBEAT = "heartbeat"
-    """From an activity worker: the attempt (step, attempt) is alive; ``payload`` its details."""
-    RESUME = "resume"
-    """Engine-internal: a new owner rebuilds the run and dispatches its pending work."""
-    MIGRATE = "migrate"
-    """Engine-internal: this partition's workflows move to the generation in ``step``."""
-    HANDOVER = "handover"
-    """Engine-internal: a whole run (header and history) arriving from an older generation."""
-    ALL = (
-        START,
-        SIGNAL,
-        CANCEL,
-        QUERY,
-        UPDATE,
-        ACTIVITY_RESULT,
-        TIMER_FIRED,
-        HEARTBEAT,
-        RESUME,
-        MIGRATE,
-        HANDOVER,
-    )
-
-
-@dataclass(frozen=True)
-class Command:
-    """A decoded command (see ``schemas/command.avsc``); payloads are JSON values."""
-
-    command_id: str
-    kind: str
-    workflow_id: str
-    issued_at: datetime
-    name: str | None = None
-    payload: Any = None
-    sender_id: str | None = None
-    reply_to: str | None = None
-    timeout_seconds: float | None = None
-    run_id: str | None = None
-    step: int | None = None
-    attempt: int | None = None
-    duration: float | None = None
-    failure: FailureInfo | None = None
-    route: int | None = None
 
 
 @dataclass(frozen=True)
@@ -159,6 +109,9 @@ class Effects:
     ended: list[tuple[str, list[HistoryEvent], set[int]]] = field(default_factory=list)
     """Runs that continued as new in this command: each one's run id, the events
     it recorded and their retry ids (``events`` and ``retries`` are the last run's)."""
+    commands: list[Command] = field(default_factory=list)
+    """Commands to other workflows (child starts, signals, results, closes), sent
+    after the events that decided them are written."""
 
     @property
     def changed(self) -> bool:
@@ -270,6 +223,7 @@ class Machine:
             fn=fn,
             timeout=state.timeout,
             activity_namer=self.activities.name_of,
+            workflow_namer=self.workflows.name_of,
         )
 
     def restore(self, run: Run) -> None:
@@ -309,12 +263,35 @@ class Machine:
         if run.instance is None:
             return
         dispatched = {t.task_id for t in self.pending_tasks(run)}
+        starts = {c.command_id for c in self.child_starts(run)}
         self._reconcile(run, fx)
         fx.tasks.extend(
             t
             for t in self.pending_tasks(run)
             if t.task_id in dispatched and (t.step, t.attempt) not in run.inherited
         )
+        fx.commands.extend(c for c in self.child_starts(run) if c.command_id in starts)
+        fx.commands.extend(self._child_signals(run))
+
+    def child_starts(self, run: Run) -> list[Command]:
+        """The starts of the children the run waits on (to send again until they answer)."""
+        if run.instance is None or run.parked is not None or not run.running:
+            return []
+        now = self.clock()
+        return [children.start(run.state, c, now) for c in run.instance.pending_children()]
+
+    def _child_signals(self, run: Run) -> list[Command]:
+        """The recorded signals to children still pending (a resume delivers them again)."""
+        instance = run.instance
+        if instance is None or run.parked is not None or not run.running:
+            return []
+        pending = {c.workflow_id for c in instance.pending_children()}
+        now = self.clock()
+        return [
+            children.signal(run.state, sig, now)
+            for sig in instance.children.signals.values()
+            if sig.recorded and sig.workflow_id in pending
+        ]
 
     def pending_tasks(self, run: Run) -> list[Task]:
         """The attempts that should be running now (to dispatch again after a takeover)."""
@@ -338,6 +315,22 @@ class Machine:
                 "activity": t.activity_name,
             }
             for t in sorted(self.pending_timers(run).values(), key=lambda t: t.due)
+        ]
+
+    def waiting_children(self, run: Run) -> list[dict[str, Any]]:
+        """The child workflows the run waits on, for ``describe``."""
+        if run.instance is None or not run.running:
+            return []
+        return [
+            {
+                "workflow_id": c.workflow_id,
+                "type": c.workflow_type,
+                "step": c.step,
+                "attempt": c.attempt,
+                "backing_off": c.backing_off,
+                "command_id": children.start_id(run.state.run_id, c.step, c.attempt),
+            }
+            for c in sorted(run.instance.children.children.values(), key=lambda c: c.step)
         ]
 
     def awaited_signals(self, run: Run) -> list[str]:
@@ -395,6 +388,8 @@ class Machine:
             return run, fx
         if cmd.run_id is not None and cmd.run_id != run.state.run_id:
             return run, fx  # an engine command of an earlier run
+        if kind == CommandKind.CANCEL and children.closes_another(run.state, cmd):
+            return run, fx  # a parent closing its child, but this run is not its child
         if kind in (CommandKind.SIGNAL, CommandKind.CANCEL):
             run.seen.append(cmd.command_id)
         self.restore(run)
@@ -411,8 +406,20 @@ class Machine:
         if run is not None and run.start_command == cmd.command_id:
             fx.duplicate = True
             fx.reply = Reply(ok=True, run_id=run.state.run_id)
+            if cmd.parent is not None and not run.running:
+                # a parent that missed the answer asks again: the child has ended
+                answer = children.result(run.state, self.clock())
+                fx.commands.extend([answer] if answer is not None else [])
             return run, fx
         if run is not None and run.running:
+            refused = children.refusal(
+                cmd,
+                f"cannot start child workflow {cmd.workflow_id!r}: a workflow of that id is "
+                f"already running (run {run.state.run_id}); give the child an id of its own",
+                children.ALREADY_RUNNING,
+                self.clock(),
+            )
+            fx.commands.extend([refused] if refused is not None else [])
             fx.reply = Reply(
                 ok=False,
                 error_type="already_running",
@@ -426,12 +433,12 @@ class Machine:
         fn = self.workflows.get(name)
         if fn is None:
             known = ", ".join(self.workflows.names()) or "none"
-            fx.reply = Reply(
-                ok=False,
-                error_type="invalid",
-                error=f"workflow type {name!r} is not registered with this worker "
-                f"(registered: {known})",
+            why = f"workflow type {name!r} is not registered with this worker (registered: {known})"
+            fx.reply = Reply(ok=False, error_type="invalid", error=why)
+            refused = children.refusal(
+                cmd, f"cannot start child workflow: {why}", children.NOT_REGISTERED, self.clock()
             )
+            fx.commands.extend([refused] if refused is not None else [])
             return run, fx
         now = self.clock()
         # a start command carries continue_as_new_suggested_after in ``step``
@@ -441,6 +448,7 @@ class Machine:
             timestamp=now,
             input=cmd.payload,
             continue_as_new_suggested_after=cmd.step,
+            **children.started_fields(cmd.parent),
         )
         state = WorkflowState(
             workflow_id=cmd.workflow_id,
@@ -469,7 +477,9 @@ class Machine:
                 sender_id=cmd.sender_id,
             )
         if kind == CommandKind.CANCEL:
-            return self._event(run, EventType.CANCEL_REQUESTED)
+            # a cancel with a Terminated failure terminates (a parent-close policy)
+            failure = cmd.failure if cmd.failure and cmd.failure.type == TERMINATED else None
+            return self._event(run, EventType.CANCEL_REQUESTED, failure=failure)
         instance = run.instance
         if instance is None or cmd.step is None:
             return None
@@ -498,6 +508,21 @@ class Machine:
                 step=cmd.step,
                 attempt=cmd.attempt,
                 duration=cmd.duration,
+            )
+        if kind == CommandKind.CHILD_RESULT:
+            child = instance.children.children.get(cmd.step)
+            ended = children.end_event_fields(cmd)
+            if child is None or ended is None or cmd.attempt is None:
+                return None
+            if not instance.children.is_current(cmd.step, cmd.attempt):
+                return None  # a duplicate, or the answer to an earlier attempt
+            return self._event(
+                run,
+                ended[0],
+                step=cmd.step,
+                attempt=cmd.attempt,
+                child_workflow_id=child.workflow_id,
+                **ended[1],
             )
         if kind == CommandKind.TIMER_FIRED:
             timer = instance.pending_timers().get(cmd.step)
@@ -689,10 +714,22 @@ class Machine:
                 self._apply(run, event)
                 if run.parked is not None:
                     return
+            now = self.clock()
+            for event in echoes:
+                if event.type is EventType.CHILD_WORKFLOW_STARTED:
+                    fx.commands.append(children.start(run.state, event, now))
+                elif event.type is EventType.CHILD_WORKFLOW_SIGNALED:
+                    fx.commands.append(children.signal(run.state, event, now))
+        if outcome is not None and run.state.status is not WorkflowStatus.RUNNING:
+            fx.commands.extend(
+                children.closing(run.state, instance.children.closing(), self.clock())
+            )
         if outcome is not None and outcome.status is WorkflowStatus.CONTINUED_AS_NEW:
             self._continue(run, instance, outcome, fx)
             return
         if outcome is not None:
+            answer = children.result(run.state, self.clock())
+            fx.commands.extend([answer] if answer is not None else [])
             run.close()
             return
         fx.tasks.extend(self._task(run, act) for act in new_attempts)
@@ -746,6 +783,7 @@ class Machine:
                 input=outcome.result,
                 previous_run_ids=[*old.previous_run_ids, old.run_id],
                 continue_as_new_suggested_after=instance.suggest_after,
+                **children.started_fields(children.parent_of(old)),
             ),
             fx,
         )

@@ -8,6 +8,7 @@ reason, and the worker sends the message to the dead-letter topic.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from datetime import UTC, datetime
@@ -15,9 +16,10 @@ from typing import Any
 
 from aiokafka.partitioner import murmur2
 
-from app.workflow._types import EventType, FailureInfo, HistoryEvent
+from app.workflow._types import EventType, FailureInfo, HistoryEvent, ParentClosePolicy
 
-from ._machine import Command, CommandKind, Reply, Task
+from ._commands import Command, CommandKind, ParentRef
+from ._machine import Reply, Task
 from ._wire import WireError, codec
 
 JSON = "application/json"
@@ -111,6 +113,8 @@ def encode_command(cmd: Command) -> bytes:
             "duration": cmd.duration,
             "failure": _failure_record(cmd.failure),
             "route": cmd.route,
+            "parent": None if cmd.parent is None else dataclasses.asdict(cmd.parent),
+            "child_run_id": cmd.child_run_id,
         }
     )
 
@@ -136,10 +140,22 @@ def decode_command(data: bytes | None, key: bytes | None = None) -> Command:
     if kind in (CommandKind.START, CommandKind.SIGNAL, CommandKind.QUERY) and not record["name"]:
         what = {"start": "workflow type", "signal": "signal name", "query": "query name"}[kind]
         raise InvalidCommandError(f"a {kind} command needs its {what} in 'name'")
-    if kind in (CommandKind.ACTIVITY_RESULT, CommandKind.TIMER_FIRED, CommandKind.HEARTBEAT) and (
-        record["step"] is None or record["run_id"] is None
-    ):
+    if kind in _ENGINE_STEP_KINDS and (record["step"] is None or record["run_id"] is None):
         raise InvalidCommandError(f"a {kind} command needs 'step' and 'run_id'")
+    if kind == CommandKind.CHILD_RESULT and record["attempt"] is None:
+        raise InvalidCommandError("a child_result command needs 'attempt'")
+    parent = record.get("parent")
+    if parent is not None:
+        try:
+            policy = ParentClosePolicy(parent["close_policy"]).value
+        except ValueError:
+            choices = ", ".join(p.value for p in ParentClosePolicy)
+            raise InvalidCommandError(
+                f"parent.close_policy must be one of {choices}, got {parent['close_policy']!r}"
+            ) from None
+        parent = ParentRef(
+            parent["workflow_id"], parent["run_id"], parent["step"], parent["attempt"], policy
+        )
     timeout = record["timeout_seconds"]
     if timeout is not None and not timeout > 0:
         raise InvalidCommandError(f"timeout_seconds must be > 0, got {timeout}")
@@ -169,7 +185,17 @@ def decode_command(data: bytes | None, key: bytes | None = None) -> Command:
         duration=record["duration"],
         failure=failure,
         route=record["route"],
+        parent=parent,
+        child_run_id=record.get("child_run_id"),
     )
+
+
+_ENGINE_STEP_KINDS = (
+    CommandKind.ACTIVITY_RESULT,
+    CommandKind.TIMER_FIRED,
+    CommandKind.HEARTBEAT,
+    CommandKind.CHILD_RESULT,
+)
 
 
 # -- history --------------------------------------------------------------------

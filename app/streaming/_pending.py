@@ -33,6 +33,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from ._commands import Command
 from ._machine import Task
 
 
@@ -187,3 +188,85 @@ def _partition(attempts: dict[tuple[int, int], Attempt]) -> int | None:
     for attempt in attempts.values():
         return attempt.partition
     return None
+
+
+@dataclass
+class Start:
+    """The start of a child workflow its parent waits on, and when it was last sent."""
+
+    command: Command
+    partition: int
+    dispatched: float
+    redrives: int = 0
+
+
+class PendingStarts:
+    """Child starts of the owned partitions not answered yet, by parent workflow.
+
+    A parent waits for its child's ``child_result``; if the start, or the
+    answer, is lost (a worker killed between recording and sending), nothing
+    else would move the parent. So each pending start has a deadline like an
+    activity attempt: past it, the same start (same command id) is sent again.
+    The child's owner ignores a copy for a running child and answers a copy
+    for an ended one with its result again. Kept in memory: a new owner's
+    resume sends every pending start again and starts its deadline anew.
+    """
+
+    def __init__(self, redrive_after: float, redrive_max: float) -> None:
+        self.redrive_after = redrive_after
+        self.redrive_max = redrive_max
+        self._by_run: dict[str, dict[str, Start]] = {}
+
+    def update(
+        self,
+        workflow_id: str,
+        partition: int,
+        pending: list[Command],
+        sent: list[Command],
+        now: float | None = None,
+    ) -> None:
+        """After a command: the parent's child starts now ``pending``, those ``sent`` just now."""
+        now = time.time() if now is None else now
+        if not pending:
+            self._by_run.pop(workflow_id, None)
+            return
+        known = self._by_run.get(workflow_id, {})
+        just_sent = {c.command_id for c in sent}
+        fresh: dict[str, Start] = {}
+        for cmd in pending:
+            start = known.get(cmd.command_id)
+            if start is None:
+                start = Start(cmd, partition, now)
+            elif cmd.command_id in just_sent:
+                start.dispatched, start.redrives = now, 0
+            fresh[cmd.command_id] = start
+        self._by_run[workflow_id] = fresh
+
+    def forget(self, partitions: set[int]) -> None:
+        """Drop the starts of partitions no longer owned here."""
+        self._by_run = {
+            wid: starts
+            for wid, starts in self._by_run.items()
+            if not any(s.partition in partitions for s in starts.values())
+        }
+
+    def due(self, owned: set[int], now: float | None = None) -> list[Start]:
+        """Starts of ``owned`` partitions whose deadline passed; each is marked re-sent."""
+        now = time.time() if now is None else now
+        out = []
+        for starts in self._by_run.values():
+            for start in starts.values():
+                if start.partition not in owned:
+                    continue
+                wait = min(self.redrive_after * 2**start.redrives, self.redrive_max)
+                if now - start.dispatched >= wait:
+                    start.dispatched = now
+                    start.redrives += 1
+                    out.append(start)
+        return out
+
+    def of(self, workflow_id: str) -> dict[str, Start]:
+        return dict(self._by_run.get(workflow_id, {}))
+
+    def __len__(self) -> int:
+        return sum(len(s) for s in self._by_run.values())

@@ -52,7 +52,7 @@ from ._machine import DESCRIBE, Command, CommandKind, Effects, Machine, Reply, R
 from ._messages import InvalidCommandError, encode_command
 from ._metrics import WorkerMetrics
 from ._outputs import Outbox, recover_tables, to_dead_letter
-from ._pending import PendingAttempts
+from ._pending import PendingAttempts, PendingStarts
 from ._runs import RunStore
 from ._wire import WireError
 from .settings import StreamingSettings
@@ -106,6 +106,7 @@ class StreamingWorker(Generations):
         self._timer_task: asyncio.Task[None] | None = None
         self._started = False
         self.attempts = PendingAttempts(settings.redrive_after, settings.redrive_max)
+        self.starts = PendingStarts(settings.redrive_after, settings.redrive_max)
         self.producer = Producer(settings, f"{topo.executor_group}.executor")
         self.commands_out = Outbox(self.producer, topo.commands)
         self.history = Outbox(self.producer, topo.history)
@@ -185,6 +186,7 @@ class StreamingWorker(Generations):
         """Forget ``partitions``: their next owner reads them from the changelogs."""
         self.store.forget(partitions)
         self.attempts.forget(partitions)
+        self.starts.forget(partitions)
         for p in partitions:
             for gauge in (self.metrics.oldest_attempt, self.metrics.oldest_timer):
                 with contextlib.suppress(KeyError):
@@ -292,6 +294,10 @@ class StreamingWorker(Generations):
             reply = fx.reply
             if cmd.name == DESCRIBE and reply and reply.ok and isinstance(reply.payload, dict):
                 reply.payload["waiting"] = self._waiting(run, partition)
+        for out in fx.commands:  # to children and parents, after the events that decided them
+            await self.commands_out.send(
+                key=out.workflow_id.encode(), value=await self.wire.command_out(out)
+            )
         if fx.reply is not None and cmd.reply_to:
             await self.replies.send(
                 key=cmd.reply_to.encode(),
@@ -396,6 +402,12 @@ class StreamingWorker(Generations):
             started,
             inherited=run.inherited,
         )
+        self.starts.update(
+            wid,
+            partition,
+            self.machine.child_starts(run),
+            [c for c in fx.commands if c.kind == CommandKind.START],
+        )
         await self.store.write_timers(run, partition)
         if run.parked is not None:
             self.metrics.parked.inc()
@@ -423,9 +435,17 @@ class StreamingWorker(Generations):
                     "inherited": (task.step, task.attempt) in run.inherited,
                 }
             )
+        starts = self.starts.of(run.state.workflow_id)
+        children = []
+        for child in self.machine.waiting_children(run):
+            sent = starts.get(str(child.pop("command_id")))
+            child["dispatched"] = sent.dispatched if sent else None
+            child["redrives"] = sent.redrives if sent else 0
+            children.append(child)
         return {
             "partition": partition,
             "activities": activities,
+            "children": children,
             "timers": self.machine.describe_timers(run),
             "signals": self.machine.awaited_signals(run),
             "backing_off": self.machine.backing_off(run),
@@ -515,6 +535,23 @@ class StreamingWorker(Generations):
             self.metrics.redrives.inc()
             task = self._with_details(task)
             await queue.send(key=task.task_id.encode(), value=await self.wire.task_out(task, now))
+        for start in self.starts.due(self.consumer.owned):
+            cmd = start.command
+            assert cmd.parent is not None
+            log.warning(
+                "re-sending the start of child workflow %s of %s (step %s, attempt %s): no "
+                "answer %.1fs after it was sent (re-send %d)",
+                cmd.workflow_id,
+                cmd.parent.workflow_id,
+                cmd.parent.step,
+                cmd.parent.attempt,
+                self.settings.redrive_after,
+                start.redrives,
+            )
+            self.metrics.redrives.inc()
+            await self.commands_out.send(
+                key=cmd.workflow_id.encode(), value=await self.wire.command_out(cmd)
+            )
 
     async def _missed_heartbeats(self) -> None:
         """Fail every attempt past its heartbeat timeout, through the commands topic."""

@@ -161,5 +161,20 @@ async def counter(ctx: WorkflowContext, start: int) -> int:
     return total["value"]
 
 
+async def kid(ctx: WorkflowContext, x: int) -> int:
+    """A child workflow: an activity, a wait for the test's ``go``, another activity."""
+    value = await ctx.execute_activity(work, x)
+    got: int = await ctx.receive_signal("go").receive()
+    result: int = await ctx.execute_activity(work, value + got)
+    return result
+
+
+async def family(ctx: WorkflowContext, x: int) -> int:
+    """A parent that waits on its child ``<id>-kid``, then runs an activity on its result."""
+    result: int = await ctx.execute_child(kid, x, id=f"{ctx.workflow_id}-kid")
+    return await ctx.execute_activity(work, result)
+
+
 workflows = [chain, crashing, signalled, ticking, lingering, waiting, resumable, counter]
+workflows += [kid, family]
 activities = [work, crash_once, linger, held, process_items]

@@ -55,16 +55,16 @@ DEADLINE = 30.0
 # Java's SchemaNormalization, fastavro and avsc compute it. A schema change moves
 # these: keep the old version in schemas/previous/ first, then update the table.
 CURRENT = {
-    "command": "2cf37faf1242693b",
+    "command": "a966729d92a14a36",
     "history_event": "ac816a35b9457a53",
     "activity_task": "44ca8cc5e7088bf2",
     "reply": "b0c3bf58c4206980",
     "dead_letter": "4bcf9ce17d5a3d95",
 }
 # What release 0.1.0 framed them with; `reply` has no logical type, so no alias.
-# history_event has changed since (change_id, then the child workflow fields): 0.1.0
-# wrote the version kept as
-# previous/history_event.1.avsc, whose values are in KEPT; this is the alias
+# history_event (change_id, then the child workflow fields) and command (parent,
+# child_run_id) have changed since: 0.1.0 wrote the version kept as
+# previous/<name>.1.avsc, whose values are in KEPT; LEGACY_OF_CURRENT has the alias
 # the same computation gives the current version.
 LEGACY = {
     "command": "8bff0fd3f9ca9c9c",
@@ -74,6 +74,7 @@ LEGACY = {
 }
 # (fingerprint, 0.1.0 alias) of each version kept in schemas/previous/.
 KEPT = {
+    "command": [("2cf37faf1242693b", "8bff0fd3f9ca9c9c")],
     "history_event": [
         ("0a4013083edbcb9a", "f81f2b5ee2460bc1"),
         ("9e04b456723fcb9b", "adf20ef5649c1dc3"),
@@ -83,6 +84,7 @@ KEPT = {
 # The 0.1.0-style fingerprint of each current schema, where it differs from LEGACY
 # (the schema changed after 0.1.0; LEGACY is then the alias of its kept version 1).
 LEGACY_OF_CURRENT = LEGACY | {
+    "command": "5b98d1bf53a36cf3",
     "activity_task": "27943ffc10b0db1a",
     "history_event": "ee920bf46828cd9d",
 }
@@ -215,7 +217,8 @@ def test_a_message_framed_with_the_legacy_fingerprint_decodes(name: str) -> None
 def test_legacy_command_and_history_event_decode_to_the_engine_values() -> None:
     json_type = {"content_type": "application/json"}
     record = samples("command")[1] | json_type | {"kind": "signal", "name": "go", "payload": b"7"}
-    old = frame(bytes.fromhex(LEGACY["command"]), codec("command").encode(record)[10:])
+    v1 = Codec("command", written_by_0_1_0("command"))
+    old = frame(bytes.fromhex(LEGACY["command"]), v1.encode(record)[10:])
     cmd = decode_command(old, record["workflow_id"].encode())
     assert (cmd.kind, cmd.name, cmd.payload) == ("signal", "go", 7)
 
@@ -266,7 +269,8 @@ async def test_a_worker_applies_commands_framed_with_the_legacy_fingerprint(
 
     def legacy(**fields: Any) -> bytes:
         """A command as a 0.1.0 writer framed it."""
-        record = {f["name"]: f.get("default") for f in load_raw("command")["fields"]}
+        v1 = written_by_0_1_0("command")
+        record = {f["name"]: f.get("default") for f in v1["fields"]}
         record |= {
             "command_id": uuid.uuid4().hex,
             "workflow_id": wid,
@@ -274,7 +278,7 @@ async def test_a_worker_applies_commands_framed_with_the_legacy_fingerprint(
             "content_type": JSON,
             **fields,
         }
-        return frame(bytes.fromhex(LEGACY["command"]), codec("command").encode(record)[10:])
+        return frame(bytes.fromhex(LEGACY["command"]), Codec("command", v1).encode(record)[10:])
 
     worker = StreamingWorker(settings, suite.workflows, suite.activities)
     producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all", linger_ms=0)
