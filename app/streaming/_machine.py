@@ -18,15 +18,16 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
+from app.workflow import _driver as driver
 from app.workflow._converter import describe_failure
 from app.workflow._core import (
     TERMINATED,
     Outcome,
     PendingActivity,
     PendingTimer,
-    TimerKind,
     WorkflowInstance,
 )
 from app.workflow._errors import (
@@ -37,8 +38,6 @@ from app.workflow._errors import (
 )
 from app.workflow._names import FunctionTable
 from app.workflow._types import (
-    TERMINAL_EVENTS,
-    TERMINAL_STATUS,
     EventType,
     FailureInfo,
     HistoryEvent,
@@ -264,7 +263,7 @@ class Machine:
             return
         dispatched = {t.task_id for t in self.pending_tasks(run)}
         starts = {c.command_id for c in self.child_starts(run)}
-        self._reconcile(run, fx)
+        self._input(run, None, fx)
         fx.tasks.extend(
             t
             for t in self.pending_tasks(run)
@@ -642,39 +641,55 @@ class Machine:
             id=len(run.state.history) + 1, type=kind, timestamp=self.clock(), **fields
         )
 
-    def _record(self, run: Run, events: list[HistoryEvent], fx: Effects) -> None:
-        state = run.state
-        state.history.extend(events)
+    def _recorded(self, run: Run, fx: Effects, events: list[HistoryEvent]) -> None:
+        """The driver's write: the events go out with the command's effects."""
         fx.events.extend(events)
         for event in events:
             if event.type is EventType.UPDATE_COMPLETED and run.update_waiters:
                 waiting = run.update_waiters.pop(event.change_id or "", {})
                 answer = _update_reply(run, event.result, event.failure)
                 fx.replies.extend((to, cid, answer) for to, cid in waiting.items())
-        last = events[-1]
-        state.updated_at = last.timestamp
-        if last.type in TERMINAL_EVENTS:
-            state.status = TERMINAL_STATUS[last.type]
-            state.result = last.result
-            state.error = last.error
-        elif run.parked is None:
-            state.error = None
 
-    def _input(self, run: Run, event: HistoryEvent, fx: Effects) -> None:
-        self._record(run, [event], fx)
-        if run.parked is not None or run.instance is None:
-            return  # kept in history; applied when the code is fixed and the run restored
-        if self._will_retry(run.instance, event):
+    def _input(self, run: Run, event: HistoryEvent | None, fx: Effects) -> None:
+        """One step of ``run`` through the shared driver (``app.workflow._driver``).
+
+        Records ``event`` (an input; None: only reconcile) and the echoes it
+        causes, then turns what the code asked for into effects: activity
+        tasks, commands to children and parents, the next run of a chain.
+        """
+        instance = run.instance
+        parked = run.parked is not None
+        if (
+            event is not None
+            and instance is not None
+            and not parked
+            and (driver.will_retry(instance, event))
+        ):
             fx.retries.add(event.id)
-        self._apply(run, event)
-        self._reconcile(run, fx)
-
-    def _apply(self, run: Run, event: HistoryEvent) -> None:
-        assert run.instance is not None
-        try:
-            run.instance.apply(event)
-        except NonDeterminismError as err:
-            self._park(run, err)
+        steps = driver.step(run.state, instance, event, self.clock, parked=run.parked is not None)
+        settled = driver.run_step_sync(steps, partial(self._recorded, run, fx))
+        if settled.diverged is not None:
+            self._park(run, settled.diverged)
+            return
+        if instance is None or run.parked is not None:
+            return  # kept in history; applied when the code is fixed and the run restored
+        now = self.clock()
+        for echo in settled.echoes:
+            if echo.type is EventType.CHILD_WORKFLOW_STARTED:
+                fx.commands.append(children.start(run.state, echo, now))
+            elif echo.type is EventType.CHILD_WORKFLOW_SIGNALED:
+                fx.commands.append(children.signal(run.state, echo, now))
+        outcome = settled.outcome
+        if outcome is not None and run.state.status is not WorkflowStatus.RUNNING:
+            fx.commands.extend(children.closing(run.state, instance.children.closing(), now))
+        if outcome is not None and outcome.status is WorkflowStatus.CONTINUED_AS_NEW:
+            self._continue(run, instance, outcome, fx)
+        elif outcome is not None:
+            answer = children.result(run.state, now)
+            fx.commands.extend([answer] if answer is not None else [])
+            run.close()
+        else:
+            fx.tasks.extend(self._task(run, act) for act in settled.new_attempts)
 
     def _park(self, run: Run, err: WorkflowError) -> None:
         log.error("workflow %s is stuck: %s", run.state.workflow_id, err)
@@ -684,55 +699,6 @@ class Machine:
         if run.instance is not None:
             run.instance.close()
             run.instance = None
-
-    @staticmethod
-    def _will_retry(instance: WorkflowInstance, event: HistoryEvent) -> bool:
-        if event.type is EventType.ACTIVITY_FAILED:
-            if event.failure is None or event.failure.non_retryable:
-                return False
-        elif event.type is EventType.TIMER_FIRED and event.step is not None:
-            timer = instance.pending_timers().get(event.step)
-            if timer is None or timer.kind is not TimerKind.ACTIVITY_TIMEOUT:
-                return False
-        else:
-            return False
-        for act in instance.pending_activities():
-            if act.step == event.step:
-                return act.attempt < act.retry.max_attempts
-        return False
-
-    def _reconcile(self, run: Run, fx: Effects) -> None:
-        instance = run.instance
-        if instance is None or run.parked is not None:
-            return
-        new_attempts = [a for a in instance.pending_activities() if not a.recorded]
-        echoes = instance.echoes(len(run.state.history) + 1, self.clock())
-        outcome = instance.outcome
-        if echoes:
-            self._record(run, echoes, fx)
-            for event in echoes:
-                self._apply(run, event)
-                if run.parked is not None:
-                    return
-            now = self.clock()
-            for event in echoes:
-                if event.type is EventType.CHILD_WORKFLOW_STARTED:
-                    fx.commands.append(children.start(run.state, event, now))
-                elif event.type is EventType.CHILD_WORKFLOW_SIGNALED:
-                    fx.commands.append(children.signal(run.state, event, now))
-        if outcome is not None and run.state.status is not WorkflowStatus.RUNNING:
-            fx.commands.extend(
-                children.closing(run.state, instance.children.closing(), self.clock())
-            )
-        if outcome is not None and outcome.status is WorkflowStatus.CONTINUED_AS_NEW:
-            self._continue(run, instance, outcome, fx)
-            return
-        if outcome is not None:
-            answer = children.result(run.state, self.clock())
-            fx.commands.extend([answer] if answer is not None else [])
-            run.close()
-            return
-        fx.tasks.extend(self._task(run, act) for act in new_attempts)
 
     def _continue(
         self, run: Run, instance: WorkflowInstance, outcome: Outcome, fx: Effects
@@ -744,49 +710,25 @@ class Machine:
         this one find it in the old run's place.
         """
         old = run.state
-        assert outcome.next_run_id is not None
-        carried = deque([*instance.carried_signals(), *run.carried])
+        nxt = driver.next_run(old, instance, outcome, self.clock(), run.carried)
         run.carried.clear()
         run.close()
         fn = self.workflows.get(old.workflow_type)
         if fn is None:
             return
-        now = self.clock()
-        state = WorkflowState(
-            workflow_id=old.workflow_id,
-            run_id=outcome.next_run_id,
-            workflow_type=old.workflow_type,
-            input=outcome.result,
-            timeout=old.timeout,
-            history=[],
-            created_at=now,
-            updated_at=now,
-        )
         new = Run(
-            state=state,
-            instance=self._new_instance(state, fn),
+            state=nxt.state,
+            instance=self._new_instance(nxt.state, fn),
             seen=run.seen,
             start_command=run.start_command,
             partition=run.partition,
-            carried=carried,
+            carried=nxt.carried,
         )
         fx.ended.append((old.run_id, fx.events, fx.retries))
         fx.events, fx.retries, fx.tasks = [], set(), []
         fx.successor = new
         fx.started = True
-        self._input(
-            new,
-            HistoryEvent(
-                id=1,
-                type=EventType.WORKFLOW_STARTED,
-                timestamp=now,
-                input=outcome.result,
-                previous_run_ids=[*old.previous_run_ids, old.run_id],
-                continue_as_new_suggested_after=instance.suggest_after,
-                **children.started_fields(children.parent_of(old)),
-            ),
-            fx,
-        )
+        self._input(new, nxt.started, fx)
         # one at a time: if the new run continues as new again, the rest go on with it
         while new.carried and new.running and new.instance is not None and fx.successor is new:
             name, payload = new.carried.popleft()
