@@ -16,10 +16,9 @@ from ._instance import (
     PendingActivity,
     PendingTimer,
     TimerKind,
-    UpdateHandler,
-    UpdateState,
     WorkflowInstance,
 )
+from ._updates import UpdateHandler, UpdateState, UpdateTable
 
 __all__ = [
     "TERMINATED",
@@ -38,6 +37,7 @@ __all__ = [
     "TimerKind",
     "UpdateHandler",
     "UpdateState",
+    "UpdateTable",
     "WorkflowContext",
     "WorkflowInstance",
 ]

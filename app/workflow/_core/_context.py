@@ -20,6 +20,7 @@ from .._types import (
     default_retry_policy,
     to_seconds,
 )
+from ._updates import UpdateHandler
 
 if TYPE_CHECKING:
     from ._children import PendingChild
@@ -396,8 +397,6 @@ class WorkflowContext:
             raise InvalidArgumentError(f"update handler for {name!r} must be callable")
         if validator is not None and not callable(validator):
             raise InvalidArgumentError(f"update validator for {name!r} must be callable or None")
-        from ._instance import UpdateHandler  # circular: the instance imports this module
-
         self._instance.add_update_handler(name, UpdateHandler(fn, validator))
 
     def patched(self, change_id: str) -> bool:

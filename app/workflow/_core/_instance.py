@@ -44,7 +44,7 @@ import enum
 import logging
 import random
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -60,11 +60,8 @@ from .._converter import (
 from .._errors import (
     ActivityError,
     ContinueAsNewError,
-    InvalidArgumentError,
     NonDeterminismError,
     PayloadError,
-    UpdateNotFoundError,
-    UpdateRejectedError,
     WorkflowError,
     WorkflowTimeoutError,
     _ControlFlow,
@@ -82,6 +79,7 @@ from .._types import (
 )
 from ._children import TERMINATED, ChildTable, PendingChild
 from ._loop import WorkflowLoop
+from ._updates import UpdateHandler, UpdateState, UpdateTable
 
 log = logging.getLogger("app.workflow.core")
 
@@ -140,26 +138,6 @@ class PendingActivity:
     recorded: bool = False
     backing_off: bool = False
     future: asyncio.Future[Any] | None = field(default=None, repr=False)
-
-
-@dataclass(frozen=True)
-class UpdateHandler:
-    """A handler registered with ``ctx.set_update_handler``."""
-
-    fn: Callable[..., Any]
-    validator: Callable[..., Any] | None = None
-
-
-@dataclass
-class UpdateState:
-    """An accepted update: running, or done with a ``result`` or ``failure``."""
-
-    update_id: str
-    name: str
-    done: bool = False
-    result: Any = None
-    failure: FailureInfo | None = None
-    recorded: bool = False  # its update_completed is in the history
 
 
 @dataclass(frozen=True)
@@ -249,8 +227,7 @@ class WorkflowInstance:
         self._handle_steps: dict[int, int] = {}  # id(TimerHandle) -> step
         self._channels: dict[str, Any] = {}
         self._query_handlers: dict[str, Callable[[], Any]] = {}
-        self._update_handlers: dict[str, UpdateHandler] = {}
-        self._updates: dict[str, UpdateState] = {}  # by update id, in acceptance order
+        self.updates = UpdateTable(self)
         self._closed = False
         self.random = random.Random(f"{workflow_id}:{run_id}")
         self._patcher = patcher
@@ -312,20 +289,7 @@ class WorkflowInstance:
                         attempt=act.attempt,
                     )
                 )
-        for update in self._updates.values():
-            if update.done and not update.recorded:
-                events.append(
-                    HistoryEvent(
-                        id=next_id + len(events),
-                        type=EventType.UPDATE_COMPLETED,
-                        timestamp=now,
-                        signal_name=update.name,
-                        change_id=update.update_id,
-                        result=update.result,
-                        error=describe_failure(update.failure) if update.failure else None,
-                        failure=update.failure,
-                    )
-                )
+        events += self.updates.echoes(next_id + len(events), now)
         events += self.children.echoes(next_id + len(events), now)
         outcome = self.outcome
         if outcome is not None and not self.outcome_recorded:
@@ -388,10 +352,7 @@ class WorkflowInstance:
         if self.outcome is not None:
             outcome = (self.outcome.status, repr(self.outcome.result), self.outcome_recorded)
         markers = sorted(self._markers.items())
-        updates = [
-            (u.update_id, u.done, u.recorded, repr(u.result), u.failure)
-            for u in self._updates.values()
-        ]
+        updates = self.updates.snapshot()
         return (
             self.last_event_id,
             acts,
@@ -434,11 +395,11 @@ class WorkflowInstance:
 
     @property
     def update_names(self) -> list[str]:
-        return sorted(self._update_handlers)
+        return sorted(self.updates.handlers)
 
     def update(self, update_id: str) -> UpdateState | None:
         """The accepted update ``update_id`` (running or done), or None if never accepted."""
-        return self._updates.get(update_id)
+        return self.updates.accepted.get(update_id)
 
     def validate_update(self, name: str, payload: Any) -> None:
         """Check an update before it is recorded; raises if it must not be.
@@ -448,26 +409,7 @@ class WorkflowInstance:
         when its validator raises. Runs the validator outside the workflow's
         loop, like a query: it must only read the workflow's state.
         """
-        handler = self._update_handlers.get(name)
-        if handler is None:
-            raise UpdateNotFoundError(self.workflow_id, name, self._update_handlers)
-        if handler.validator is None:
-            return
-        try:
-            arg = self._update_arg(handler.validator, name, payload)
-            handler.validator(*arg)
-        except _ControlFlow:
-            raise
-        except Exception as exc:
-            message = str(exc) or type(exc).__name__
-            raise UpdateRejectedError(self.workflow_id, name, message) from exc
-
-    @staticmethod
-    def _update_arg(fn: Callable[..., Any], name: str, payload: Any) -> tuple[Any, ...]:
-        sig = signature_of(fn)
-        if sig.params == 0:
-            return ()
-        return (from_payload(payload, sig.input_hint, f"argument of update {name!r}"),)
+        self.updates.validate(name, payload)
 
     # -- applying history -----------------------------------------------------
     def replay(self, history: Sequence[HistoryEvent]) -> None:
@@ -506,7 +448,9 @@ class WorkflowInstance:
             self._on_marker(event)
             return
         if kind is EventType.UPDATE_COMPLETED:
-            self._on_update_completed(event)
+            expected = self.updates.on_completed(event)
+            if expected is not None:
+                raise self._diverged(event, expected or self._expectation(None), _describe(event))
             return
         if kind is EventType.CHILD_WORKFLOW_STARTED:
             if not self.children.on_started(event):
@@ -546,8 +490,10 @@ class WorkflowInstance:
                 return
             if self._main is not None and not self._main.done():
                 self._main.cancel()
-        elif kind is EventType.UPDATE_ACCEPTED:
-            self._on_update_accepted(event)
+        elif kind is EventType.UPDATE_ACCEPTED and not self.updates.on_accepted(event):
+            raise self._diverged(
+                event, f"update {event.change_id!r} accepted once", "it accepted a second time"
+            )
         self._run()
 
     def _on_started(self, event: HistoryEvent) -> None:
@@ -590,57 +536,6 @@ class WorkflowInstance:
         # from after deprecate_patch was removed replays a history that has one.
         if event.change_id is not None and self._markers.get(event.change_id) is False:
             self._markers[event.change_id] = True
-
-    def _on_update_accepted(self, event: HistoryEvent) -> None:
-        update_id = event.change_id or ""
-        name = event.signal_name or ""
-        if update_id in self._updates:
-            raise self._diverged(
-                event, f"update {update_id!r} accepted once", "it accepted a second time"
-            )
-        update = self._updates[update_id] = UpdateState(update_id, name)
-        handler = self._update_handlers.get(name)
-        if handler is None:  # recorded, yet the code has no handler now: answer with an error
-            update.done = True
-            update.failure = encode_failure(
-                UpdateNotFoundError(self.workflow_id, name, self._update_handlers)
-            )
-            return
-        self._loop.create_task(
-            self._run_update(update, handler.fn, event.signal_payload),
-            name=f"update:{self.workflow_id}:{update_id}",
-        )
-
-    async def _run_update(self, update: UpdateState, fn: Callable[..., Any], payload: Any) -> None:
-        try:
-            value = fn(*self._update_arg(fn, update.name, payload))
-            if isinstance(value, Awaitable):
-                value = await value
-            result = to_payload(value, f"result of update {update.name!r}")
-        except (_ControlFlow, asyncio.CancelledError):
-            if not update.done:  # cancelled by the code itself, not by the run ending
-                update.done = True
-                update.failure = encode_failure(asyncio.CancelledError("update was cancelled"))
-            raise
-        except Exception as exc:
-            if not update.done:
-                update.done = True
-                update.failure = encode_failure(exc, with_stack=True)
-            return
-        if not update.done:
-            update.done = True
-            update.result = result
-
-    def _on_update_completed(self, event: HistoryEvent) -> None:
-        update = self._updates.get(event.change_id or "")
-        if update is None or not update.done or update.recorded:
-            expected = (
-                f"update {update.update_id!r} still running"
-                if update is not None and not update.done
-                else self._expectation(None)
-            )
-            raise self._diverged(event, expected, _describe(event))
-        update.recorded = True
 
     def _current_activity(self, event: HistoryEvent) -> PendingActivity:
         act = self._activities.get(event.step if event.step is not None else -1)
@@ -779,15 +674,7 @@ class WorkflowInstance:
 
     def _settle(self, outcome: Outcome) -> None:
         self.outcome = outcome
-        for update in self._updates.values():
-            if not update.done:  # answered now, so no caller waits forever
-                update.done = True
-                update.failure = encode_failure(
-                    WorkflowError(
-                        f"workflow {self.workflow_id!r} ended ({outcome.status.value}) "
-                        f"before update {update.name!r} finished"
-                    )
-                )
+        self.updates.settle(outcome.status)  # answered now, so no caller waits forever
         # work the code left behind is abandoned, as when a Temporal workflow returns
         self.children.settle()
         self._activities.clear()
@@ -916,13 +803,7 @@ class WorkflowInstance:
         self._query_handlers[name] = fn
 
     def add_update_handler(self, name: str, handler: UpdateHandler) -> None:
-        for what, fn in (("handler", handler.fn), ("validator", handler.validator)):
-            if fn is not None and signature_of(fn).required > 1:
-                raise InvalidArgumentError(
-                    f"update {what} for {name!r} must take at most one required parameter "
-                    "(the update's argument)"
-                )
-        self._update_handlers[name] = handler
+        self.updates.add_handler(name, handler)
 
     def _signal_channel(self, name: str) -> Any:
         from ._context import SignalChannel
