@@ -120,6 +120,11 @@ class _Heartbeats:
         if self._handle is not None:
             self._handle.cancel()
 
+    @property
+    def latest(self) -> Any:
+        """The details of the attempt's last heartbeat (sent or not), or None."""
+        return self._latest
+
 
 class ActivityWorker:
     """Consumes ``settings.task_queue``'s activity tasks and runs them in a thread pool."""
@@ -333,6 +338,8 @@ class ActivityWorker:
                 beating.close()
                 self._beating.pop(task.task_id, None)
             result, failure, duration = done.result, done.failure, done.duration
+            if failure is not None:
+                result = beating.latest  # a failed attempt's last details, kept by its event
         self.metrics.activity_seconds.labels(
             task.activity_name, "ok" if failure is None else "failed"
         ).observe(duration)

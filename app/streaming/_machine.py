@@ -502,6 +502,8 @@ class Machine:
                 run,
                 EventType.ACTIVITY_FAILED,
                 activity_name=act.name,
+                # a failure the executor found (a missed heartbeat) carries the details
+                heartbeat_details=cmd.payload,
                 error=describe_failure(cmd.failure),
                 failure=cmd.failure,
                 step=cmd.step,
@@ -752,4 +754,5 @@ class Machine:
             input=act.input,
             timeout=act.timeout,
             heartbeat_timeout=act.heartbeat_timeout,
+            heartbeat_details=act.heartbeat_details,
         )

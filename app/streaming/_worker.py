@@ -576,6 +576,7 @@ class StreamingWorker(Generations):
                 step=task.step,
                 attempt=task.attempt,
                 duration=time.time() - attempt.started,
+                payload=self.attempts.details(task.workflow_id, task.step),
                 failure=heartbeat_timeout_failure(
                     task.activity_name, task.attempt, task.heartbeat_timeout
                 ),

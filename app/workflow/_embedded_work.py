@@ -17,7 +17,7 @@ from . import _driver as driver
 from . import activity as _activity
 from ._activity_runner import heartbeat_timeout_failure, run_attempt, watch_heartbeats
 from ._converter import describe_failure
-from ._core import PendingActivity, PendingTimer, WorkflowInstance
+from ._core import PendingActivity, PendingTimer, TimerKind, WorkflowInstance
 from ._types import EventType, FailureInfo, HistoryEvent
 
 if TYPE_CHECKING:
@@ -80,9 +80,13 @@ class EmbeddedWork:
             if not r.instance.is_current_timer(timer.step, timer.attempt):
                 return None
             del r.timers[timer.step]
+            beat = (
+                r.heartbeats.get(timer.step) if timer.kind is TimerKind.ACTIVITY_TIMEOUT else None
+            )
             return ex._event(
                 r,
                 EventType.TIMER_FIRED,
+                heartbeat_details=beat,
                 step=timer.step,
                 attempt=timer.attempt,
                 activity_name=timer.activity_name,
@@ -102,7 +106,7 @@ class EmbeddedWork:
             attempt=act.attempt,
             step=act.step,
             heartbeat_timeout=act.heartbeat_timeout,
-            heartbeat_details=run.heartbeats.get(act.step),
+            heartbeat_details=run.heartbeats.get(act.step, act.heartbeat_details),
         )
         fn = ex._activities.get(act.name) or act.fn
         loop = asyncio.get_running_loop()
@@ -158,6 +162,7 @@ class EmbeddedWork:
             return ex._event(
                 r,
                 EventType.ACTIVITY_FAILED,
+                heartbeat_details=r.heartbeats.get(act.step),
                 activity_name=act.name,
                 error=describe_failure(failure),
                 failure=failure,

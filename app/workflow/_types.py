@@ -293,7 +293,9 @@ class HistoryEvent(BaseModel):
     The ``workflow_started`` of a child workflow names its parent
     (``parent_workflow_id``, ``parent_run_id``, the parent's ``step`` and
     ``attempt`` that started it, and its ``parent_close_policy``); a run the
-    child continued as new carries the same.
+    child continued as new carries the same. An ``activity_failed`` (or the
+    ``timer_fired`` of an attempt's timeout) keeps the attempt's last
+    ``heartbeat_details``, which the next attempt reads, after a restart too.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -321,6 +323,7 @@ class HistoryEvent(BaseModel):
     parent_workflow_id: str | None = None
     parent_run_id: str | None = None
     parent_close_policy: ParentClosePolicy | None = None
+    heartbeat_details: Any = None
 
 
 @dataclass(frozen=True)

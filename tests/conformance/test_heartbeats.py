@@ -96,8 +96,29 @@ async def bad_heartbeat_timeout(ctx: WorkflowContext, case: str) -> str:
     return "accepted"
 
 
-WORKFLOWS = [stalls_then_resumes, cancellable, bad_heartbeat_timeout]
-ACTIVITIES = [count_items, heartbeat_until_cancelled]
+def progress_then_fail(key: str) -> Any:
+    """Attempt 1 heartbeats its progress and fails; the next returns the details it got."""
+    info = activity.info()
+    if info.attempt == 1:
+        activity.heartbeat({"done": 3, "key": key})
+        raise ConnectionError("lost the connection after item 3")
+    return info.heartbeat_details
+
+
+BACKOFF = 1.5  # long enough for the test to restart the executor before the retry
+
+
+async def fails_then_resumes(ctx: WorkflowContext, key: str) -> Any:
+    return await ctx.execute_activity(
+        progress_then_fail,
+        key,
+        retry=RetryPolicy(max_attempts=2, initial_interval=BACKOFF, max_interval=BACKOFF, jitter=0),
+        timeout=ACTIVITY_TIMEOUT,
+    )
+
+
+WORKFLOWS = [stalls_then_resumes, cancellable, bad_heartbeat_timeout, fails_then_resumes]
+ACTIVITIES = [count_items, heartbeat_until_cancelled, progress_then_fail]
 
 
 async def test_stalled_attempt_is_retried_within_heartbeat_timeout(runtime: Runtime) -> None:
@@ -116,6 +137,20 @@ async def test_stalled_attempt_is_retried_within_heartbeat_timeout(runtime: Runt
     # detected by the heartbeat timeout, long before the attempt's own timeout
     detected = (failed[0].timestamp - started[0].timestamp).total_seconds()
     assert HEARTBEAT_TIMEOUT * 0.9 <= detected < STALL < ACTIVITY_TIMEOUT
+
+
+async def test_heartbeat_details_reach_the_retry_after_a_restart(
+    restartable: Runtime, recorder: Recorder
+) -> None:
+    rt = restartable
+    async with rt.open(recorder.hooks(), workflows=WORKFLOWS, activities=ACTIVITIES) as ex:
+        await ex.execute(fails_then_resumes, WorkflowOptions(id="hb-restart", input="k"))
+        # stop while the retry waits out its backoff
+        await recorder.wait_for("retry", "hb-restart", timeout=WAIT)
+    async with rt.open(workflows=WORKFLOWS, activities=ACTIVITIES) as ex:
+        result = await ex.get_handle("hb-restart").result(timeout=WAIT + BACKOFF)
+    # the details lived through the restart: they are kept with the failed attempt's event
+    assert result == {"done": 3, "key": "k"}
 
 
 async def test_cancel_reaches_a_heartbeating_activity(runtime: Runtime, recorder: Recorder) -> None:

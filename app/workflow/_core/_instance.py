@@ -135,6 +135,8 @@ class PendingActivity:
     retry: RetryPolicy
     timeout: float | None
     heartbeat_timeout: float | None = None
+    heartbeat_details: Any = None
+    """The last heartbeat details an earlier attempt of this step recorded."""
     recorded: bool = False
     backing_off: bool = False
     future: asyncio.Future[Any] | None = field(default=None, repr=False)
@@ -472,6 +474,8 @@ class WorkflowInstance:
             self._on_activity_completed(event)
         elif kind is EventType.ACTIVITY_FAILED:
             act = self._current_activity(event)
+            if event.heartbeat_details is not None:
+                act.heartbeat_details = event.heartbeat_details
             self._attempt_failed(act, event.failure or FailureInfo(type="Error", message=""))
         elif kind is EventType.TIMER_FIRED:
             self._on_timer_fired(event)
@@ -608,6 +612,8 @@ class WorkflowInstance:
             self._arm_attempt_timeout(act)
         elif timer.kind is TimerKind.ACTIVITY_TIMEOUT:
             act = self._activities[step]
+            if event.heartbeat_details is not None:
+                act.heartbeat_details = event.heartbeat_details
             self._attempt_failed(
                 act,
                 FailureInfo(
