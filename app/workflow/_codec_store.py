@@ -24,16 +24,20 @@ class CodecStore:
     def __init__(self, inner: WorkflowStore, payloads: Payloads) -> None:
         self.inner = inner
         self.payloads = payloads
+        # checked once: isinstance against a runtime-checkable Protocol is slow, and
+        # append is on every step's path
+        self._appending = isinstance(inner, AppendingStore)
 
     async def save(self, state: WorkflowState) -> None:
         await self.inner.save(await self.payloads.encode_state(state))
 
     async def append(self, state: WorkflowState, events: Sequence[HistoryEvent]) -> None:
-        if not self.payloads.enabled and isinstance(self.inner, AppendingStore):
-            await self.inner.append(state, events)
-            return
-        if not isinstance(self.inner, AppendingStore):
+        if not self._appending:
             await self.save(state)
+            return
+        inner: AppendingStore = self.inner  # type: ignore[assignment]
+        if not self.payloads.enabled:
+            await inner.append(state, events)
             return
         encoded = [await self.payloads.encode_event(e) for e in events]
         # An appending store writes only the new events and the header fields a step
@@ -46,7 +50,7 @@ class CodecStore:
                 "history": [*state.history[: len(state.history) - len(events)], *encoded],
             }
         )
-        await self.inner.append(header, encoded)
+        await inner.append(header, encoded)
 
     async def load(self, workflow_id: str) -> WorkflowState | None:
         state = await self.inner.load(workflow_id)

@@ -37,7 +37,7 @@ from ._types import (
 Batch = list[HistoryEvent]
 
 
-@dataclass
+@dataclass(slots=True)
 class Settled:
     """How a step left the run."""
 
@@ -93,33 +93,36 @@ def step(
     settled = Settled()
     parked = parked or instance is None
     if event is not None:
-        yield from _recorded(state, [event], parked)
+        batch = [event]
+        before = record(state, batch, parked=parked)
+        try:
+            yield batch
+        except BaseException:
+            unrecord(state, before)
+            raise
     if parked or instance is None:
         return settled
     if event is not None and not _applied(instance, event, settled):
         return settled
     if check is not None and not check():
         return settled
-    new_attempts = [a for a in instance.pending_activities() if not a.recorded]
     echoes = instance.echoes(len(state.history) + 1, now())
     settled.outcome = instance.outcome
     if echoes:
-        yield from _recorded(state, echoes, parked)
+        # an attempt is new until its activity_started (among these echoes) is applied
+        new_attempts = [a for a in instance.pending_activities() if not a.recorded]
+        before = record(state, echoes, parked=parked)
+        try:
+            yield echoes
+        except BaseException:
+            unrecord(state, before)
+            raise
         for echo in echoes:
             if not _applied(instance, echo, settled):
                 return settled
             settled.echoes.append(echo)
-    settled.new_attempts = new_attempts
+        settled.new_attempts = new_attempts
     return settled
-
-
-def _recorded(state: WorkflowState, events: Batch, parked: bool) -> Generator[Batch, None, None]:
-    before = record(state, events, parked=parked)
-    try:
-        yield events
-    except BaseException:
-        unrecord(state, before)
-        raise
 
 
 def _applied(instance: WorkflowInstance, event: HistoryEvent, settled: Settled) -> bool:

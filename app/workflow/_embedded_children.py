@@ -67,7 +67,7 @@ class EmbeddedChildren:
     def sync(self, run: _Run) -> None:
         """One watcher per recorded child attempt of ``run``, none for the others."""
         instance = run.instance
-        if instance is None:
+        if instance is None or not (instance.children.children or run.child_tasks):
             return
         wanted = {c.step: c for c in instance.pending_children()}
         for step, (attempt, task) in list(run.child_tasks.items()):

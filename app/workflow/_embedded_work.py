@@ -15,7 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 from . import _driver as driver
 from . import activity as _activity
-from ._activity_runner import heartbeat_timeout_failure, run_attempt, watch_heartbeats
+from ._activity_runner import (
+    AttemptOutcome,
+    heartbeat_timeout_failure,
+    run_attempt,
+    watch_heartbeats,
+)
 from ._converter import describe_failure
 from ._core import PendingActivity, PendingTimer, TimerKind, WorkflowInstance
 from ._types import EventType, FailureInfo, HistoryEvent
@@ -120,16 +125,22 @@ class EmbeddedWork:
                 run.heartbeats[act.step] = details
 
         attempt = _activity._Attempt(info, beat)
-        running = loop.create_task(run_attempt(fn, act.input, attempt, ex._pool))
+        running: asyncio.Future[AttemptOutcome] | None = None
         try:
-            done = await watch_heartbeats(running, act.heartbeat_timeout, last_beat)
+            if act.heartbeat_timeout is None:  # no watchdog: run it in this task
+                done: AttemptOutcome | None = await run_attempt(fn, act.input, attempt, ex._pool)
+            else:
+                running = loop.create_task(run_attempt(fn, act.input, attempt, ex._pool))
+                done = await watch_heartbeats(running, act.heartbeat_timeout, last_beat)
         except asyncio.CancelledError:
             attempt.cancel("the workflow no longer waits for this attempt")
-            running.cancel()
+            if running is not None:
+                running.cancel()
             raise
         failure: FailureInfo | None
         if done is None:  # missed its heartbeat timeout
             attempt.cancel("it missed its heartbeat timeout; another attempt runs instead")
+            assert running is not None
             running.cancel()
             assert act.heartbeat_timeout is not None
             result, failure = (

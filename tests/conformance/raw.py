@@ -61,11 +61,22 @@ async def nats_bucket_bytes(url: str, bucket: str) -> bytes:
     """The raw value of every key of a JetStream key-value bucket."""
     import nats
 
+    from nats.js.errors import NoKeysError
+
     nc = await nats.connect(url, connect_timeout=5)
     try:
         kv = await nc.jetstream().key_value(bucket)
+        # keys() lists through a watcher that can end before the first key arrives
+        # on a loaded machine ("no keys found"): ask again, a bounded number of times
+        for tries_left in range(4, -1, -1):
+            try:
+                keys = await kv.keys()
+                break
+            except NoKeysError:
+                if not tries_left:
+                    raise
         out = []
-        for key in await kv.keys():
+        for key in keys:
             entry = await kv.get(key)
             out += [key.encode(), entry.value or b""]
         return b"\n".join(out)
