@@ -60,7 +60,6 @@ async def kafka_topics_bytes(bootstrap: str, prefix: str) -> tuple[bytes, list[s
 async def nats_bucket_bytes(url: str, bucket: str) -> bytes:
     """The raw value of every key of a JetStream key-value bucket."""
     import nats
-
     from nats.js.errors import NoKeysError
 
     nc = await nats.connect(url, connect_timeout=5)
