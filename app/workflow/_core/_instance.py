@@ -291,8 +291,10 @@ class WorkflowInstance:
                         attempt=act.attempt,
                     )
                 )
-        events += self.updates.echoes(next_id + len(events), now)
-        events += self.children.echoes(next_id + len(events), now)
+        if self.updates.accepted:
+            events += self.updates.echoes(next_id + len(events), now)
+        if self.children.children or self.children.signals:
+            events += self.children.echoes(next_id + len(events), now)
         outcome = self.outcome
         if outcome is not None and not self.outcome_recorded:
             carried_on = outcome.status is WorkflowStatus.CONTINUED_AS_NEW
