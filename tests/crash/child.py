@@ -34,6 +34,7 @@ from typing import Any, Protocol
 
 from app.workflow import (
     DefaultExecutor,
+    EventType,
     HistoryEvent,
     Hooks,
     RetryPolicy,
@@ -102,6 +103,16 @@ async def crash_flow(ctx: WorkflowContext, name: str) -> dict[str, Any]:
     go = await ctx.receive_signal("go").receive()
     e = await ctx.execute_activity(effect, f"{name}:e")
     return {"a": a, "b": b, "c": list(c), "d": d, "go": go, "e": e}
+
+
+def finished_attempts(history: Sequence[HistoryEvent]) -> set[tuple[str, int]]:
+    """(tag, attempt) of every attempt whose completion or failure is recorded."""
+    tags = {e.step: e.input for e in history if e.type is EventType.ACTIVITY_STARTED}
+    return {
+        (tags[e.step], e.attempt or 0)
+        for e in history
+        if e.type in (EventType.ACTIVITY_COMPLETED, EventType.ACTIVITY_FAILED)
+    }
 
 
 STORES = ("sqlite", "kafka", "nats")

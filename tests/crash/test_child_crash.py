@@ -14,7 +14,7 @@ import pytest
 
 from app.workflow import EventType, HistoryEvent
 from providers.sqlite import SQLiteStore
-from tests.crash.child import TARGET
+from tests.crash.child import TARGET, finished_attempts
 from tests.crash.family import PARENT
 
 pytestmark = pytest.mark.crash
@@ -64,15 +64,6 @@ def _histories(db: Path) -> dict[str, list[HistoryEvent]]:
     return asyncio.run(load())
 
 
-def _finished(history: list[HistoryEvent]) -> set[tuple[str, int]]:
-    tags = {e.step: e.input for e in history if e.type is EventType.ACTIVITY_STARTED}
-    return {
-        (tags[e.step], e.attempt or 0)
-        for e in history
-        if e.type in (EventType.ACTIVITY_COMPLETED, EventType.ACTIVITY_FAILED)
-    }
-
-
 @pytest.mark.parametrize("point", POINTS)
 def test_sigkill_while_a_child_runs_then_resume(point: str, tmp_path: Path) -> None:
     db, log = tmp_path / "wf.db", tmp_path / "effects.log"
@@ -80,7 +71,7 @@ def test_sigkill_while_a_child_runs_then_resume(point: str, tmp_path: Path) -> N
     assert crashed.returncode == -signal.SIGKILL, (
         f"not killed at {point}: rc={crashed.returncode}\n{crashed.stdout}\n{crashed.stderr}"
     )
-    recorded = {wid: _finished(h) for wid, h in _histories(db).items()}
+    recorded = {wid: finished_attempts(h) for wid, h in _histories(db).items()}
 
     resumed = _run(db, log, "none")
     assert resumed.returncode == 0, f"resume after {point} failed:\n{resumed.stderr}"

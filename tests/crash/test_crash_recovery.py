@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 
 from app.workflow import EventType, HistoryEvent
-from tests.crash.child import SLEEP, WORKFLOW_IDS, StoreSpec
+from tests.crash.child import SLEEP, WORKFLOW_IDS, StoreSpec, finished_attempts
 
 pytestmark = pytest.mark.crash
 
@@ -138,16 +138,6 @@ def _histories(spec: StoreSpec) -> dict[str, list[HistoryEvent]]:
     return asyncio.run(load_all())
 
 
-def _finished_attempts(history: list[HistoryEvent]) -> set[tuple[str, int]]:
-    """(tag, attempt) of every attempt whose completion or failure is recorded."""
-    tags = {e.step: e.input for e in history if e.type is EventType.ACTIVITY_STARTED}
-    return {
-        (tags[e.step], e.attempt or 0)
-        for e in history
-        if e.type in (EventType.ACTIVITY_COMPLETED, EventType.ACTIVITY_FAILED)
-    }
-
-
 def _expected(wid: str) -> dict[str, Any]:
     up = wid.upper()
     return {
@@ -190,7 +180,7 @@ def test_sigkill_then_resume(spec: StoreSpec, point: str, tmp_path: Path) -> Non
         f"{crashed.stdout}\n{crashed.stderr}"
     )
     before = _histories(spec)
-    recorded = {wid: _finished_attempts(h) for wid, h in before.items()}
+    recorded = {wid: finished_attempts(h) for wid, h in before.items()}
     crashed_pid_lines = log.read_text().splitlines() if log.exists() else []
 
     resumed = _run_child(spec, log, "none")
@@ -212,6 +202,6 @@ def test_sigkill_then_resume(spec: StoreSpec, point: str, tmp_path: Path) -> Non
             )
     # everything that finished in the end ran at least once
     for wid in WORKFLOW_IDS:
-        for tag, attempt in _finished_attempts(after[wid]):
+        for tag, attempt in finished_attempts(after[wid]):
             assert runs[(tag, str(attempt))] >= 1
     assert len(crashed_pid_lines) <= len(log.read_text().splitlines())
