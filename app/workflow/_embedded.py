@@ -100,6 +100,11 @@ class _Run:
         # the executor (signal, query, cancel) without deadlocking; FIFO keeps their order
         self.deferred: list[Callable[[], Awaitable[None]]] = []
         self.flushing = False
+        # inputs handed over by tasks that do not wait for them to be recorded
+        # (activity ends): one drain task records them in order, so a burst of
+        # completions is a queue of small closures, not of suspended tasks
+        self.inbox: deque[Callable[[_Run], HistoryEvent | None]] = deque()
+        self.draining = False
         self.finished = False
         # callers of update() waiting for its update_completed, by update id
         self.updates: dict[str, asyncio.Future[HistoryEvent]] = {}
@@ -716,6 +721,20 @@ class DefaultExecutor:
             return await self._locked_input(run, make, raise_errors, on_recorded)
         finally:
             await self._flush(run)
+
+    def _post(self, run: _Run, make: Callable[[_Run], HistoryEvent | None]) -> None:
+        """Record the input built by ``make`` later, in order, without waiting for it."""
+        run.inbox.append(make)
+        if not run.draining:
+            run.draining = True
+            self._spawn(self._drain(run))
+
+    async def _drain(self, run: _Run) -> None:
+        try:
+            while run.inbox:
+                await self._input(run, run.inbox.popleft())
+        finally:
+            run.draining = False
 
     async def _locked_input(
         self,

@@ -182,4 +182,4 @@ class EmbeddedWork:
                 duration=duration,
             )
 
-        await ex._input(run, make)
+        ex._post(run, make)
