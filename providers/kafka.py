@@ -360,7 +360,10 @@ class _Entry:
 
     @classmethod
     def from_state(cls, state: WorkflowState) -> _Entry:
-        return cls.of(state, tuple(event.model_dump_json().encode() for event in state.history))
+        return cls.of(
+            state,
+            tuple(event.model_dump_json(exclude_defaults=True).encode() for event in state.history),
+        )
 
     def record(self) -> bytes:
         """The topic record: the header object with the history spliced in."""
@@ -680,7 +683,7 @@ class KafkaStore:
                     "updated_at": state.updated_at,
                 }
             )
-            added = tuple(event.model_dump_json().encode() for event in events)
+            added = tuple(event.model_dump_json(exclude_defaults=True).encode() for event in events)
             await self._write(workflow_id, _Entry.of(head, stored.events + added))
 
     async def load(self, workflow_id: str) -> WorkflowState | None:

@@ -156,7 +156,13 @@ def _event_rows(
     workflow_id: str, run_id: str, events: Sequence[HistoryEvent]
 ) -> builtins.list[_EventRow]:
     return [
-        (workflow_id, event.id, run_id, event.type.value, event.model_dump_json())
+        (
+            workflow_id,
+            event.id,
+            run_id,
+            event.type.value,
+            event.model_dump_json(exclude_defaults=True),
+        )
         for event in events
     ]
 

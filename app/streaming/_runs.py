@@ -135,7 +135,9 @@ class RunStore:
         for event in run.state.history:
             key = f"{wid}#{event.id}".encode()
             encoded = await self.payloads.encode_event(event)
-            await self.history.set(key, encoded.model_dump_json().encode(), partition)
+            await self.history.set(
+                key, encoded.model_dump_json(exclude_defaults=True).encode(), partition
+            )
         run.archived = len(run.state.history)
 
     async def write_timers(self, run: Run, partition: int) -> None:
@@ -192,7 +194,9 @@ class RunStore:
         # it is repeated in every header until archived.
         json_text = run.encoded.get(event.id)
         if json_text is None:
-            json_text = (await self.payloads.encode_event(event)).model_dump_json()
+            json_text = (await self.payloads.encode_event(event)).model_dump_json(
+                exclude_defaults=True  # most fields are unset: a table record half the size
+            )
             run.encoded[event.id] = json_text
         return json_text
 

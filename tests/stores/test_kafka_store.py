@@ -400,7 +400,7 @@ async def test_a_state_over_max_record_bytes_is_refused_and_nothing_written(
         small = state("small")
         await store.save(small)
         with pytest.raises(KafkaStoreError, match="max_record_bytes"):
-            await store.append(small, [next_event(small) for _ in range(40)])
+            await store.append(small, [next_event(small) for _ in range(200)])
 
         assert await store.load("big") is None
         assert await store.load("small") == state("small")
