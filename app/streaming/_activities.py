@@ -12,8 +12,8 @@ the workflow as ``heartbeat`` commands, at most one per third of the
 attempt's heartbeat timeout (the latest details win). The executor answers a
 heartbeat of an attempt it no longer waits for (the workflow was canceled or
 ended, or the attempt timed out) on the replies topic, under this worker's
-client id; the attempt's next ``heartbeat()`` then raises
-``ActivityCancelledError``.
+client id (tailed from this worker's first heartbeat on); the attempt's
+next ``heartbeat()`` then raises ``ActivityCancelledError``.
 """
 
 from __future__ import annotations
@@ -162,11 +162,23 @@ class ActivityWorker:
         self._beating: dict[str, _Heartbeats] = {}
         self._replies: AIOKafkaConsumer | None = None
         self._reader: asyncio.Task[None] | None = None
+        # the replies are only read once an attempt heartbeats: a worker whose
+        # activities never do polls no extra topic
+        self._tailing: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self.producer.start()
-        await self._tail_replies()
         await self.consumer.start()
+
+    async def _ensure_replies(self) -> None:
+        """Tail this worker's replies (once), before its first heartbeat asks for one."""
+        if self._tailing is None:
+            self._tailing = asyncio.create_task(self._tail_replies(), name="activity-replies-start")
+        try:
+            await asyncio.shield(self._tailing)
+        except Exception:
+            self._tailing = None  # the next heartbeat tries again
+            raise
 
     async def _tail_replies(self) -> None:
         s = self.settings
@@ -177,21 +189,26 @@ class ActivityWorker:
             client_id=self.client_id,
         )
         await start_client(replies.start, s, s.bootstrap_servers, s.request_timeout)
+        try:
+            topic = s.topology.replies
+            delay = 0.05
+            deadline = time.monotonic() + s.request_timeout
+            while not replies.partitions_for_topic(topic):
+                if time.monotonic() > deadline:
+                    raise KafkaError(f"topic {topic!r} has no partitions: create the topics first")
+                await replies._client.force_metadata_update()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.5)
+            count = len(replies.partitions_for_topic(topic) or ())
+            tp = TopicPartition(topic, partition_for(self.client_id, count))
+            replies.assign([tp])
+            await replies.seek_to_end(tp)
+            await replies.position(tp)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await replies.stop()
+            raise
         self._replies = replies
-        topic = s.topology.replies
-        delay = 0.05
-        deadline = time.monotonic() + s.request_timeout
-        while not replies.partitions_for_topic(topic):
-            if time.monotonic() > deadline:
-                raise KafkaError(f"topic {topic!r} has no partitions: create the topics first")
-            await replies._client.force_metadata_update()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.5)
-        count = len(replies.partitions_for_topic(topic) or ())
-        tp = TopicPartition(topic, partition_for(self.client_id, count))
-        replies.assign([tp])
-        await replies.seek_to_end(tp)
-        await replies.position(tp)
         self._reader = asyncio.create_task(self._read_replies(), name="activity-replies")
 
     async def _read_replies(self) -> None:
@@ -227,6 +244,7 @@ class ActivityWorker:
             attempt=task.attempt,
         )
         try:
+            await self._ensure_replies()
             value = await self.wire.command_out(cmd)
             await self.results.send(key=task.workflow_id.encode(), value=value)
         except Exception:  # a lost heartbeat is made up by the next one
@@ -240,6 +258,10 @@ class ActivityWorker:
         run again on the next owner.
         """
         await self.consumer.stop(self.settings.drain_timeout)
+        if self._tailing is not None and not self._tailing.done():
+            self._tailing.cancel()
+            with contextlib.suppress(BaseException):
+                await self._tailing
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
