@@ -41,6 +41,7 @@ from app.workflow._types import (
     EventType,
     FailureInfo,
     HistoryEvent,
+    ParentClosePolicy,
     WorkflowState,
     WorkflowStatus,
 )
@@ -145,6 +146,11 @@ class Run:
     in memory only: a client resends its update command until it gets the answer."""
     carried: deque[tuple[str, Any]] = field(default_factory=deque)
     """Signals handed over by the run this one continued, not recorded here yet."""
+    closing: list[tuple[str, ParentClosePolicy]] = field(default_factory=list)
+    ended_by: str | None = None
+    """The command whose step ended the run and left ``closing`` (children to cancel
+    or terminate). A copy of it, read again after a crash that lost those
+    commands, sends them again (their ids are fixed, so a child applies them once)."""
 
     @property
     def running(self) -> bool:
@@ -372,6 +378,8 @@ class Machine:
             if run is not None and run.running:
                 self._resume(run, fx)
             return run, fx
+        if run is not None and run.ended_by == cmd.command_id:
+            fx.commands.extend(children.closing(run.state, run.closing, self.clock()))
         if run is not None and cmd.command_id in run.seen:
             fx.duplicate = True
             fx.reply = Reply(ok=True, run_id=run.state.run_id)
@@ -395,6 +403,8 @@ class Machine:
         event = self._input_event(run, cmd)
         if event is not None:
             self._input(run, event, fx)
+            if not run.running and run.closing:
+                run.ended_by = cmd.command_id
         if kind in (CommandKind.SIGNAL, CommandKind.CANCEL):
             fx.reply = Reply(ok=True, run_id=run.state.run_id)
             fx.started = True  # ``seen`` changed: the header must be written
@@ -683,7 +693,12 @@ class Machine:
                 fx.commands.append(children.signal(run.state, echo, now))
         outcome = settled.outcome
         if outcome is not None and run.state.status is not WorkflowStatus.RUNNING:
-            fx.commands.extend(children.closing(run.state, instance.children.closing(), now))
+            run.closing = [
+                (child_id, policy)
+                for child_id, policy in instance.children.closing()
+                if policy is not ParentClosePolicy.ABANDON
+            ]
+            fx.commands.extend(children.closing(run.state, run.closing, now))
         if outcome is not None and outcome.status is WorkflowStatus.CONTINUED_AS_NEW:
             self._continue(run, instance, outcome, fx)
         elif outcome is not None:

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from app.workflow._payloads import Payloads
-from app.workflow._types import HistoryEvent, WorkflowState
+from app.workflow._types import HistoryEvent, ParentClosePolicy, WorkflowState
 from topics import Topology
 
 from ._consumer import Producer
@@ -224,6 +224,11 @@ class RunStore:
                 "p": partition,
                 "moved": run.moved_to,
                 **({"inherited": sorted(run.inherited)} if run.inherited else {}),
+                **(
+                    {"ended_by": run.ended_by, "closing": [[c, p.value] for c, p in run.closing]}
+                    if run.ended_by is not None
+                    else {}
+                ),
             }
         )
         # The latest events ride along in the header's own (atomic) write.
@@ -253,6 +258,8 @@ class RunStore:
             partition=header.get("p"),
             archived=count - len(tail),
             inherited={(step, attempt) for step, attempt in header.get("inherited", [])},
+            ended_by=header.get("ended_by"),
+            closing=[(c, ParentClosePolicy(p)) for c, p in header.get("closing", [])],
         )
         run.seen.extend(header.get("seen", []))
         return run

@@ -8,12 +8,18 @@ would send.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import cast
 
 from app.streaming._children import ALREADY_RUNNING, NOT_REGISTERED
+from app.streaming._consumer import Producer
 from app.streaming._machine import Command, CommandKind, Effects, Machine, ParentRef, Run
+from app.streaming._metrics import WorkerMetrics
 from app.streaming._pending import PendingStarts
+from app.streaming._runs import RunStore
 from app.workflow import EventType, WorkflowContext, WorkflowStatus
 from app.workflow._names import FunctionTable
+from tests.streaming.test_continue_state import _Producer
+from topics import Topology
 
 
 async def kid(ctx: WorkflowContext, x: int) -> int:
@@ -132,3 +138,43 @@ def test_an_unanswered_child_start_is_sent_again_after_its_deadline() -> None:
     assert starts.due({2}, now=24.0) == [] and len(starts.due({2}, now=25.0)) == 1
     starts.update("p", 2, [], [], now=26.0)  # answered
     assert len(starts) == 0
+
+
+async def test_a_copy_of_the_command_that_ended_a_parent_sends_its_closing_commands_again() -> None:
+    """A crash after the parent's end was written but before its cancels reached the
+    children: the ending command, read again, sends them again, also on a new owner
+    that has the run only from its header."""
+    m = machine(parent, kid)
+    p, fx = start_parent(m)
+    (start,) = sent(fx, CommandKind.START)
+    child, _ = m.handle(None, start)
+    assert child is not None
+
+    cancel = command(CommandKind.CANCEL, "p", reply_to="client")
+    p, fx = m.handle(p, cancel)
+    assert p is not None and p.state.status is WorkflowStatus.CANCELED
+    (close,) = sent(fx, CommandKind.CANCEL)
+    assert (close.workflow_id, close.command_id) == ("kid", f"child-close/{p.state.run_id}/kid")
+
+    # read again on this worker: the same close, and the client's answer again
+    _, again = m.handle(p, cancel)
+    assert [c.command_id for c in sent(again, CommandKind.CANCEL)] == [close.command_id]
+    assert again.reply is not None and again.reply.ok
+
+    # read again by a new owner, which rebuilt the run from its header
+    store = RunStore(cast(Producer, _Producer()), Topology(app_id="t"), m, WorkerMetrics(), 10)
+    restored = await store._decode("p", await store.header(p, 0))
+    assert (restored.ended_by, restored.closing) == (cancel.command_id, p.closing)
+    _, fresh = machine(parent, kid).handle(restored, cancel)
+    assert [c.command_id for c in sent(fresh, CommandKind.CANCEL)] == [close.command_id]
+
+    # any other command for the ended parent (its child's answer) sends nothing
+    child, cfx = m.handle(child, close)
+    assert child is not None and child.state.status is WorkflowStatus.CANCELED
+    (answer,) = sent(cfx, CommandKind.CHILD_RESULT)
+    _, late = m.handle(p, answer)
+    assert late.commands == []
+
+    # the closing cancel, delivered twice, is applied once
+    _, dup = m.handle(child, close)
+    assert dup.events == []
