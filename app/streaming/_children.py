@@ -35,11 +35,13 @@ from typing import Any
 
 from app.workflow._core import (
     ChildSignal,
+    Parent,
     PendingChild,
     child_end,
     signal_id,
     terminated_failure,
 )
+from app.workflow._core import parent_of as core_parent_of
 from app.workflow._types import (
     TERMINAL_EVENTS,
     EventType,
@@ -63,30 +65,19 @@ def start_id(parent_run_id: str, step: int, attempt: int) -> str:
 
 def parent_of(state: WorkflowState) -> ParentRef | None:
     """The parent named by the run's ``workflow_started``, if it is a child."""
-    first = state.history[0] if state.history else None
-    if first is None or first.parent_workflow_id is None or first.parent_run_id is None:
+    parent = core_parent_of(state)
+    if parent is None:
         return None
-    policy = first.parent_close_policy or ParentClosePolicy.CANCEL
-    return ParentRef(
-        first.parent_workflow_id,
-        first.parent_run_id,
-        first.step or 0,
-        first.attempt or 1,
-        policy.value,
-    )
+    return ParentRef(*parent[:4], parent.policy.value)
 
 
 def started_fields(parent: ParentRef | None) -> dict[str, Any]:
     """The fields of a child's ``workflow_started`` (every run of it) that name its parent."""
     if parent is None:
         return {}
-    return {
-        "parent_workflow_id": parent.workflow_id,
-        "parent_run_id": parent.run_id,
-        "step": parent.step,
-        "attempt": parent.attempt,
-        "parent_close_policy": ParentClosePolicy(parent.close_policy),
-    }
+    policy = ParentClosePolicy(parent.close_policy)
+    ref = Parent(parent.workflow_id, parent.run_id, parent.step, parent.attempt, policy)
+    return ref.started_fields()
 
 
 def start(parent: WorkflowState, event: HistoryEvent | PendingChild, now: datetime) -> Command:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
-from ._core import Outcome, PendingActivity, TimerKind, WorkflowInstance
+from ._core import Outcome, PendingActivity, TimerKind, WorkflowInstance, parent_of
 from ._errors import NonDeterminismError
 from ._types import (
     TERMINAL_EVENTS,
@@ -206,16 +206,7 @@ def next_run(
     its suggestion limit and, for a child, its parent.
     """
     assert outcome.next_run_id is not None
-    first = old.history[0] if old.history else None
-    parent: dict[str, Any] = {}
-    if first is not None and first.parent_workflow_id is not None:
-        parent = {
-            "parent_workflow_id": first.parent_workflow_id,
-            "parent_run_id": first.parent_run_id,
-            "parent_close_policy": first.parent_close_policy,
-            "step": first.step,
-            "attempt": first.attempt,
-        }
+    parent = parent_of(old)
     started = HistoryEvent(
         id=1,
         type=EventType.WORKFLOW_STARTED,
@@ -223,7 +214,7 @@ def next_run(
         input=outcome.result,
         previous_run_ids=[*old.previous_run_ids, old.run_id],
         continue_as_new_suggested_after=instance.suggest_after,
-        **parent,
+        **(parent.started_fields() if parent is not None else {}),
     )
     state = WorkflowState(
         workflow_id=old.workflow_id,

@@ -20,7 +20,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ._core import PendingChild, child_end, signal_id, terminated_failure
+from ._core import Parent, PendingChild, child_end, parent_of, signal_id, terminated_failure
 from ._errors import WorkflowAlreadyRunningError
 from ._types import (
     EventType,
@@ -43,10 +43,8 @@ ParentRef = tuple[str, str, int, int]
 
 
 def _ref_of(state: WorkflowState) -> ParentRef | None:
-    first = state.history[0] if state.history else None
-    if first is None or first.parent_workflow_id is None or first.parent_run_id is None:
-        return None
-    return (first.parent_workflow_id, first.parent_run_id, first.step or 0, first.attempt or 0)
+    parent = parent_of(state)
+    return None if parent is None else parent[:4]
 
 
 def _refused(message: str) -> FailureInfo:
@@ -171,11 +169,7 @@ class EmbeddedChildren:
                         id=1,
                         type=EventType.WORKFLOW_STARTED,
                         timestamp=ex._clock(),
-                        parent_workflow_id=ref[0],
-                        parent_run_id=ref[1],
-                        step=ref[2],
-                        attempt=ref[3],
-                        parent_close_policy=child.policy,
+                        **Parent(*ref, child.policy).started_fields(),
                     ),
                 )
                 task = self._starts[wid] = ex._spawn(start)
@@ -262,21 +256,19 @@ class EmbeddedChildren:
         """Children still running whose parent's run has ended: apply their close policy."""
         ex = self._ex
         for run in list(ex._runs.values()):
-            first = run.state.history[0] if run.state.history else None
-            ref = _ref_of(run.state)
-            if first is None or ref is None or run.ended:
+            ref = parent_of(run.state)
+            if ref is None or run.ended:
                 continue
-            policy = first.parent_close_policy or ParentClosePolicy.CANCEL
-            if policy is ParentClosePolicy.ABANDON:
+            if ref.policy is ParentClosePolicy.ABANDON:
                 continue
-            parent = ex._runs.get(ref[0])
-            if parent is not None and parent.state.run_id == ref[1] and not parent.ended:
+            parent = ex._runs.get(ref.workflow_id)
+            if parent is not None and parent.state.run_id == ref.run_id and not parent.ended:
                 continue
-            state = parent.state if parent is not None else await ex._io.load(ref[0])
+            state = parent.state if parent is not None else await ex._io.load(ref.workflow_id)
             if (
                 state is not None
-                and state.run_id == ref[1]
+                and state.run_id == ref.run_id
                 and state.status is WorkflowStatus.RUNNING
             ):
                 continue
-            await self._close(run.state.workflow_id, ref[0], ref[1], policy)
+            await self._close(run.state.workflow_id, ref.workflow_id, ref.run_id, ref.policy)

@@ -23,7 +23,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .._converter import decode_failure, encode_failure, from_payload, signature_of
 from .._errors import ChildWorkflowError, PayloadError, WorkflowTimeoutError
@@ -33,11 +33,47 @@ from .._types import (
     HistoryEvent,
     ParentClosePolicy,
     RetryPolicy,
+    WorkflowState,
     WorkflowStatus,
 )
 
 if TYPE_CHECKING:
     from ._instance import WorkflowInstance
+
+
+class Parent(NamedTuple):
+    """The call a child run answers: its parent's workflow and run, step and attempt."""
+
+    workflow_id: str
+    run_id: str
+    step: int
+    attempt: int
+    policy: ParentClosePolicy
+
+    def started_fields(self) -> dict[str, Any]:
+        """The fields of the child's ``workflow_started`` (every run of it) that name it."""
+        return {
+            "parent_workflow_id": self.workflow_id,
+            "parent_run_id": self.run_id,
+            "step": self.step,
+            "attempt": self.attempt,
+            "parent_close_policy": self.policy,
+        }
+
+
+def parent_of(state: WorkflowState) -> Parent | None:
+    """The parent named by the run's ``workflow_started``; None if it is not a child."""
+    first = state.history[0] if state.history else None
+    if first is None or first.parent_workflow_id is None or first.parent_run_id is None:
+        return None
+    return Parent(
+        first.parent_workflow_id,
+        first.parent_run_id,
+        first.step or 0,
+        first.attempt or 1,
+        first.parent_close_policy or ParentClosePolicy.CANCEL,
+    )
+
 
 TERMINATED = "Terminated"
 """The failure type of a run ended by a terminate (a parent-close policy)."""
