@@ -17,6 +17,7 @@ from temporalio.api.workflowservice.v1 import (
 )
 from temporalio.client import (
     Client,
+    WorkflowExecutionStatus,
     WorkflowQueryFailedError,
     WorkflowUpdateFailedError,
     WorkflowUpdateRPCTimeoutOrCancelledError,
@@ -572,6 +573,12 @@ class TemporalExecutor:
             if err.status is RPCStatusCode.NOT_FOUND:
                 raise WorkflowNotFoundError(workflow_id) from err
             raise _rpc_error(err, self.address, f"describe {workflow_id!r}") from err
+        if description.status is WorkflowExecutionStatus.TERMINATED:
+            # canceled when a parent's close policy terminated it, failed otherwise: only
+            # the history's terminate reason tells, as it does for ``describe``
+            state = await self.store.load_run(workflow_id, description.run_id)
+            if state is not None:
+                return state.status
         return _status_of(description.status)
 
     async def _result(

@@ -53,9 +53,10 @@ class TemporalStore:
 
     async def load(self, workflow_id: str) -> WorkflowState | None:
         """The latest run of ``workflow_id`` with its history, or ``None``."""
-        return await self._load(workflow_id, "")
+        return await self.load_run(workflow_id, "")
 
-    async def _load(self, workflow_id: str, run_id: str) -> WorkflowState | None:
+    async def load_run(self, workflow_id: str, run_id: str) -> WorkflowState | None:
+        """Run ``run_id`` of ``workflow_id`` (``""``: the latest) with its history, or ``None``."""
         handle = self.client.get_workflow_handle(workflow_id, run_id=run_id or None)
         try:
             description = await handle.describe(rpc_timeout=self._rpc_timeout)
@@ -94,7 +95,7 @@ class TemporalStore:
                 if execution.id in seen:
                     continue  # an older run of a workflow already listed
                 seen.add(execution.id)
-                state = await self._load(execution.id, "")
+                state = await self.load_run(execution.id, "")
                 if state is None or state.run_id != execution.run_id:
                     continue
                 if filter.status is not None and state.status is not filter.status:

@@ -125,6 +125,8 @@ async def test_a_parent_that_ends_closes_its_child_by_policy(
         handle = await ex.execute(wf.parent_leaves_child, WorkflowOptions(id=wid, input=policy))
         assert await handle.result(timeout=WAIT) == f"{wid}-child"
         child = await _ended(ex, f"{wid}-child")
+        # the status query agrees with the history (on Temporal: a terminate's reason)
+        assert await ex.query(f"{wid}-child", "status") is status
     assert child.status is status
     cleanups = [
         e
