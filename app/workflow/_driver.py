@@ -92,6 +92,9 @@ def step(
     """
     settled = Settled()
     parked = parked or instance is None
+    # Both batches are recorded the same way (record, yield, take back on a failed
+    # write), written out twice on purpose: a sub-generator per batch was measurable
+    # on every step of every runtime.
     if event is not None:
         batch = [event]
         before = record(state, batch, parked=parked)
