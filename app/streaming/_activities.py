@@ -156,7 +156,7 @@ class ActivityWorker:
             concurrency=settings.activity_concurrency,
         )
         self._pool = ThreadPoolExecutor(settings.activity_threads, "activity")
-        self._running: dict[str, asyncio.Future[bytes]] = {}
+        self._running: dict[str, asyncio.Future[None]] = {}
         self.client_id = f"activities-{uuid.uuid4().hex[:12]}"
         """Where the executors answer heartbeats of attempts they no longer wait for."""
         self._beating: dict[str, _Heartbeats] = {}
@@ -318,23 +318,33 @@ class ActivityWorker:
                 # attempt reports when it finishes.
                 await asyncio.shield(running)
                 return
-            fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-            self._running[task.task_id] = fut
-            try:
-                done = await self._run(task)
-                # durable before it is published (see the module docstring)
-                await (await self.done_table.set(key, done, partition))
-                fut.set_result(done)
-            except BaseException as exc:
-                fut.set_exception(exc)
-                fut.exception()  # retrieved: a copy waiting on it re-raises it
-                raise
-            finally:
-                self._running.pop(task.task_id, None)
+            done = await self.wire.command_out(await self.run(task))
+            # durable before it is published (see the module docstring)
+            await (await self.done_table.set(key, done, partition))
         await self.results.send(key=task.workflow_id.encode(), value=done)
 
-    async def _run(self, task: Task) -> bytes:
-        """Run one attempt; returns its ``activity_result`` command, encoded."""
+    async def run(self, task: Task) -> Command:
+        """Run one attempt here; returns its ``activity_result`` command.
+
+        While it runs, a copy of its task taken from the topic waits for it
+        instead of running it a second time. Called for each task taken, and
+        by the executor of this process for the attempts it runs itself
+        (eager dispatch: no task hop).
+        """
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._running[task.task_id] = fut
+        try:
+            cmd = await self._attempt(task)
+            fut.set_result(None)
+            return cmd
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()  # retrieved: a copy waiting on it re-raises it
+            raise
+        finally:
+            self._running.pop(task.task_id, None)
+
+    async def _attempt(self, task: Task) -> Command:
         fn = self.activities.get(task.activity_name)
         failure: FailureInfo | None
         if fn is None:
@@ -365,17 +375,15 @@ class ActivityWorker:
         self.metrics.activity_seconds.labels(
             task.activity_name, "ok" if failure is None else "failed"
         ).observe(duration)
-        return await self.wire.command_out(
-            Command(
-                command_id=f"result/{task.task_id}",
-                kind=CommandKind.ACTIVITY_RESULT,
-                workflow_id=task.workflow_id,
-                issued_at=datetime.now(UTC),
-                payload=result,
-                run_id=task.run_id,
-                step=task.step,
-                attempt=task.attempt,
-                duration=duration,
-                failure=failure,
-            )
+        return Command(
+            command_id=f"result/{task.task_id}",
+            kind=CommandKind.ACTIVITY_RESULT,
+            workflow_id=task.workflow_id,
+            issued_at=datetime.now(UTC),
+            payload=result,
+            run_id=task.run_id,
+            step=task.step,
+            attempt=task.attempt,
+            duration=duration,
+            failure=failure,
         )

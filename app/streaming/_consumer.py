@@ -283,6 +283,19 @@ class GroupConsumer(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafk
             return f"{self.group}: reading partitions {sorted(self._recovering)}"
         return f"{self.group}: partitions {sorted(self.owned)}"
 
+    @property
+    def gate(self) -> asyncio.Lock:
+        """Held while records are handled and across a commit, a rewind or a revoke.
+
+        The owner holds it to apply what did not come from a record (an
+        attempt it ran itself) in the same order as the records.
+        """
+        return self._gate
+
+    def effects_lost(self) -> None:
+        """Something the owner sent failed: the next commit rewinds instead."""
+        self._suspect = True
+
     async def wait_joined(self, timeout: float) -> None:
         """Return once the first assignment arrived."""
         await asyncio.wait_for(self._joined.wait(), timeout)

@@ -67,6 +67,13 @@ class WorkerMetrics:
         self.duplicates = Counter(
             "streamflow_duplicate_commands_total", "Redelivered commands dropped", registry=r
         )
+        self.dispatched = Counter(
+            "streamflow_activity_dispatches_total",
+            "Activity attempts dispatched, by where: the task topic, or run by this worker "
+            "itself (eager)",
+            ["where"],
+            registry=r,
+        )
         self.redrives = Counter(
             "streamflow_redrives_total",
             "Activity tasks sent again because their attempt stayed pending past its deadline",

@@ -54,6 +54,9 @@ class Attempt:
     """When it last heartbeat; None until its worker starts it (its first heartbeat)."""
     missed_at: float | None = None
     """When its missed heartbeat was last reported (reported again if not applied)."""
+    local: bool = False
+    """Run by this worker itself (eager dispatch): never re-driven while it runs, as a
+    copy on the task topic could run on another worker at the same time."""
 
 
 class PendingAttempts:
@@ -81,11 +84,13 @@ class PendingAttempts:
         started: dict[tuple[int, int], float] | None = None,
         now: float | None = None,
         inherited: set[tuple[int, int]] | frozenset[tuple[int, int]] = frozenset(),
+        local: set[tuple[int, int]] | frozenset[tuple[int, int]] = frozenset(),
     ) -> None:
         """After a command: the run's attempts now ``pending``, those ``sent`` just now.
 
         ``started`` gives when attempts new to this index were recorded as
-        started (a resume after a takeover); others count from ``now``.
+        started (a resume after a takeover); others count from ``now``. Those
+        in ``local`` (also in ``sent``) run on this worker.
         """
         now = time.time() if now is None else now
         if not pending:
@@ -102,6 +107,8 @@ class PendingAttempts:
                 attempt = Attempt(task, partition, begun, now, inherited=key in inherited)
             elif key in just_sent:
                 attempt.dispatched, attempt.redrives = now, 0
+            if key in just_sent:
+                attempt.local = key in local
             fresh[key] = attempt
         self._by_run[workflow_id] = fresh
 
@@ -110,6 +117,12 @@ class PendingAttempts:
         for wid in [w for w, a in self._by_run.items() if _partition(a) in partitions]:
             del self._by_run[wid]
             self._details.pop(wid, None)
+
+    def release(self, workflow_id: str, step: int, attempt: int) -> None:
+        """A local attempt ended without a result to apply: it is re-driven when due."""
+        found = self._by_run.get(workflow_id, {}).get((step, attempt))
+        if found is not None:
+            found.local = False
 
     def ended(self, workflow_id: str) -> None:
         """The run ended: forget its heartbeat details."""
@@ -159,7 +172,7 @@ class PendingAttempts:
         out = []
         for attempts in self._by_run.values():
             for attempt in attempts.values():
-                if attempt.partition not in owned:
+                if attempt.partition not in owned or attempt.local:
                     continue
                 wait = min(self.redrive_after * 2**attempt.redrives, self.redrive_max)
                 if now - attempt.dispatched >= wait:

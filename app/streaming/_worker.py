@@ -42,11 +42,12 @@ from app.workflow._activity_runner import heartbeat_timeout_failure
 from app.workflow._codec import PayloadCodec, PayloadCodecError, as_chain
 from app.workflow._names import FunctionTable, Registrable
 from app.workflow._tasks import cancel_and_wait
-from app.workflow._types import EventType
+from app.workflow._types import EventType, WorkflowStatus
 
 from ._activities import ActivityWorker
 from ._codec import WireCodec, codec_from_settings
 from ._consumer import DeliveryError, GroupConsumer, Producer, Record
+from ._eager import EagerAttempts, merge
 from ._growth import Generations
 from ._machine import DESCRIBE, Command, CommandKind, Effects, Machine, Reply, Run, Task
 from ._messages import InvalidCommandError, encode_command
@@ -125,6 +126,18 @@ class StreamingWorker(Generations):
             if run_activities
             else None
         )
+        self.eager = (
+            EagerAttempts(
+                self.activity_worker,
+                self.consumer,
+                settings.eager_activities,
+                self._apply_results,
+                self._publish,
+                self._release,
+            )
+            if settings.eager_activities > 0 and run_executor and self.activity_worker is not None
+            else None
+        )
 
     @property
     def consumers(self) -> list[GroupConsumer]:
@@ -167,6 +180,8 @@ class StreamingWorker(Generations):
         self._started = False
         await cancel_and_wait([self._timer_task])
         self._timer_task = None
+        if self.eager is not None:
+            await self.eager.stop(self.settings.drain_timeout)
         if self.activity_worker is not None:
             await self.activity_worker.stop()
         if self.run_executor:
@@ -243,6 +258,9 @@ class StreamingWorker(Generations):
             partition,
             record.offset,
         )
+        await self._apply(cmd, partition, record)
+
+    async def _apply(self, cmd: Command, partition: int, record: Record) -> None:
         if cmd.kind == CommandKind.MIGRATE:
             await self._migrate(cmd, partition)
             return
@@ -280,10 +298,46 @@ class StreamingWorker(Generations):
             )
             await self._dead_letter(record, f"{cmd.kind} names an {reason}", cmd.workflow_id)
         before_status = run.state.status if run is not None else None
+        run, fx = self._handle(run, cmd)
+        await self._effects(run, fx, partition, cmd, before_status)
+
+    def _handle(self, run: Run | None, cmd: Command) -> tuple[Run | None, Effects]:
         run, fx = self.machine.handle(run, cmd)
         self.metrics.commands.labels(cmd.kind, "duplicate" if fx.duplicate else "ok").inc()
         if fx.duplicate:
             self.metrics.duplicates.inc()
+        return run, fx
+
+    async def _apply_results(self, partition: int, results: list[Command]) -> None:
+        """Apply the results of attempts this worker ran itself, all of one workflow."""
+        run = await self.store.load(results[0].workflow_id)
+        if run is None or run.moved_to is not None or run.partition not in (None, partition):
+            await self._publish(results)  # not this partition's business: the usual path
+            return
+        before_status = run.state.status
+        merged = Effects()
+        for result in results:
+            after, fx = self._handle(run, result)
+            assert after is not None
+            run = after
+            merge(merged, fx)
+        await self._effects(run, merged, partition, results[-1], before_status)
+
+    async def _publish(self, commands: list[Command]) -> None:
+        for cmd in commands:
+            await self.commands_out.send(
+                key=cmd.workflow_id.encode(), value=await self.wire.command_out(cmd)
+            )
+
+    async def _effects(
+        self,
+        run: Run | None,
+        fx: Effects,
+        partition: int,
+        cmd: Command,
+        before_status: WorkflowStatus | None,
+    ) -> None:
+        """Write what ``cmd`` (or a batch of results merged into ``fx``) did, then send."""
         if run is not None:
             await self._write(run, fx, partition, cmd)
             self.store.remember(run)
@@ -294,10 +348,7 @@ class StreamingWorker(Generations):
             reply = fx.reply
             if cmd.name == DESCRIBE and reply and reply.ok and isinstance(reply.payload, dict):
                 reply.payload["waiting"] = self._waiting(run, partition)
-        for out in fx.commands:  # to children and parents, after the events that decided them
-            await self.commands_out.send(
-                key=out.workflow_id.encode(), value=await self.wire.command_out(out)
-            )
+        await self._publish(fx.commands)  # to children and parents, after their events
         if fx.reply is not None and cmd.reply_to:
             await self.replies.send(
                 key=cmd.reply_to.encode(),
@@ -374,11 +425,17 @@ class StreamingWorker(Generations):
             # owner already sent (its own resume, or their deadline, covers them).
             known = self.attempts.of(wid)
             tasks = [t for t in tasks if (t.step, t.attempt) not in known]
+        local = self._eager_part(tasks, run, cmd)
+        if local:
+            tasks = [t for t in tasks if not any(t is e for e in local)]
+            self.metrics.dispatched.labels("eager").inc(len(local))
         now = _now()
         for task in tasks:  # a resume re-dispatches work without recording anything
             await self.tasks.send(
                 key=task.task_id.encode(), value=await self.wire.task_out(task, now)
             )
+        if tasks:
+            self.metrics.dispatched.labels("topic").inc(len(tasks))
         started = None
         if cmd.kind in (CommandKind.RESUME, CommandKind.HANDOVER):
             if tasks:
@@ -398,10 +455,14 @@ class StreamingWorker(Generations):
             wid,
             partition,
             pending,
-            tasks,
+            tasks + local,
             started,
             inherited=run.inherited,
+            local={(t.step, t.attempt) for t in local},
         )
+        if self.eager is not None:
+            for task in local:
+                self.eager.start(task, partition)
         self.starts.update(
             wid,
             partition,
@@ -411,6 +472,29 @@ class StreamingWorker(Generations):
         await self.store.write_timers(run, partition)
         if run.parked is not None:
             self.metrics.parked.inc()
+
+    def _eager_part(self, tasks: list[Task], run: Run, cmd: Command) -> list[Task]:
+        """The tasks this worker runs itself (eager dispatch), as many as it has room for.
+
+        Not those a resume or a hand-over dispatches again: the previous owner may
+        still be running them, and a copy on the task topic meets it there.
+        """
+        if self.eager is None or cmd.kind in (CommandKind.RESUME, CommandKind.HANDOVER):
+            return []
+        room = self.eager.room
+        out: list[Task] = []
+        for task in tasks:
+            if len(out) >= room:
+                break
+            if (task.step, task.attempt) in run.inherited:
+                continue  # its result is known to the previous generation's workers
+            if self.activities.get(task.activity_name) is None:
+                continue  # another worker of the task queue may have it
+            out.append(task)
+        return out
+
+    def _release(self, task: Task) -> None:
+        self.attempts.release(task.workflow_id, task.step, task.attempt)
 
     def _with_details(self, task: Task) -> Task:
         details = self.attempts.details(task.workflow_id, task.step)

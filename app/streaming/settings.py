@@ -75,6 +75,13 @@ class StreamingSettings(KafkaSecurity):
     cache_size: int = Field(10_000, ge=1, description="Running workflows kept in memory")
     activity_concurrency: int = Field(32, ge=1, description="Activity tasks run at once")
     activity_threads: int = Field(32, ge=1, description="Threads for plain (sync) activities")
+    eager_activities: int = Field(
+        256,
+        ge=0,
+        description="A worker that runs both executor partitions and the activities of its "
+        "task queue runs up to this many of the attempts it dispatches itself, with no task "
+        "and no result through the broker; the others go to the task topic (0: all do)",
+    )
     drain_timeout: float = Field(
         30.0,
         ge=0,
