@@ -77,3 +77,16 @@ def test_a_heartbeat_deadline_arms_at_the_first_heartbeat_and_keeps_the_details(
     assert not p.heartbeat("w", 1, 1, {"done": 5}, now=109.0)  # no longer pending
     p.ended("w")
     assert p.details("w", 1) is None
+
+
+def test_an_attempt_run_here_is_never_re_driven_until_released() -> None:
+    p = PendingAttempts(redrive_after=1, redrive_max=1)
+    eager, sent = task(1), task(2)
+    p.update("w", 0, [eager, sent], [eager, sent], now=0.0, local={(1, 1)})
+    assert [a.task for a in p.due({0}, now=5.0)] == [sent]
+    p.update("w", 0, [eager, sent], [], now=6.0)  # another command: still running here
+    assert [a.task for a in p.due({0}, now=10.0)] == [sent]
+    p.release("w", 1, 1)  # it ended without a result to apply
+    assert eager in [a.task for a in p.due({0}, now=20.0)]
+    p.update("w", 0, [eager], [eager], now=21.0)  # a resume sent it on the task topic
+    assert not p.of("w")[(1, 1)].local
