@@ -72,6 +72,24 @@ from .settings import StreamingSettings
 log = logging.getLogger("app.streaming.client")
 
 _TERMINAL = {EventType.WORKFLOW_COMPLETED, EventType.WORKFLOW_FAILED, EventType.WORKFLOW_CANCELED}
+
+
+def _wanted_types(hooks: Hooks) -> frozenset[bytes]:
+    """The history event types this client reads: those it waits on or has a hook for."""
+    wanted = {*_TERMINAL, EventType.WORKFLOW_CONTINUED_AS_NEW}
+    by_hook = (
+        (hooks.on_workflow_start, (EventType.WORKFLOW_STARTED,)),
+        (hooks.on_activity_start, (EventType.ACTIVITY_STARTED,)),
+        (hooks.on_activity_complete, (EventType.ACTIVITY_COMPLETED,)),
+        (hooks.on_signal, (EventType.SIGNAL_RECEIVED,)),
+        (hooks.on_retry, (EventType.ACTIVITY_FAILED, EventType.TIMER_FIRED)),
+    )
+    for hook, types in by_hook:
+        if hook is not None:
+            wanted.update(types)
+    return frozenset(t.value.encode() for t in wanted)
+
+
 _SEEN_LIMIT = 100_000
 _RESEND_FIRST = 2.0
 """Seconds without a reply before a command is published again (then doubling)."""
@@ -133,6 +151,7 @@ class KafkaExecutor:
         self.topology = settings.topology
         self.client_id = client_id or f"client-{uuid.uuid4().hex[:12]}"
         self._hooks = hooks or Hooks()
+        self._wanted = _wanted_types(self._hooks)
         self._workflows = FunctionTable("workflow", workflows)
         self._producer: AIOKafkaProducer | None = None
         self._replies: AIOKafkaConsumer | None = None
@@ -279,6 +298,10 @@ class KafkaExecutor:
         async for message in self._history:
             if message.value is None:
                 continue
+            headers = message.headers or ()
+            kind = next((v for k, v in headers if k == "type"), None)
+            if kind is not None and kind not in self._wanted:
+                continue  # no hook and no waiter for it: not even decoded
             try:
                 wid, run_id, _, event = await self.wire.history_in(message.value)
             except PayloadCodecError as exc:
@@ -295,7 +318,7 @@ class KafkaExecutor:
             if len(self._seen_events) > _SEEN_LIMIT:
                 for old in list(self._seen_events)[: _SEEN_LIMIT // 2]:
                     del self._seen_events[old]
-            retry = any(k == "retry" for k, _ in (message.headers or ()))
+            retry = any(k == "retry" for k, _ in headers)
             self._queue_hooks(wid, event, retry)
             if event.type is EventType.WORKFLOW_CONTINUED_AS_NEW and event.new_run_id:
                 self._continued[(wid, run_id)] = event.new_run_id

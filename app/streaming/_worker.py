@@ -42,7 +42,7 @@ from app.workflow._activity_runner import heartbeat_timeout_failure
 from app.workflow._codec import PayloadCodec, PayloadCodecError, as_chain
 from app.workflow._names import FunctionTable, Registrable
 from app.workflow._tasks import cancel_and_wait
-from app.workflow._types import EventType, WorkflowStatus
+from app.workflow._types import EventType, HistoryEvent, WorkflowState, WorkflowStatus
 
 from ._activities import ActivityWorker
 from ._codec import WireCodec, codec_from_settings
@@ -402,20 +402,8 @@ class StreamingWorker(Generations):
         if fx.changed:
             await self.store.write_header(run, partition)
             for ended_run, events, retries in fx.ended:  # runs that continued as new
-                for ev in events:
-                    headers = [("retry", b"1")] if ev.id in retries else []
-                    await self.history.send(
-                        key=wid.encode(),
-                        value=await self.wire.history_out(wid, ended_run, state.workflow_type, ev),
-                        headers=headers,
-                    )
-            for ev in fx.events:
-                headers = [("retry", b"1")] if ev.id in fx.retries else []
-                await self.history.send(
-                    key=wid.encode(),
-                    value=await self.wire.history_out(wid, state.run_id, state.workflow_type, ev),
-                    headers=headers,
-                )
+                await self._send_history(state, ended_run, events, retries)
+            await self._send_history(state, state.run_id, fx.events, fx.retries)
         # a retry resumes from the last heartbeat of the attempts before it
         tasks = [self._with_details(t) for t in fx.tasks]
         if not run.running:
@@ -472,6 +460,22 @@ class StreamingWorker(Generations):
         await self.store.write_timers(run, partition)
         if run.parked is not None:
             self.metrics.parked.inc()
+
+    async def _send_history(
+        self, state: WorkflowState, run_id: str, events: list[HistoryEvent], retries: set[int]
+    ) -> None:
+        wid = state.workflow_id
+        key = wid.encode()
+        for ev in events:
+            # the type in a header: a reader skips what it does not want without decoding it
+            headers = [("type", ev.type.value.encode())]
+            if ev.id in retries:
+                headers.append(("retry", b"1"))
+            await self.history.send(
+                key=key,
+                value=await self.wire.history_out(wid, run_id, state.workflow_type, ev),
+                headers=headers,
+            )
 
     def _eager_part(self, tasks: list[Task], run: Run, cmd: Command) -> list[Task]:
         """The tasks this worker runs itself (eager dispatch), as many as it has room for.

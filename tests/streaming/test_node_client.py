@@ -265,6 +265,7 @@ async def test_node_client_starts_signals_and_follows_a_workflow(
                 "step": event.step,
                 "attempt": event.attempt,
                 "sender_id": event.sender_id,
+                "type_header": event.type.value,
                 "partition": owner,
                 "offset": theirs["offset"],
             }

@@ -140,6 +140,8 @@ function historyView(event, message, partition) {
     step: event.step,
     attempt: event.attempt,
     sender_id: event.sender_id,
+    // the `type` header repeats the event type (readers skip events unread by it)
+    type_header: message.headers && message.headers.type ? message.headers.type.toString() : null,
     partition,
     offset: Number(message.offset),
   };
