@@ -123,6 +123,8 @@ class Sizes:
     w6_window: int = 20  # signals the client keeps in flight
     w7_parents: int = 5
     w7_children: int = 100
+    w4_long_steps: int = 10_000  # W4L (streaming): W4 at a length where growth would show
+    w4_long_window: int = 1_000
 
 
 @dataclass(frozen=True)

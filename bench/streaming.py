@@ -25,6 +25,7 @@ which ``--profile`` implies):
   hears of its completion through a hook (from the history topic). Also the
   bare ``signal()`` latency (command -> executor -> reply).
 - W4: one long workflow: per-step cost at the start vs. the end of its history.
+- W4L: W4 at 10,000 steps (windows of 1,000): the per-step cost must stay flat.
 - W5: many workflows sleeping on durable timers at the same time.
 - W6: one workflow consuming signals, continuing as new every segment:
   the mean step of each segment (each run of the chain) should stay flat.
@@ -83,6 +84,7 @@ from bench._common import (
     new_parser,
     percentile,
     run_w1,
+    run_w4,
     selected,
     three_steps,
 )
@@ -123,6 +125,8 @@ QUICK = Sizes(
     w6_every=40,
     w7_parents=3,
     w7_children=20,
+    w4_long_steps=300,
+    w4_long_window=60,
 )
 
 METRICS = [
@@ -134,7 +138,10 @@ METRICS = [
     # Under W1's concurrency this includes queueing; W4's first window is the bare step.
     Metric("W1", "step", f"latency p50 / {W1_STEPS} activities (ms)", per_rt=True),
     Metric("W1", "cpu", "CPU per workflow, worker + client (ms)"),
+    Metric("W1", "client_cpu", "  of which the client (ms)"),
     Metric("W1", "broker_cpu", "CPU per workflow, broker (ms)"),
+    Metric("W1", "rss", "peak RSS, worker + client (MB)"),
+    Metric("W1", "broker_rss", "peak RSS, broker (MB)"),
     Metric("W2", "rate", "workflows/s"),
     Metric("W2", "activities", "activities/s"),
     Metric("W3", "rt_p50", "round trip p50 (ms)", Target(25, at_least=False), per_rt=True),
@@ -145,6 +152,10 @@ METRICS = [
     Metric("W4", "last", "last-window step (ms)", per_rt=True),
     Metric("W4", "ratio", "last/first (means)"),
     Metric("W4", "median", "last/first (medians)"),
+    Metric("W4L", "first", "first-window step (ms)", per_rt=True),
+    Metric("W4L", "last", "last-window step (ms)", per_rt=True),
+    Metric("W4L", "ratio", "last/first (means)"),
+    Metric("W4L", "median", "last/first (medians)"),
     Metric("W5", "wall", "wall, first start to all done (s)"),
     Metric("W5", "started", "all started after (s)"),
     Metric("W6", "first", "first-segment step (ms)", per_rt=True),
@@ -168,6 +179,17 @@ def process_cpu(pid: int | None = None) -> float:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
         return math.nan
+
+
+def peak_rss_mb(pid: int | None = None) -> float:
+    """The peak resident set of process ``pid`` (this one by default) in MB; NaN if unknown."""
+    try:
+        for line in Path(f"/proc/{pid or 'self'}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return math.nan
 
 
 def runtime_cpu() -> float:
@@ -324,12 +346,17 @@ async def run_rt(env: Env, sizes: Sizes) -> dict[str, float]:
 
 def cpu_probe(env: Env) -> Callable[[int], dict[str, float]]:
     """Starts counting CPU time; the returned function gives it per workflow."""
-    cpu, broker_cpu = runtime_cpu(), process_cpu(env.broker_pid)
+    cpu, client_cpu, broker_cpu = runtime_cpu(), process_cpu(), process_cpu(env.broker_pid)
 
     def per_workflow(n: int) -> dict[str, float]:
+        split = {"client_cpu": ms(process_cpu() - client_cpu) / n} if env.worker_processes else {}
         return {
             "cpu": ms(runtime_cpu() - cpu) / n,
+            **split,
             "broker_cpu": ms(process_cpu(env.broker_pid) - broker_cpu) / n,
+            # peaks since each process started: the worker processes are W1's own
+            "rss": peak_rss_mb() + sum(peak_rss_mb(pid) for pid in WORKER_PIDS),
+            "broker_rss": peak_rss_mb(env.broker_pid),
         }
 
     return per_workflow
@@ -337,6 +364,11 @@ def cpu_probe(env: Env) -> Callable[[int], dict[str, float]]:
 
 async def run_streaming_w1(env: Env, sizes: Sizes) -> dict[str, float]:
     return await run_w1(env.opener("w1"), sizes, lambda: cpu_probe(env))
+
+
+async def run_w4_long(env: Env, sizes: Sizes) -> dict[str, float]:
+    long = dataclasses.replace(sizes, w4_steps=sizes.w4_long_steps, w4_window=sizes.w4_long_window)
+    return await run_w4(env.opener("w4l"), long)
 
 
 def on_runtime(name: str, run: Run) -> Workload[Env]:
@@ -354,6 +386,13 @@ WORKLOADS: dict[str, Workload[Env]] = {
     ),
     "W1": Workload("W1", SUMMARIES["W1"], run_streaming_w1),
     **{name: on_runtime(name, run) for name, run in RUNS.items() if name != "W1"},
+    "W4L": Workload(
+        "W4L",
+        lambda s: (
+            f"1 workflow x {s.w4_long_steps} sequential activities, windows of {s.w4_long_window}"
+        ),
+        run_w4_long,
+    ),
 }
 
 
@@ -398,7 +437,9 @@ def render_table(
         if metric.workload in errors:
             rows.append([*row, "error", "", ""])
             continue
-        value = results[metric.workload][metric.key]
+        value = results[metric.workload].get(metric.key)
+        if value is None:
+            continue  # not measured in this set-up (the client's share, in one process)
         ratio = f"{value / broker_p50:.1f}x" if metric.per_rt and broker_p50 else ""
         target = ""
         if metric.target is not None:
@@ -415,6 +456,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--fetch-wait-ms", type=int, help="consumers' fetch long-poll in ms (default: 10)"
+    )
+    parser.add_argument(
+        "--eager-activities",
+        type=int,
+        metavar="N",
+        help="attempts a worker runs itself at once, with no task hop (default: 256; 0: "
+        "every task goes through the task topic)",
     )
     parser.add_argument(
         "--worker-processes",
@@ -458,6 +506,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ("partitions", args.partitions),
             ("activity_concurrency", args.activity_concurrency),
             ("fetch_wait_ms", args.fetch_wait_ms),
+            ("eager_activities", args.eager_activities),
         )
         if value is not None
     }
@@ -489,7 +538,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 else "worker and client in this process; "
             )
             + f"{s.partitions} partitions, fetch wait {s.fetch_wait_ms} ms, "
-            f"activity concurrency {s.activity_concurrency}"
+            f"activity concurrency {s.activity_concurrency}, eager activities "
+            f"{s.eager_activities}"
         )
         for name in names:
             print(f"  {name}: {WORKLOADS[name].summary(sizes)}")

@@ -26,7 +26,7 @@ def run_bench(*args: str) -> subprocess.CompletedProcess[str]:
 def test_quick_streaming_benchmark_runs_every_workload() -> None:
     proc = run_bench()
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    for workload in ("RT", "W1", "W2", "W3", "W4", "W5", "W6", "W7"):
+    for workload in ("RT", "W1", "W2", "W3", "W4", "W4L", "W5", "W6", "W7"):
         # Each workload prints its own line of results as it finishes.
         assert f"\n{workload} (" in proc.stdout, f"{workload} missing from:\n{proc.stdout}"
     assert "x broker p50" in proc.stdout, proc.stdout

@@ -166,7 +166,11 @@ class PartitionOwner(Protocol):
         """Forget ``partitions``: another member may own them now."""
 
     async def handle(self, record: Record) -> None:
-        """Handle one record. Raising rewinds every partition to its last commit."""
+        """Handle one record. Raising rewinds every partition to its last commit.
+
+        An owner handling one record at a time may also have
+        ``handle_many(records)``: a partition's records fetched together, in order.
+        """
 
 
 class GroupConsumer(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
@@ -383,6 +387,18 @@ class GroupConsumer(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafk
                 # Not to be handled now (its state is being read): read them again later.
                 with contextlib.suppress(Exception):
                     consumer.seek(tp, records[0].offset)
+                continue
+            many = getattr(self.owner, "handle_many", None) if self.concurrency == 1 else None
+            if many is not None:
+                if self._revoking or self._stopping:
+                    return
+                for record in records:
+                    tracker.take(record.offset)
+                    if self.on_record is not None:
+                        self.on_record(record)
+                await many(records)
+                for record in records:
+                    tracker.finish(record.offset)
                 continue
             for record in records:
                 if self._revoking or self._stopping:

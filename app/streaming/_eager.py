@@ -106,6 +106,15 @@ class EagerAttempts:
         if self._applier is None or self._applier.done():
             self._applier = asyncio.create_task(self._apply_all(), name="eager results")
 
+    async def ended_now(self, workflow_id: str) -> list[Command]:
+        """Let the attempts just started run one loop iteration; take the results of
+        ``workflow_id``'s that ended (the caller applies them, under the gate)."""
+        await asyncio.sleep(0)
+        mine = [r for _, r in self._results if r.workflow_id == workflow_id]
+        if mine:
+            self._results = [(p, r) for p, r in self._results if r.workflow_id != workflow_id]
+        return mine
+
     async def _apply_all(self) -> None:
         while self._results:
             async with self.consumer.gate:
@@ -168,6 +177,7 @@ def merge(into: Effects, fx: Effects) -> None:
     into.tasks.extend(fx.tasks)
     into.replies.extend(fx.replies)
     into.commands.extend(fx.commands)
+    into.local.extend(fx.local)
     into.started = into.started or fx.started
     into.successor = fx.successor or into.successor
     into.duplicate = into.duplicate and fx.duplicate

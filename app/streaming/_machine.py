@@ -112,6 +112,8 @@ class Effects:
     commands: list[Command] = field(default_factory=list)
     """Commands to other workflows (child starts, signals, results, closes), sent
     after the events that decided them are written."""
+    local: list[Task] = field(default_factory=list)
+    """Attempts of ``tasks`` the worker runs itself (eager dispatch; set by the worker)."""
 
     @property
     def changed(self) -> bool:

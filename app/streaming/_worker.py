@@ -28,13 +28,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from datetime import UTC, datetime
-from typing import Any
 
 from aiokafka.errors import KafkaError
 
@@ -42,14 +40,13 @@ from app.workflow._activity_runner import heartbeat_timeout_failure
 from app.workflow._codec import PayloadCodec, PayloadCodecError, as_chain
 from app.workflow._names import FunctionTable, Registrable
 from app.workflow._tasks import cancel_and_wait
-from app.workflow._types import EventType, HistoryEvent, WorkflowState, WorkflowStatus
 
+from ._activation import Activations
 from ._activities import ActivityWorker
 from ._codec import WireCodec, codec_from_settings
 from ._consumer import DeliveryError, GroupConsumer, Producer, Record
-from ._eager import EagerAttempts, merge
-from ._growth import Generations
-from ._machine import DESCRIBE, Command, CommandKind, Effects, Machine, Reply, Run, Task
+from ._eager import EagerAttempts
+from ._machine import Command, CommandKind, Machine, Reply, Run
 from ._messages import InvalidCommandError, encode_command
 from ._metrics import WorkerMetrics
 from ._outputs import Outbox, recover_tables, to_dead_letter
@@ -67,7 +64,7 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-class StreamingWorker(Generations):
+class StreamingWorker(Activations):
     """One worker process's share of the engine: executor partitions and/or activities.
 
     Args:
@@ -214,8 +211,60 @@ class StreamingWorker(Generations):
 
     async def handle(self, record: Record) -> None:
         """Apply one command; what cannot be applied goes to the dead-letter topic."""
+        await self._guarded(record, self._on_command(record))
+
+    async def handle_many(self, records: list[Record]) -> None:
+        """Apply a partition's records taken together, in order.
+
+        The activity results among them are held per workflow and applied
+        together in one activation (one header write), after the workflow's
+        commands before them and before its other commands after them.
+        """
+        held: dict[str, list[tuple[Record, Command]]] = {}
+        for record in records:
+            cmd = await self._guarded_decode(record)
+            if cmd is None:
+                continue
+            if cmd.kind == CommandKind.ACTIVITY_RESULT:
+                held.setdefault(cmd.workflow_id, []).append((record, cmd))
+                continue
+            earlier = held.pop(cmd.workflow_id, None)
+            if earlier:
+                await self._apply_held(earlier)
+            await self._guarded(record, self._apply(cmd, record.partition, record))
+        for group in held.values():
+            await self._apply_held(group)
+
+    async def _apply_held(self, group: list[tuple[Record, Command]]) -> None:
+        first = group[0][0]
+        if len(group) > 1:
+            try:
+                if await self._apply_batch(first.partition, [cmd for _, cmd in group]):
+                    return
+            except (KafkaError, DeliveryError):
+                raise
+            except Exception:
+                log.exception("results at %s@%s... failed together", first.partition, first.offset)
+                run = self.store.cache.pop(group[0][1].workflow_id, None)
+                if run is not None:
+                    run.close()  # read again from the tables: each is applied on its own
+        for record, cmd in group:  # one by one, through the usual checks
+            await self._guarded(record, self._apply(cmd, record.partition, record))
+
+    async def _guarded_decode(self, record: Record) -> Command | None:
+        out: list[Command] = []
+
+        async def decode() -> None:
+            cmd = await self._decode(record)
+            if cmd is not None:
+                out.append(cmd)
+
+        await self._guarded(record, decode())
+        return out[0] if out else None
+
+    async def _guarded(self, record: Record, work: Awaitable[None]) -> None:
         try:
-            await self._on_command(record)
+            await work
         except (KafkaError, DeliveryError):
             raise  # the broker failed us: the consumer goes back to the last commit
         except PayloadCodecError as exc:
@@ -237,28 +286,33 @@ class StreamingWorker(Generations):
 
     # -- executor partitions ---------------------------------------------------------
     async def _on_command(self, record: Record) -> None:
-        partition = record.partition
+        cmd = await self._decode(record)
+        if cmd is not None:
+            await self._apply(cmd, record.partition, record)
+
+    async def _decode(self, record: Record) -> Command | None:
+        """The record's command, or None when it went to the dead-letter topic."""
         if record.key is None:
             await self._dead_letter(
                 record,
                 "command has no key: commands must be keyed by workflow id so that "
                 "one partition owns each workflow",
             )
-            return
+            return None
         try:
             cmd = await self.wire.command_in(record.value, record.key)
         except (WireError, InvalidCommandError) as exc:
             await self._dead_letter(record, str(exc))
-            return
+            return None
         log.debug(
             "command %s %s for %s at %s@%s",
             cmd.kind,
             cmd.command_id,
             cmd.workflow_id,
-            partition,
+            record.partition,
             record.offset,
         )
-        await self._apply(cmd, partition, record)
+        return cmd
 
     async def _apply(self, cmd: Command, partition: int, record: Record) -> None:
         if cmd.kind == CommandKind.MIGRATE:
@@ -301,71 +355,6 @@ class StreamingWorker(Generations):
         run, fx = self._handle(run, cmd)
         await self._effects(run, fx, partition, cmd, before_status)
 
-    def _handle(self, run: Run | None, cmd: Command) -> tuple[Run | None, Effects]:
-        run, fx = self.machine.handle(run, cmd)
-        self.metrics.commands.labels(cmd.kind, "duplicate" if fx.duplicate else "ok").inc()
-        if fx.duplicate:
-            self.metrics.duplicates.inc()
-        return run, fx
-
-    async def _apply_results(self, partition: int, results: list[Command]) -> None:
-        """Apply the results of attempts this worker ran itself, all of one workflow."""
-        run = await self.store.load(results[0].workflow_id)
-        if run is None or run.moved_to is not None or run.partition not in (None, partition):
-            await self._publish(results)  # not this partition's business: the usual path
-            return
-        before_status = run.state.status
-        merged = Effects()
-        for result in results:
-            after, fx = self._handle(run, result)
-            assert after is not None
-            run = after
-            merge(merged, fx)
-        await self._effects(run, merged, partition, results[-1], before_status)
-
-    async def _publish(self, commands: list[Command]) -> None:
-        for cmd in commands:
-            await self.commands_out.send(
-                key=cmd.workflow_id.encode(), value=await self.wire.command_out(cmd)
-            )
-
-    async def _effects(
-        self,
-        run: Run | None,
-        fx: Effects,
-        partition: int,
-        cmd: Command,
-        before_status: WorkflowStatus | None,
-    ) -> None:
-        """Write what ``cmd`` (or a batch of results merged into ``fx``) did, then send."""
-        if run is not None:
-            await self._write(run, fx, partition, cmd)
-            self.store.remember(run)
-            if fx.started and cmd.kind == CommandKind.START and fx.reply and fx.reply.ok:
-                self.metrics.workflows_started.inc()
-            if before_status is not run.state.status and not run.running:
-                self.metrics.workflows_ended.labels(run.state.status.value).inc()
-            reply = fx.reply
-            if cmd.name == DESCRIBE and reply and reply.ok and isinstance(reply.payload, dict):
-                reply.payload["waiting"] = self._waiting(run, partition)
-        await self._publish(fx.commands)  # to children and parents, after their events
-        if fx.reply is not None and cmd.reply_to:
-            await self.replies.send(
-                key=cmd.reply_to.encode(),
-                value=await self.wire.reply_out(
-                    cmd.command_id,
-                    cmd.reply_to,
-                    cmd.workflow_id,
-                    fx.reply,
-                    describe=cmd.name == DESCRIBE,
-                ),
-            )
-        for reply_to, command_id, answer in fx.replies:
-            await self.replies.send(
-                key=reply_to.encode(),
-                value=await self.wire.reply_out(command_id, reply_to, cmd.workflow_id, answer),
-            )
-
     async def _on_heartbeat(self, run: Run | None, cmd: Command) -> None:
         """An activity worker's heartbeat: move the attempt's deadline, or say it is not wanted."""
         step, attempt = cmd.step, cmd.attempt
@@ -391,153 +380,6 @@ class StreamingWorker(Generations):
             key=cmd.reply_to.encode(),
             value=await self.wire.reply_out(cmd.command_id, cmd.reply_to, wid, reply),
         )
-
-    async def _write(self, run: Run, fx: Effects, partition: int, cmd: Command) -> None:
-        state = run.state
-        wid = state.workflow_id
-        run.partition = partition
-        pending = self.machine.pending_tasks(run)
-        if run.inherited and run.parked is None:  # forget those no longer pending
-            run.inherited &= {(t.step, t.attempt) for t in pending}
-        if fx.changed:
-            await self.store.write_header(run, partition)
-            for ended_run, events, retries in fx.ended:  # runs that continued as new
-                await self._send_history(state, ended_run, events, retries)
-            await self._send_history(state, state.run_id, fx.events, fx.retries)
-        # a retry resumes from the last heartbeat of the attempts before it
-        tasks = [self._with_details(t) for t in fx.tasks]
-        if not run.running:
-            self.attempts.ended(wid)
-        if cmd.kind == CommandKind.RESUME:
-            # A resume sent by an earlier owner, still in the topic, finds attempts this
-            # owner already sent (its own resume, or their deadline, covers them).
-            known = self.attempts.of(wid)
-            tasks = [t for t in tasks if (t.step, t.attempt) not in known]
-        local = self._eager_part(tasks, run, cmd)
-        if local:
-            tasks = [t for t in tasks if not any(t is e for e in local)]
-            self.metrics.dispatched.labels("eager").inc(len(local))
-        now = _now()
-        for task in tasks:  # a resume re-dispatches work without recording anything
-            await self.tasks.send(
-                key=task.task_id.encode(), value=await self.wire.task_out(task, now)
-            )
-        if tasks:
-            self.metrics.dispatched.labels("topic").inc(len(tasks))
-        started = None
-        if cmd.kind in (CommandKind.RESUME, CommandKind.HANDOVER):
-            if tasks:
-                log.info(
-                    "resumed %s on partition %s: dispatched attempts %s again",
-                    wid,
-                    partition,
-                    ", ".join(f"{t.activity_name}#{t.step}.{t.attempt}" for t in tasks),
-                )
-            started = {
-                (e.step, e.attempt): e.timestamp.timestamp()
-                for e in state.history
-                if e.type is EventType.ACTIVITY_STARTED and e.step is not None
-                if e.attempt is not None
-            }
-        self.attempts.update(
-            wid,
-            partition,
-            pending,
-            tasks + local,
-            started,
-            inherited=run.inherited,
-            local={(t.step, t.attempt) for t in local},
-        )
-        if self.eager is not None:
-            for task in local:
-                self.eager.start(task, partition)
-        self.starts.update(
-            wid,
-            partition,
-            self.machine.child_starts(run),
-            [c for c in fx.commands if c.kind == CommandKind.START],
-        )
-        await self.store.write_timers(run, partition)
-        if run.parked is not None:
-            self.metrics.parked.inc()
-
-    async def _send_history(
-        self, state: WorkflowState, run_id: str, events: list[HistoryEvent], retries: set[int]
-    ) -> None:
-        wid = state.workflow_id
-        key = wid.encode()
-        for ev in events:
-            # the type in a header: a reader skips what it does not want without decoding it
-            headers = [("type", ev.type.value.encode())]
-            if ev.id in retries:
-                headers.append(("retry", b"1"))
-            await self.history.send(
-                key=key,
-                value=await self.wire.history_out(wid, run_id, state.workflow_type, ev),
-                headers=headers,
-            )
-
-    def _eager_part(self, tasks: list[Task], run: Run, cmd: Command) -> list[Task]:
-        """The tasks this worker runs itself (eager dispatch), as many as it has room for.
-
-        Not those a resume or a hand-over dispatches again: the previous owner may
-        still be running them, and a copy on the task topic meets it there.
-        """
-        if self.eager is None or cmd.kind in (CommandKind.RESUME, CommandKind.HANDOVER):
-            return []
-        room = self.eager.room
-        out: list[Task] = []
-        for task in tasks:
-            if len(out) >= room:
-                break
-            if (task.step, task.attempt) in run.inherited:
-                continue  # its result is known to the previous generation's workers
-            if self.activities.get(task.activity_name) is None:
-                continue  # another worker of the task queue may have it
-            out.append(task)
-        return out
-
-    def _release(self, task: Task) -> None:
-        self.attempts.release(task.workflow_id, task.step, task.attempt)
-
-    def _with_details(self, task: Task) -> Task:
-        details = self.attempts.details(task.workflow_id, task.step)
-        if details is None or task.heartbeat_details is details:
-            return task
-        return dataclasses.replace(task, heartbeat_details=details)
-
-    def _waiting(self, run: Run, partition: int) -> dict[str, Any]:
-        """What the run waits on, for ``describe``: attempts, timers, signals."""
-        attempts = self.attempts.of(run.state.workflow_id)
-        activities = []
-        for task in self.machine.pending_tasks(run):
-            known = attempts.get((task.step, task.attempt))
-            activities.append(
-                {
-                    "activity": task.activity_name,
-                    "step": task.step,
-                    "attempt": task.attempt,
-                    "started": known.started if known else None,
-                    "dispatched": known.dispatched if known else None,
-                    "redrives": known.redrives if known else 0,
-                    "inherited": (task.step, task.attempt) in run.inherited,
-                }
-            )
-        starts = self.starts.of(run.state.workflow_id)
-        children = []
-        for child in self.machine.waiting_children(run):
-            sent = starts.get(str(child.pop("command_id")))
-            child["dispatched"] = sent.dispatched if sent else None
-            child["redrives"] = sent.redrives if sent else 0
-            children.append(child)
-        return {
-            "partition": partition,
-            "activities": activities,
-            "children": children,
-            "timers": self.machine.describe_timers(run),
-            "signals": self.machine.awaited_signals(run),
-            "backing_off": self.machine.backing_off(run),
-        }
 
     def _observe_lag(self, record: Record) -> None:
         highwater = self.consumer.highwater(record.partition)
