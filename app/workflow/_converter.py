@@ -106,6 +106,11 @@ def signature_of(fn: Callable[..., Any], skip: int = 0) -> Signature:
     return Signature(len(params), required, input_hint, return_hint, is_async)
 
 
+@lru_cache(maxsize=1024)
+def _takes_parameters(fn: Callable[..., Any]) -> bool:
+    return bool(inspect.signature(fn).parameters)
+
+
 def _type_name(exc_type: type[BaseException]) -> str:
     return f"{exc_type.__module__}.{exc_type.__qualname__}"
 
@@ -214,7 +219,7 @@ def check_workflow_call(fn: Callable[..., Any], options: Any) -> None:
             f"workflow {fn!r} must be an `async def` function taking (ctx, input)"
         )
     sig = signature_of(fn, 1)
-    if sig.required > 1 or not inspect.signature(fn).parameters:
+    if sig.required > 1 or not _takes_parameters(fn):
         raise InvalidArgumentError(
             f"workflow {fn!r} must take (ctx) or (ctx, input): "
             "pass several values as one dataclass, model or dict"

@@ -231,7 +231,8 @@ class WorkflowInstance:
         self._query_handlers: dict[str, Callable[[], Any]] = {}
         self.updates = UpdateTable(self)
         self._closed = False
-        self.random = random.Random(f"{workflow_id}:{run_id}")
+        self._seed = f"{workflow_id}:{run_id}"
+        self._random: random.Random | None = None
         self._patcher = patcher
         self._recorded: Sequence[HistoryEvent] = ()
         self._patches: dict[str, bool] = {}  # change id -> the branch taken
@@ -244,6 +245,13 @@ class WorkflowInstance:
         self.children = ChildTable(self)
 
     # -- what the runtime reads -----------------------------------------------
+    @property
+    def random(self) -> random.Random:
+        """The run's seeded random source (``ctx.random()``), made at its first use."""
+        if self._random is None:
+            self._random = random.Random(self._seed)
+        return self._random
+
     @property
     def loop(self) -> WorkflowLoop:
         return self._loop
