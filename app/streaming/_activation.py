@@ -18,7 +18,7 @@ from app.workflow._types import EventType, HistoryEvent, WorkflowState, Workflow
 
 from ._eager import EagerAttempts, merge
 from ._growth import Generations, _now
-from ._machine import DESCRIBE, Command, CommandKind, Effects, Run, Task
+from ._machine import DESCRIBE, STATE_QUERIES, Command, CommandKind, Effects, Run, Task
 from ._outputs import Outbox
 from ._pending import PendingAttempts, PendingStarts
 
@@ -103,7 +103,7 @@ class Activations(Generations):
                     cmd.reply_to,
                     cmd.workflow_id,
                     fx.reply,
-                    describe=cmd.name == DESCRIBE,
+                    describe=cmd.name in STATE_QUERIES,
                 ),
             )
         for reply_to, command_id, answer in fx.replies:

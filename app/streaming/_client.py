@@ -59,7 +59,7 @@ from app.workflow._types import (
 from app.workflow._updates import check_update, update_answer
 
 from ._codec import WireCodec, codec_from_settings
-from ._machine import DESCRIBE, Command, CommandKind, Reply, parked_error
+from ._machine import DESCRIBE, STATE_QUERIES, SUMMARY, Command, CommandKind, Reply, parked_error
 from ._messages import (
     MAX_PAYLOAD,
     decode_reply,
@@ -431,7 +431,7 @@ class KafkaExecutor:
                     wait = min(wait * 2, _RESEND_MAX)
                     continue
                 # raises PayloadCodecError, naming the key, when this client lacks it
-                return await self.wire.reply_in(reply, describe=cmd.name == DESCRIBE)
+                return await self.wire.reply_in(reply, describe=cmd.name in STATE_QUERIES)
         finally:
             self._pending.pop(cmd.command_id, None)
         if not published:
@@ -611,15 +611,21 @@ class KafkaExecutor:
         raise WorkflowError(f"workflow {workflow_id!r}: {reply.error}")
 
     async def _status(self, workflow_id: str, run_id: str | None) -> WorkflowStatus:
-        state = (await self._state(workflow_id, run_id))[0]
+        state = (await self._state(workflow_id, run_id, history=False))[0]
         if run_id is not None and run_id != state.run_id:
             return WorkflowStatus.CONTINUED_AS_NEW
         return state.status
 
     async def _state(
-        self, workflow_id: str, run_id: str | None
+        self, workflow_id: str, run_id: str | None, *, history: bool = True
     ) -> tuple[WorkflowState, dict[str, Any] | None]:
-        reply = await self._request(self._command(CommandKind.QUERY, workflow_id, name=DESCRIBE))
+        """The run's state; without ``history``, only its first event comes with it."""
+        names = [DESCRIBE] if history else [SUMMARY, DESCRIBE]
+        for name in names:  # a worker from before SUMMARY does not know it
+            query = self._command(CommandKind.QUERY, workflow_id, name=name)
+            reply = await self._request(query)
+            if reply.error_type != "query_not_found":
+                break
         self._raise_for(workflow_id, reply)
         state = WorkflowState.model_validate(reply.payload["state"])
         if run_id is not None and state.run_id != run_id and run_id not in state.previous_run_ids:
@@ -655,8 +661,9 @@ class KafkaExecutor:
                 if look:
                     left = None if deadline is None else max(0.0, deadline - loop.time())
                     try:
+                        # a look costs the same at any history length: no history
                         state, parked = await asyncio.wait_for(
-                            self._state(workflow_id, run_id), left
+                            self._state(workflow_id, run_id, history=False), left
                         )
                     except (TimeoutError, BrokerUnavailableError):
                         # no answer yet (NoReplyError is a TimeoutError): the owner is
@@ -670,6 +677,7 @@ class KafkaExecutor:
                     if run_id is None or run_id in state.previous_run_ids:
                         run_id = state.run_id  # the chain's current run
                     if state.status is not WorkflowStatus.RUNNING:
+                        state = (await self._state(workflow_id, run_id))[0]  # for its error
                         fn = fn or self._workflows.get(state.workflow_type)
                         return outcome_value(state, None, fn)
                     if parked is not None:

@@ -59,6 +59,10 @@ SEEN_LIMIT = 512
 
 DESCRIBE = "__describe__"
 """The query that returns the whole state (header and history)."""
+SUMMARY = "__summary__"
+"""The query that returns the state with only its first event (what ``result()`` polls:
+its size does not grow with the history)."""
+STATE_QUERIES = (DESCRIBE, SUMMARY)
 
 BUILTIN_QUERIES = ("result", "status")
 
@@ -600,8 +604,10 @@ class Machine:
         name = cmd.name or ""
         if run is None:
             return Reply(ok=False, error_type="not_found", error="no such workflow")
-        if name == DESCRIBE:
+        if name in STATE_QUERIES:
             state = run.state.model_copy()
+            if name == SUMMARY:
+                state.history = state.history[:1]  # it names the runs before this one
             if run.parked is not None:
                 state.error = run.parked
             return Reply(
