@@ -59,14 +59,19 @@ class Activations(Generations):
         if run is None or run.moved_to is not None or run.partition not in (None, partition):
             return False
         before_status = run.state.status
+        run, merged = self._handle_all(run, results)
+        await self._effects(run, merged, partition, results[-1], before_status)
+        return True
+
+    def _handle_all(self, run: Run, results: list[Command]) -> tuple[Run, Effects]:
+        """Apply ``results`` to ``run`` one after the other; their effects merged."""
         merged = Effects()
         for result in results:
             after, fx = self._handle(run, result)
-            assert after is not None
+            assert after is not None  # a result never removes a run
             run = after
             merge(merged, fx)
-        await self._effects(run, merged, partition, results[-1], before_status)
-        return True
+        return run, merged
 
     async def _publish(self, commands: list[Command]) -> None:
         for cmd in commands:
@@ -217,12 +222,7 @@ class Activations(Generations):
             ended = await self.eager.ended_now(run.state.workflow_id)
             if not ended:
                 break
-            more = Effects()
-            for result in ended:
-                after, step_fx = self._handle(run, result)
-                assert after is not None
-                run = after
-                merge(more, step_fx)
+            run, more = self._handle_all(run, ended)
             merge(fx, more)
             new = more.tasks
         return run
