@@ -32,6 +32,10 @@ async def resumable(ctx: WorkflowContext, tag: str) -> list[str]:
 
 
 KW = {"workflows": {"resumable": resumable}, "activities": [counted]}
+# After a restart, a task the stopped worker held reaches the new one only once the
+# runtime's own timeout for it passed (Temporal: the workflow task's 2 s, an activity's
+# 5 s heartbeat), and the new one replays first: on a loaded machine that is past WAIT.
+RESTART_WAIT = 3 * WAIT
 
 
 async def test_resume_after_restart_runs_nothing_twice(restartable: Runtime) -> None:
@@ -44,7 +48,8 @@ async def test_resume_after_restart_runs_nothing_twice(restartable: Runtime) -> 
     async with restartable.open(**KW) as ex:
         # a streaming worker may finish the run while it is being stopped
         assert await ex.query("res", "status") in (WorkflowStatus.RUNNING, WorkflowStatus.COMPLETED)
-        assert await ex.get_handle("res").result(timeout=WAIT) == ["A-1", "A-2", "sig", "A-3"]
+        result = await ex.get_handle("res").result(timeout=RESTART_WAIT)
+        assert result == ["A-1", "A-2", "sig", "A-3"]
     assert RUNS == ["a-1", "a-2", "a-3"]
 
 
@@ -52,7 +57,7 @@ async def test_timer_keeps_its_original_due_time(restartable: Runtime) -> None:
     async with restartable.open() as ex:
         await ex.execute(wf.sleeper, WorkflowOptions(id="due", input=0.5))
     async with restartable.open() as ex:
-        await ex.get_handle("due").result(timeout=WAIT)
+        await ex.get_handle("due").result(timeout=RESTART_WAIT)
         state = await ex.describe("due")
     started = state.history[0].timestamp
     fired = next(e for e in state.history if e.type is EventType.TIMER_FIRED)
@@ -81,7 +86,7 @@ async def test_changed_code_raises_non_determinism_and_recovers(restartable: Run
         await recorder.wait_for("activity_complete", "nd")
     async with restartable.open(**v2) as ex:
         with pytest.raises(NonDeterminismError) as info:
-            await ex.get_handle("nd").result(timeout=WAIT)
+            await ex.get_handle("nd").result(timeout=RESTART_WAIT)
         err = info.value
         assert err.event_id == 2
         assert "activity 'counted'" in err.recorded and "activity_started" in err.recorded
@@ -93,7 +98,7 @@ async def test_changed_code_raises_non_determinism_and_recovers(restartable: Run
         state = await ex.describe("nd")
         assert "NonDeterminismError" in (state.error or "")
     async with restartable.open(**v1) as ex:  # the old code is deployed again
-        assert await ex.get_handle("nd").result(timeout=WAIT) == "kept"
+        assert await ex.get_handle("nd").result(timeout=RESTART_WAIT) == "kept"
         state = await ex.describe("nd")
     assert state.error is None
     assert state.status is WorkflowStatus.COMPLETED
@@ -106,13 +111,14 @@ async def test_unknown_workflow_type_is_an_error_on_that_workflow(restartable: R
         await recorder.wait_for("activity_complete", "orphan", count=2)
     async with restartable.open(workflows=[wf.sequential], activities=[wf.double]) as ex:
         with pytest.raises(WorkflowError, match=r"'resumable'.*not registered"):
-            await ex.get_handle("orphan").result(timeout=WAIT)
+            await ex.get_handle("orphan").result(timeout=RESTART_WAIT)
         # the executor itself keeps working
         handle = await ex.execute(wf.sequential, WorkflowOptions(id="fine", input=1))
         assert await handle.result(timeout=WAIT) == [2, 4, 8]
     async with restartable.open(**KW) as ex:
         await signal(ex, "orphan", "go", "g")
-        assert await ex.get_handle("orphan").result(timeout=WAIT) == ["O-1", "O-2", "g", "O-3"]
+        result = await ex.get_handle("orphan").result(timeout=RESTART_WAIT)
+        assert result == ["O-1", "O-2", "g", "O-3"]
 
 
 async def test_replay_safe_values_are_stable(restartable: Runtime) -> None:
