@@ -33,6 +33,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Sequence
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from aiokafka.errors import KafkaError
 
@@ -58,6 +59,7 @@ from .settings import StreamingSettings
 log = logging.getLogger("app.streaming.worker")
 
 OWNED = "executor partitions owned"
+T = TypeVar("T")
 
 
 def _now() -> datetime:
@@ -222,7 +224,7 @@ class StreamingWorker(Activations):
         """
         held: dict[str, list[tuple[Record, Command]]] = {}
         for record in records:
-            cmd = await self._guarded_decode(record)
+            cmd = await self._guarded(record, self._decode(record))
             if cmd is None:
                 continue
             if cmd.kind == CommandKind.ACTIVITY_RESULT:
@@ -251,20 +253,10 @@ class StreamingWorker(Activations):
         for record, cmd in group:  # one by one, through the usual checks
             await self._guarded(record, self._apply(cmd, record.partition, record))
 
-    async def _guarded_decode(self, record: Record) -> Command | None:
-        out: list[Command] = []
-
-        async def decode() -> None:
-            cmd = await self._decode(record)
-            if cmd is not None:
-                out.append(cmd)
-
-        await self._guarded(record, decode())
-        return out[0] if out else None
-
-    async def _guarded(self, record: Record, work: Awaitable[None]) -> None:
+    async def _guarded(self, record: Record, work: Awaitable[T]) -> T | None:
+        """``work``'s value; None when the record went to the dead-letter topic instead."""
         try:
-            await work
+            return await work
         except (KafkaError, DeliveryError):
             raise  # the broker failed us: the consumer goes back to the last commit
         except PayloadCodecError as exc:
@@ -283,6 +275,7 @@ class StreamingWorker(Activations):
             await self._dead_letter(
                 record, f"internal error while applying the command: {exc!r}"[:500]
             )
+            return None
 
     # -- executor partitions ---------------------------------------------------------
     async def _on_command(self, record: Record) -> None:
