@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 
 from app.workflow._store import StoreConflictError
 from app.workflow._types import HistoryEvent, WorkflowFilter, WorkflowState
+from app.workflow._visibility import WorkflowPage, WorkflowQuery, page_of, summarize
 
 __all__ = ["InMemoryStore"]
 
@@ -76,6 +77,10 @@ class InMemoryStore:
         if filter.limit:
             matching = matching[: filter.limit]
         return [state.model_copy(deep=True) for state in matching]
+
+    async def list_workflows(self, query: WorkflowQuery) -> WorkflowPage:
+        """Headers matching ``query``: a scan of every stored history (no index)."""
+        return page_of((summarize(state) for state in self._states.values()), query)
 
     async def delete(self, workflow_id: str) -> None:
         """Remove the workflow; an unknown id is a no-op."""

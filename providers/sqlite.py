@@ -38,6 +38,9 @@ import pydantic_core
 from app.workflow._errors import InvalidArgumentError
 from app.workflow._store import StoreClosedError, StoreConflictError
 from app.workflow._types import HistoryEvent, WorkflowFilter, WorkflowState, WorkflowStatus
+from app.workflow._visibility import WorkflowPage, WorkflowQuery, WorkflowSummary, summarize
+
+from . import _sqlite_visibility as visibility
 
 __all__ = ["DEFAULT_PATH", "ENV_PATH", "SQLiteStore", "StoreClosedError"]
 
@@ -51,7 +54,7 @@ _SYNCHRONOUS_MODES: Final = ("FULL", "NORMAL", "EXTRA")
 _MAX_BATCH: Final = 256
 _BUSY_TIMEOUT_S: Final = 30.0
 _JOIN_TIMEOUT_S: Final = 30.0
-_SCHEMA_VERSION: Final = 1
+_SCHEMA_VERSION: Final = 2
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND: Final = timedelta(microseconds=1)
 
@@ -60,7 +63,7 @@ log = logging.getLogger("providers.sqlite")
 _T = TypeVar("_T")
 
 
-_SCHEMA: Final = f"""
+_SCHEMA: Final = """
 BEGIN IMMEDIATE;
 CREATE TABLE IF NOT EXISTS workflows (
     workflow_id   TEXT PRIMARY KEY NOT NULL,
@@ -74,7 +77,10 @@ CREATE TABLE IF NOT EXISTS workflows (
     created_at    TEXT NOT NULL,
     created_key   INTEGER NOT NULL,
     updated_at    TEXT NOT NULL,
-    event_count   INTEGER NOT NULL
+    event_count   INTEGER NOT NULL,
+    closed_key    INTEGER,
+    attributes    TEXT,
+    memo          TEXT
 );
 CREATE INDEX IF NOT EXISTS workflows_by_status ON workflows (status, created_key);
 CREATE INDEX IF NOT EXISTS workflows_by_created ON workflows (created_key);
@@ -86,30 +92,45 @@ CREATE TABLE IF NOT EXISTS events (
     data        TEXT NOT NULL,
     PRIMARY KEY (workflow_id, id)
 );
-PRAGMA user_version = {_SCHEMA_VERSION};
 COMMIT;
 """
 
 _HEADER_COLUMNS: Final = (
     "workflow_id, run_id, workflow_type, status, input, result, error, timeout, "
-    "created_at, created_key, updated_at, event_count"
+    "created_at, created_key, updated_at, event_count, closed_key, attributes, memo"
 )
 _SAVE_HEADER: Final = (
-    f"INSERT OR REPLACE INTO workflows ({_HEADER_COLUMNS}) VALUES ({', '.join('?' * 12)})"
+    f"INSERT OR REPLACE INTO workflows ({_HEADER_COLUMNS}) VALUES ({', '.join('?' * 15)})"
 )
 _INSERT_EVENT: Final = (
     "INSERT INTO events (workflow_id, id, run_id, type, data) VALUES (?, ?, ?, ?, ?)"
 )
 _UPDATE_HEADER: Final = (
     "UPDATE workflows SET status = ?, result = ?, error = ?, "
-    "updated_at = ?, event_count = event_count + ? "
+    "updated_at = ?, closed_key = ?, event_count = event_count + ? "
     "WHERE workflow_id = ? AND run_id = ?"
 )
 _SELECT_EVENTS: Final = "SELECT data FROM events WHERE workflow_id = ? ORDER BY id"
 
-_HeaderRow = tuple[str, str, str, str, str, str, str | None, float | None, str, int, str, int]
+_HeaderRow = tuple[
+    str,
+    str,
+    str,
+    str,
+    str,
+    str,
+    str | None,
+    float | None,
+    str,
+    int,
+    str,
+    int,
+    int | None,
+    str | None,
+    str | None,
+]
 _EventRow = tuple[str, int, str, str, str]
-_HeaderUpdate = tuple[str, str, str | None, str]
+_HeaderUpdate = tuple[str, str, str | None, str, int | None]
 
 
 # -- encoding -----------------------------------------------------------------
@@ -132,10 +153,15 @@ def _header_update(state: WorkflowState) -> _HeaderUpdate:
         _dump(state.result),
         state.error,
         state.updated_at.isoformat(),
+        _closed_key(state),
     )
 
 
-def _header_row(state: WorkflowState) -> _HeaderRow:
+def _closed_key(state: WorkflowState) -> int | None:
+    return None if state.status == WorkflowStatus.RUNNING else _created_key(state.updated_at)
+
+
+def _header_row(state: WorkflowState, summary: WorkflowSummary) -> _HeaderRow:
     return (
         state.workflow_id,
         state.run_id,
@@ -149,6 +175,9 @@ def _header_row(state: WorkflowState) -> _HeaderRow:
         _created_key(state.created_at),
         state.updated_at.isoformat(),
         len(state.history),
+        _closed_key(state),
+        visibility.dump(summary.search_attributes),
+        visibility.dump(summary.memo),
     )
 
 
@@ -187,10 +216,38 @@ def _state_from(row: tuple[Any, ...], events: Sequence[str]) -> WorkflowState:
 # -- transactions (run on a worker thread) ------------------------------------
 
 
+def _upgrade(connection: sqlite3.Connection) -> None:
+    """Bring a file of an older schema version to this one (in one transaction)."""
+    (version,) = connection.execute("PRAGMA user_version").fetchone()
+    if version == _SCHEMA_VERSION:
+        return
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        visibility.add_columns(connection)
+        for statement in visibility.SCHEMA.split(";"):
+            connection.execute(statement)
+        # version 1 kept no close time: a closed run's last write is its end
+        closed = connection.execute(
+            "SELECT workflow_id, updated_at FROM workflows "
+            "WHERE status != 'running' AND closed_key IS NULL"
+        ).fetchall()
+        connection.executemany(
+            "UPDATE workflows SET closed_key = ? WHERE workflow_id = ?",
+            [(_created_key(datetime.fromisoformat(at)), wid) for wid, at in closed],
+        )
+        connection.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+        connection.execute("COMMIT")
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+
+
 def _save_tx(connection: sqlite3.Connection, header: _HeaderRow, rows: Sequence[_EventRow]) -> None:
     workflow_id = header[0]
     connection.execute("DELETE FROM events WHERE workflow_id = ?", (workflow_id,))
     connection.execute(_SAVE_HEADER, header)
+    attributes = json.loads(header[13]) if header[13] else {}
+    visibility.set_attributes(connection, workflow_id, attributes)
     try:
         connection.executemany(_INSERT_EVENT, rows)
     except sqlite3.IntegrityError as exc:
@@ -207,6 +264,7 @@ def _append_tx(
     first_id: int | None,
     update: _HeaderUpdate,
     rows: Sequence[_EventRow],
+    upserts: Sequence[dict[str, Any]] = (),
 ) -> None:
     params: tuple[Any, ...] = (*update, len(rows), workflow_id, run_id)
     sql = _UPDATE_HEADER
@@ -224,6 +282,8 @@ def _append_tx(
         raise StoreConflictError(
             f"cannot append to workflow {workflow_id!r}: an event id of [{ids}] is already stored"
         ) from exc
+    if upserts:
+        visibility.upsert_attributes(connection, workflow_id, upserts)
 
 
 def _raise_append_conflict(
@@ -282,6 +342,7 @@ def _list_tx(
 
 
 def _delete_tx(connection: sqlite3.Connection, workflow_id: str) -> None:
+    visibility.delete(connection, workflow_id)
     connection.execute("DELETE FROM events WHERE workflow_id = ?", (workflow_id,))
     connection.execute("DELETE FROM workflows WHERE workflow_id = ?", (workflow_id,))
 
@@ -502,7 +563,7 @@ class SQLiteStore:
 
     async def save(self, state: WorkflowState) -> None:
         """Replace the header and the whole history stored under ``state.workflow_id``."""
-        header = _header_row(state)
+        header = _header_row(state, summarize(state))
         rows = _event_rows(state.workflow_id, state.run_id, state.history)
         await self._call(self._workers()[0], functools.partial(_save_tx, header=header, rows=rows))
 
@@ -527,6 +588,7 @@ class SQLiteStore:
             first_id=first_id,
             update=_header_update(state),
             rows=_event_rows(state.workflow_id, state.run_id, events),
+            upserts=[e.search_attributes for e in events if e.search_attributes],
         )
         await self._call(self._workers()[0], job)
 
@@ -539,6 +601,11 @@ class SQLiteStore:
         """Return the matching states with their histories, newest ``created_at`` first."""
         status = None if filter.status is None else WorkflowStatus(filter.status).value
         job = functools.partial(_list_tx, status=status, limit=filter.limit)
+        return await self._call(self._workers()[1], job)
+
+    async def list_workflows(self, query: WorkflowQuery) -> WorkflowPage:
+        """Headers matching ``query`` from the index tables (no history is read)."""
+        job = functools.partial(visibility.page, query=query)
         return await self._call(self._workers()[1], job)
 
     async def delete(self, workflow_id: str) -> None:
@@ -603,6 +670,7 @@ class SQLiteStore:
                 connection.execute("PRAGMA journal_mode = WAL")
                 connection.execute(f"PRAGMA synchronous = {self._synchronous}")
                 connection.executescript(_SCHEMA)
+                _upgrade(connection)
             except BaseException:
                 connection.close()
                 raise

@@ -18,10 +18,12 @@ from ._security import (
     BrokerTLSError,
     KafkaSecurity,
 )
+from ._visibility import VisibilityIndex
 from ._worker import StreamingWorker
 from .settings import StreamingSettings
 
 __all__ = [
+    "VisibilityIndex",
     "BrokerAuthenticationError",
     "BrokerSecurityError",
     "BrokerTLSError",

@@ -57,6 +57,7 @@ from app.workflow._types import (
     WorkflowStatus,
 )
 from app.workflow._updates import check_update, update_answer
+from app.workflow._visibility import WorkflowPage, WorkflowQuery
 
 from ._codec import WireCodec, codec_from_settings
 from ._machine import DESCRIBE, STATE_QUERIES, SUMMARY, Command, CommandKind, Reply, parked_error
@@ -67,6 +68,7 @@ from ._messages import (
     partition_for,
 )
 from ._security import BrokerSecurityError, start_client
+from ._visibility import VisibilityIndex
 from .settings import StreamingSettings
 
 log = logging.getLogger("app.streaming.client")
@@ -132,6 +134,9 @@ class KafkaExecutor:
         codec: encodes payloads before they are published and decodes what is read
             (a :class:`PayloadCodec` or several, applied in order); by default the
             one ``STREAMFLOW_CODEC_KEY_FILE`` and ``STREAMFLOW_COMPRESS_THRESHOLD`` make.
+        visibility: the SQLite file of the index :meth:`list` reads (kept up to
+            date by ``python -m app visibility``, and caught up at each call); by
+            default an index in memory, built from the history topic at the first call.
 
     Use it as ``async with KafkaExecutor("broker:9092") as ex:``.
     """
@@ -145,6 +150,7 @@ class KafkaExecutor:
         workflows: Registrable = (),
         client_id: str | None = None,
         codec: PayloadCodec | Sequence[PayloadCodec] | None = None,
+        visibility: str | None = None,
     ) -> None:
         if settings is None:
             settings = StreamingSettings.from_env(bootstrap_servers=bootstrap_servers)
@@ -177,6 +183,10 @@ class KafkaExecutor:
         self._started = False
         self._closed = False
         self._start_lock = asyncio.Lock()
+        if visibility is not None and (not isinstance(visibility, str) or not visibility):
+            raise InvalidArgumentError(f"visibility must be an index file name, got {visibility!r}")
+        self._visibility_path = visibility or ":memory:"
+        self._index: VisibilityIndex | None = None
 
     async def __aenter__(self) -> KafkaExecutor:
         await self.start()
@@ -272,6 +282,8 @@ class KafkaExecutor:
     async def aclose(self) -> None:
         """Stop tailing and disconnect; running workflows are not affected."""
         self._closed = True
+        if self._index is not None:
+            await self._index.aclose()
         await cancel_and_wait(self._tasks)
         self._tasks = []
         await self._disconnect()
@@ -491,6 +503,8 @@ class KafkaExecutor:
                 timeout_seconds=options.timeout_seconds,
                 # the start command carries this in ``step`` (see docs/wire.md)
                 step=options.continue_as_new_suggested_after,
+                search_attributes=dict(options.search_attributes or {}) or None,
+                memo=dict(options.memo or {}) or None,
             )
         )
         if not reply.ok:
@@ -501,6 +515,21 @@ class KafkaExecutor:
         if len(self._started_here) > _SEEN_LIMIT:
             self._started_here.popitem(last=False)
         return KafkaHandle(self, options.id, reply.run_id, function)
+
+    async def list(self, query: WorkflowQuery | None = None) -> WorkflowPage:
+        """Workflow headers matching ``query``, newest start first, from the visibility index.
+
+        The index is first caught up with the history topic, so a workflow whose
+        events the workers have published is found.
+        """
+        if query is not None and not isinstance(query, WorkflowQuery):
+            raise InvalidArgumentError(f"query must be a WorkflowQuery, got {type(query).__name__}")
+        if self._closed:
+            raise WorkflowError("this KafkaExecutor is closed")
+        if self._index is None:
+            self._index = VisibilityIndex(self.settings, self._visibility_path)
+        await self._index.catch_up()
+        return await self._index.list(query)
 
     def get_handle(self, workflow_id: str) -> KafkaHandle:
         """A handle on the latest run of ``workflow_id``."""

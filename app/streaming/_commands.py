@@ -84,3 +84,7 @@ class Command:
     """start: the parent of a child workflow; cancel: the parent closing its child."""
     child_run_id: str | None = None
     """child_result: the child's last run."""
+    search_attributes: dict[str, Any] | None = None
+    """start: the workflow's search attributes."""
+    memo: dict[str, Any] | None = None
+    """start: the workflow's memo."""

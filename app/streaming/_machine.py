@@ -463,6 +463,8 @@ class Machine:
             timestamp=now,
             input=cmd.payload,
             continue_as_new_suggested_after=cmd.step,
+            search_attributes=cmd.search_attributes,
+            memo=cmd.memo,
             **children.started_fields(cmd.parent),
         )
         state = WorkflowState(

@@ -11,12 +11,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka.partitioner import murmur2
 
 from app.workflow._types import EventType, FailureInfo, HistoryEvent, ParentClosePolicy
+from app.workflow._visibility import memo, search_attributes
 
 from ._commands import Command, CommandKind, ParentRef
 from ._machine import Reply, Task
@@ -94,6 +96,23 @@ def _utc(moment: datetime) -> datetime:
 
 
 # -- commands -------------------------------------------------------------------
+def _json_text(value: Mapping[str, Any] | None) -> str | None:
+    return json.dumps(dict(value), separators=(",", ":")) if value else None
+
+
+def _start_field(
+    record: Mapping[str, Any], name: str, check: Callable[[Any, str], Mapping[str, Any]]
+) -> dict[str, Any] | None:
+    """A start command's JSON object field, validated (absent before version 3)."""
+    text = record.get(name)
+    if text is None:
+        return None
+    try:
+        return dict(check(json.loads(text), name)) or None
+    except ValueError as exc:  # InvalidArgumentError is a ValueError too
+        raise InvalidCommandError(f"invalid {name}: {exc}") from None
+
+
 def encode_command(cmd: Command) -> bytes:
     return codec("command").encode(
         {
@@ -115,6 +134,8 @@ def encode_command(cmd: Command) -> bytes:
             "route": cmd.route,
             "parent": None if cmd.parent is None else dataclasses.asdict(cmd.parent),
             "child_run_id": cmd.child_run_id,
+            "search_attributes": _json_text(cmd.search_attributes),
+            "memo": _json_text(cmd.memo),
         }
     )
 
@@ -187,6 +208,8 @@ def decode_command(data: bytes | None, key: bytes | None = None) -> Command:
         route=record["route"],
         parent=parent,
         child_run_id=record.get("child_run_id"),
+        search_attributes=_start_field(record, "search_attributes", search_attributes),
+        memo=_start_field(record, "memo", memo),
     )
 
 
@@ -229,6 +252,8 @@ def encode_history(workflow_id: str, run_id: str, workflow_type: str, event: His
             "child_workflow_type": event.child_workflow_type,
             "parent_workflow_id": event.parent_workflow_id,
             "parent_run_id": event.parent_run_id,
+            "search_attributes": _json_text(event.search_attributes),
+            "memo": _json_text(event.memo),
         }
     )
 
@@ -264,6 +289,9 @@ def decode_history(data: bytes) -> tuple[str, str, str, HistoryEvent]:
         fields["change_id"] = record["change_id"]
     for name in ("child_workflow_id", "child_workflow_type", "parent_workflow_id", "parent_run_id"):
         fields[name] = record.get(name)  # absent in version 1 and 2 messages
+    for name in ("search_attributes", "memo"):  # absent before version 4
+        text = record.get(name)
+        fields[name] = None if text is None else json.loads(text)
     event = HistoryEvent(
         id=record["id"],
         type=kind,

@@ -69,6 +69,7 @@ from ._types import (
     WorkflowStatus,
     default_retry_policy,
 )
+from ._visibility import WorkflowPage, WorkflowQuery, WorkflowSummary
 
 if TYPE_CHECKING:
     from app.streaming import KafkaExecutor
@@ -129,9 +130,12 @@ __all__ = [
     "WorkflowInfo",
     "WorkflowNotFoundError",
     "WorkflowOptions",
+    "WorkflowPage",
+    "WorkflowQuery",
     "WorkflowState",
     "WorkflowStatus",
     "WorkflowStore",
+    "WorkflowSummary",
     "WorkflowTimeoutError",
     "activity",
     "apply_middleware",

@@ -217,6 +217,9 @@ def next_run(
         input=outcome.result,
         previous_run_ids=[*old.previous_run_ids, old.run_id],
         continue_as_new_suggested_after=instance.suggest_after,
+        # a workflow keeps its search attributes and memo across continue-as-new
+        search_attributes=dict(instance.search_attributes) or None,
+        memo=old.history[0].memo if old.history else None,
         **(parent.started_fields() if parent is not None else {}),
     )
     state = WorkflowState(

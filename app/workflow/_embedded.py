@@ -15,6 +15,7 @@ never runs again.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import logging
 import uuid
 from collections import deque
@@ -64,6 +65,7 @@ from ._types import (
     WorkflowStatus,
 )
 from ._updates import answer_of, check_update, completed_update, update_answer
+from ._visibility import WorkflowPage, WorkflowQuery, list_workflows, started_template
 
 log = logging.getLogger("app.workflow.embedded")
 
@@ -309,7 +311,7 @@ class DefaultExecutor:
             payload,
             options.timeout_seconds,
             options.continue_as_new_suggested_after,
-            None,
+            started_template(options, self._clock()),
             options.input,
         )
         return EmbeddedHandle(self, options.id, run.state.run_id, fn)
@@ -436,8 +438,8 @@ class DefaultExecutor:
         run = self._runs.get(workflow_id)
         if run is None or run.ended:
             return await self._ended_update(workflow_id, uid)
-        answered: list[UpdateState] = []
-        waiters: list[asyncio.Future[HistoryEvent]] = []
+        answered: builtins.list[UpdateState] = []
+        waiters: builtins.list[asyncio.Future[HistoryEvent]] = []
 
         def make(r: _Run) -> HistoryEvent | None:
             if r.parked is not None:
@@ -465,7 +467,7 @@ class DefaultExecutor:
         if answered:
             return update_answer(workflow_id, name, answered[0].result, answered[0].failure)
         waiter = waiters[0]
-        waits: list[asyncio.Future[Any]] = [waiter, run.stuck]
+        waits: builtins.list[asyncio.Future[Any]] = [waiter, run.stuck]
         await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         if not waiter.done():
             assert run.parked is not None
@@ -491,6 +493,15 @@ class DefaultExecutor:
             run, lambda r: self._event(r, EventType.CANCEL_REQUESTED), raise_errors=True
         ):
             run = self._successor(run, "it ended before the cancel was recorded")
+
+    async def list(self, query: WorkflowQuery | None = None) -> WorkflowPage:
+        """Workflow headers (no histories) matching ``query``, newest start first.
+
+        The store's own index answers it when it has one (SQLite); any other
+        store is scanned in full (see the README's store table).
+        """
+        await self.start()
+        return await list_workflows(self.store, WorkflowQuery() if query is None else query)
 
     async def query(self, workflow_id: str, query_type: str) -> Any:
         """``"status"``, ``"result"``, or a handler the workflow registered."""
@@ -582,7 +593,7 @@ class DefaultExecutor:
                     and run_id not in run.state.previous_run_ids
                 ):
                     break
-                waits: list[asyncio.Future[Any]] = [run.done, run.stuck]
+                waits: builtins.list[asyncio.Future[Any]] = [run.done, run.stuck]
                 await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
                 if not run.done.done() and run.parked is not None:
                     raise run.parked
@@ -637,7 +648,7 @@ class DefaultExecutor:
             self._input_hooks(run, instance, event)  # they read the state before the event
         batches = 0
 
-        async def write(batch: list[HistoryEvent]) -> None:
+        async def write(batch: builtins.list[HistoryEvent]) -> None:
             nonlocal batches
             batches += 1
             try:
@@ -683,7 +694,7 @@ class DefaultExecutor:
             self._children.sync(run)
         return True
 
-    def _recorded(self, run: _Run, events: list[HistoryEvent]) -> None:
+    def _recorded(self, run: _Run, events: builtins.list[HistoryEvent]) -> None:
         """Answer the callers of ``update`` whose answer was just made durable."""
         for event in events:
             if event.type is EventType.UPDATE_COMPLETED and event.change_id in run.updates:
@@ -691,7 +702,7 @@ class DefaultExecutor:
                 if not waiter.done():
                     waiter.set_result(event)
 
-    async def _write(self, state: WorkflowState, events: list[HistoryEvent]) -> None:
+    async def _write(self, state: WorkflowState, events: builtins.list[HistoryEvent]) -> None:
         """One durable write, retried a few times unless it lost a race (a conflict)."""
         for delay in (*_WRITE_RETRIES, None):
             try:

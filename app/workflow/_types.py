@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -75,6 +76,9 @@ class EventType(StrEnum):
     ``result`` or ``failure`` and its last run in ``new_run_id``) and
     ``child_workflow_signaled`` (the parent sent it ``signal_name``).
 
+    ``search_attributes_upserted`` records ``ctx.upsert_search_attributes``:
+    its ``search_attributes`` change the workflow's (a None value removes one).
+
     ``update_accepted`` records an update that passed its validator (its
     name in ``signal_name``, its argument in ``signal_payload``, its update
     id in ``change_id``); ``update_completed`` records the handler's
@@ -99,6 +103,7 @@ class EventType(StrEnum):
     CHILD_WORKFLOW_COMPLETED = "child_workflow_completed"
     CHILD_WORKFLOW_FAILED = "child_workflow_failed"
     CHILD_WORKFLOW_SIGNALED = "child_workflow_signaled"
+    SEARCH_ATTRIBUTES_UPSERTED = "search_attributes_upserted"
 
 
 TERMINAL_EVENTS = frozenset(
@@ -201,12 +206,19 @@ class WorkflowOptions:
     turns true: once the run's history holds that many events (None: never).
     It applies to every run of a continue-as-new chain. Each run has its own
     ``timeout``.
+
+    ``search_attributes`` (str, int, float, bool or datetime values) are what
+    ``executor.list`` filters on; ``memo`` is descriptive JSON data shown
+    with the workflow. Both are recorded in its ``workflow_started`` event
+    and carried to the runs it continues as.
     """
 
     id: str
     input: Any = None
     timeout: Duration | None = None
     continue_as_new_suggested_after: int | None = None
+    search_attributes: Mapping[str, Any] | None = None
+    memo: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.id, str) or not self.id.strip():
@@ -220,6 +232,11 @@ class WorkflowOptions:
             self.continue_as_new_suggested_after,
             "WorkflowOptions.continue_as_new_suggested_after",
         )
+        from ._visibility import memo, search_attributes
+
+        attrs = search_attributes(self.search_attributes, "WorkflowOptions.search_attributes")
+        object.__setattr__(self, "search_attributes", attrs or None)
+        object.__setattr__(self, "memo", memo(self.memo, "WorkflowOptions.memo") or None)
 
     @property
     def timeout_seconds(self) -> float | None:
@@ -296,6 +313,8 @@ class HistoryEvent(BaseModel):
     child continued as new carries the same. An ``activity_failed`` (or the
     ``timer_fired`` of an attempt's timeout) keeps the attempt's last
     ``heartbeat_details``, which the next attempt reads, after a restart too.
+    A ``workflow_started`` carries the run's initial ``search_attributes`` and
+    its ``memo``.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -324,6 +343,8 @@ class HistoryEvent(BaseModel):
     parent_run_id: str | None = None
     parent_close_policy: ParentClosePolicy | None = None
     heartbeat_details: Any = None
+    search_attributes: dict[str, Any] | None = None
+    memo: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

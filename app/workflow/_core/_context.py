@@ -6,7 +6,7 @@ import asyncio
 import random
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -20,6 +20,7 @@ from .._types import (
     default_retry_policy,
     to_seconds,
 )
+from .._visibility import search_attributes
 from ._updates import UpdateHandler
 
 if TYPE_CHECKING:
@@ -413,6 +414,26 @@ class WorkflowContext:
                 await ctx.execute_activity(send_receipt, order)
         """
         return self._instance.patched(_change_id(change_id))
+
+    def upsert_search_attributes(self, attributes: Mapping[str, Any]) -> None:
+        """Set (or, with a None value, remove) search attributes of this workflow.
+
+        Values are str, int, float, bool or datetime. The change is recorded in
+        the history (``search_attributes_upserted``); ``executor.list`` finds
+        the workflow by it once that event is stored::
+
+            ctx.upsert_search_attributes({"customer": order.customer, "stage": "paid"})
+        """
+        changes = search_attributes(
+            attributes, "upsert_search_attributes(attributes)", allow_unset=True
+        )
+        if not changes:
+            raise InvalidArgumentError("upsert_search_attributes needs at least one attribute")
+        self._instance.upsert_search_attributes(changes)
+
+    def search_attributes(self) -> dict[str, Any]:
+        """This workflow's search attributes at this point of the run (a copy)."""
+        return dict(self._instance.search_attributes)
 
     def deprecate_patch(self, change_id: str) -> None:
         """Mark that patch ``change_id`` is always taken now; its old branch is gone.

@@ -44,6 +44,7 @@ import enum
 import logging
 import random
 import uuid
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -77,6 +78,7 @@ from .._types import (
     WorkflowInfo,
     WorkflowStatus,
 )
+from .._visibility import merge_attributes
 from ._children import TERMINATED, ChildTable, PendingChild
 from ._loop import WorkflowLoop
 from ._updates import UpdateHandler, UpdateState, UpdateTable
@@ -89,6 +91,7 @@ _ECHOES = frozenset(
     {
         EventType.ACTIVITY_STARTED,
         EventType.MARKER_RECORDED,
+        EventType.SEARCH_ATTRIBUTES_UPSERTED,
         EventType.UPDATE_COMPLETED,
         EventType.CHILD_WORKFLOW_STARTED,
         EventType.CHILD_WORKFLOW_SIGNALED,
@@ -201,6 +204,7 @@ class WorkflowInstance:
         patcher: Patcher | None = None,
         continue_as_new: str | None = None,
         workflow_namer: Callable[[Callable[..., Any]], str] = activity_name,
+        upserter: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         from ._context import WorkflowContext  # circular: the context drives the instance
 
@@ -237,6 +241,10 @@ class WorkflowInstance:
         self._recorded: Sequence[HistoryEvent] = ()
         self._patches: dict[str, bool] = {}  # change id -> the branch taken
         self._markers: dict[str, bool] = {}  # change id -> its marker is recorded
+        self.search_attributes: dict[str, Any] = {}
+        # upserts the code made whose search_attributes_upserted is not applied yet
+        self._upserts: deque[dict[str, Any]] = deque()
+        self._upserter = upserter
         # None: the runtime carries out continue-as-new; else why it cannot
         self._no_continue_as_new = continue_as_new
         self._signal_seq = 0
@@ -286,6 +294,15 @@ class WorkflowInstance:
                         change_id=change_id,
                     )
                 )
+        for changes in self._upserts:
+            events.append(
+                HistoryEvent(
+                    id=next_id + len(events),
+                    type=EventType.SEARCH_ATTRIBUTES_UPSERTED,
+                    timestamp=now,
+                    search_attributes=changes,
+                )
+            )
         for act in self.pending_activities():
             if not act.recorded:
                 events.append(
@@ -459,6 +476,14 @@ class WorkflowInstance:
         if kind is EventType.MARKER_RECORDED:
             self._on_marker(event)
             return
+        if kind is EventType.SEARCH_ATTRIBUTES_UPSERTED:
+            # Like a marker, an upsert the code no longer makes is let through: search
+            # attributes never steer the code, and readers take them from the history.
+            if self._upserts:
+                self._upserts.popleft()
+            else:
+                merge_attributes(self.search_attributes, event.search_attributes or {})
+            return
         if kind is EventType.UPDATE_COMPLETED:
             expected = self.updates.on_completed(event)
             if expected is not None:
@@ -514,6 +539,7 @@ class WorkflowInstance:
         if self._main is not None:
             raise self._diverged(event, "one workflow_started", "a second workflow_started")
         self.previous_run_ids = tuple(event.previous_run_ids or ())
+        self.search_attributes = dict(event.search_attributes or {})
         self.suggest_after = event.continue_as_new_suggested_after
         self._main = self._loop.create_task(
             self._run_code(event.input), name=f"workflow:{self.workflow_id}"
@@ -790,6 +816,15 @@ class WorkflowInstance:
                 self._markers.setdefault(change_id, False)
         self._patches[change_id] = taken
         return taken
+
+    def upsert_search_attributes(self, changes: dict[str, Any]) -> None:
+        """Change the run's search attributes now; a ``search_attributes_upserted`` records it."""
+        self._check_open()
+        if self._upserter is not None:  # the host records it its own way (or refuses)
+            self._upserter(changes)
+        else:
+            self._upserts.append(changes)
+        merge_attributes(self.search_attributes, changes)
 
     def _recorded_ahead(self) -> tuple[bool, set[str]]:
         """Whether history goes on past this event, and the patches its echoes mark."""
