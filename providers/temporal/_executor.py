@@ -59,6 +59,7 @@ from app.workflow._hooks import HOOK_NAMES, call_hook
 from app.workflow._names import FunctionTable, Registrable
 from app.workflow._types import Duration, FailureInfo, to_seconds
 from app.workflow._updates import answer_of, check_update, completed_update
+from app.workflow._visibility import WorkflowPage, WorkflowQuery, list_workflows
 
 from ._codec import data_converter, with_codec
 from ._common import (
@@ -427,9 +428,14 @@ class TemporalExecutor:
         self._check_open()
         timeout = options.timeout_seconds
         args: list[Any] = [payload]
-        if options.continue_as_new_suggested_after is not None:
+        extra = {
+            "suggest_after": options.continue_as_new_suggested_after,
+            "search_attributes": dict(options.search_attributes or {}) or None,
+            "memo": dict(options.memo or {}) or None,
+        }
+        if any(v is not None for v in extra.values()):
             # a second argument only then, so other histories stay as they were
-            args.append({"suggest_after": options.continue_as_new_suggested_after})
+            args.append({k: v for k, v in extra.items() if v is not None})
         try:
             handle = await self.client.start_workflow(
                 name,
@@ -531,6 +537,16 @@ class TemporalExecutor:
         if err.status is RPCStatusCode.NOT_FOUND:
             return WorkflowNotFoundError(workflow_id, f"cannot {action}: it is not running")
         return _rpc_error(err, self.address, f"{action} {workflow_id!r}")
+
+    async def list(self, query: WorkflowQuery | None = None) -> WorkflowPage:
+        """Workflow headers matching ``query``, newest start first.
+
+        Read through :attr:`store`: every workflow's history is fetched from
+        Temporal and scanned (Temporal's own visibility needs search attributes
+        registered on the namespace; this needs nothing).
+        """
+        await self.start()
+        return await list_workflows(self.store, WorkflowQuery() if query is None else query)
 
     async def query(self, workflow_id: str, query_type: str) -> Any:
         """``"status"``, ``"result"``, or a handler the workflow registered (a Temporal query)."""

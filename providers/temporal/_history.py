@@ -237,6 +237,8 @@ class _HistoryMapper:
                 input=self.input,
                 previous_run_ids=extra.get("previous_run_ids"),
                 continue_as_new_suggested_after=extra.get("suggest_after"),
+                search_attributes=extra.get("search_attributes"),
+                memo=extra.get("memo"),
                 **parent,
             )
         ]

@@ -168,6 +168,15 @@ class _Settings:
 _Input = Callable[[], HistoryEvent | None]
 
 
+def _no_upserts(changes: dict[str, Any]) -> None:
+    raise WorkflowError(
+        "ctx.upsert_search_attributes is not supported on the Temporal provider (Temporal "
+        "needs each search attribute registered on its namespace first); set the "
+        "attributes at start with WorkflowOptions(search_attributes=...), or run this "
+        "workflow on the embedded or streaming runtime"
+    )
+
+
 def _temporal_patcher() -> Callable[[str, bool], bool]:
     """``ctx.patched`` / ``ctx.deprecate_patch`` as Temporal's own (it records the marker).
 
@@ -197,6 +206,7 @@ class _Driver:
     def __init__(self) -> None:
         self.settings: _Settings | None = None  # set by _SettingsInterceptor before the run
         self._instance: WorkflowInstance | None = None
+        self._memo: dict[str, Any] | None = None  # carried to a run continued as new
         self._children: ChildRunner | None = None
         self._inbox: deque[_Input] = deque()
         self._next_id = 0
@@ -268,6 +278,7 @@ class _Driver:
         extra: dict[str, Any] = {}
         if len(args) > 1:
             extra = converter.from_payload(args[1].payload) or {}
+        self._memo = extra.get("memo")
         instance = WorkflowInstance(
             workflow_id=info.workflow_id,
             run_id=info.run_id,
@@ -275,6 +286,7 @@ class _Driver:
             fn=fn,
             activity_namer=settings.activities.name_of,
             patcher=_temporal_patcher(),
+            upserter=_no_upserts,
         )
         self._instance = instance
         self._children = ChildRunner(
@@ -289,6 +301,8 @@ class _Driver:
                 input=payload,
                 previous_run_ids=extra.get("previous_run_ids"),
                 continue_as_new_suggested_after=extra.get("suggest_after"),
+                search_attributes=extra.get("search_attributes"),
+                memo=extra.get("memo"),
                 parent_workflow_id=parent.workflow_id if parent is not None else None,
                 parent_run_id=parent.run_id if parent is not None else None,
             )
@@ -313,6 +327,8 @@ class _Driver:
                 "previous_run_ids": [*instance.previous_run_ids, info.run_id],
                 "suggest_after": instance.suggest_after,
                 "carried": carried,
+                "search_attributes": instance.search_attributes or None,
+                "memo": self._memo,
             }
             t_workflow.continue_as_new(args=[outcome.result, extra])
         if outcome.status is WorkflowStatus.COMPLETED:

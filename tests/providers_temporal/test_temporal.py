@@ -27,6 +27,7 @@ from app.workflow import (
     WorkflowContext,
     WorkflowFilter,
     WorkflowOptions,
+    WorkflowQuery,
     WorkflowStatus,
     activity,
     list_providers,
@@ -406,3 +407,33 @@ async def test_a_child_whose_id_is_running_fails_to_start(temporal_client: Clien
     ]
     failure = parent.history[2].failure
     assert failure is not None and failure.type.endswith("WorkflowAlreadyRunningError")
+
+
+async def tagged(ctx: WorkflowContext, n: int) -> Any:
+    if n < 0:
+        ctx.upsert_search_attributes({"stage": "x"})
+    if n > 0:
+        ctx.continue_as_new(n - 1)
+    return ctx.search_attributes()
+
+
+async def test_start_attributes_and_memo_are_recorded_and_listed(
+    temporal_client: Client,
+) -> None:
+    async with TemporalExecutor(temporal_client, task_queue=QUEUE, workflows=[tagged]) as ex:
+        options = WorkflowOptions(
+            id="tagged", input=1, search_attributes={"customer": "c1"}, memo={"note": "n"}
+        )
+        handle = await ex.execute(tagged, options)
+        # carried to the run it continued as
+        assert await handle.result(timeout=WAIT) == {"customer": "c1"}
+        await ex.execute(tagged, WorkflowOptions(id="other", input=0))
+        page = await ex.list(WorkflowQuery(search_attributes={"customer": "c1"}))
+        (found,) = page.items
+        assert (found.workflow_id, found.memo) == ("tagged", {"note": "n"})
+        assert found.status is WorkflowStatus.COMPLETED
+        refused = await ex.execute(tagged, WorkflowOptions(id="upsert", input=-1))
+        with pytest.raises(
+            Exception, match="upsert_search_attributes is not supported on the Temporal"
+        ):
+            await refused.result(timeout=WAIT)
