@@ -20,7 +20,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from app._render import render_history, render_state, render_waiting, render_workflow_list
+from app._render import render_history, render_state, render_waiting
 from app.workflow import (
     CodecChain,
     CompressionCodec,
@@ -125,6 +125,20 @@ def _json_arg(text: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise argparse.ArgumentTypeError(f"not valid JSON ({exc}): {text!r}") from None
+
+
+def attribute_arg(text: str) -> tuple[str, Any]:
+    """``NAME=VALUE``: a JSON number or boolean stays typed, anything else is text."""
+    name, sep, raw = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    try:
+        value = json.loads(raw)  # 42, 1.5, true: typed; anything else is text
+    except ValueError:
+        value = raw
+    if not isinstance(value, str | int | float | bool):
+        value = raw
+    return name, value
 
 
 # -- settings -------------------------------------------------------------------
@@ -376,6 +390,15 @@ def add_start(subparsers: SubParsers) -> None:
     parser.add_argument("--input", type=_json_arg, metavar="JSON", help="input as JSON")
     parser.add_argument("--timeout", type=float, metavar="SECONDS", help="workflow timeout")
     parser.add_argument("--wait", action="store_true", help="wait for the result and print it")
+    parser.add_argument(
+        "--attr",
+        action="append",
+        type=attribute_arg,
+        default=[],
+        metavar="NAME=VALUE",
+        help="a search attribute (repeatable)",
+    )
+    parser.add_argument("--memo", type=_json_arg, metavar="JSON", help="memo, a JSON object")
     add_broker_options(parser)
     parser.set_defaults(handler=_start)
 
@@ -438,7 +461,13 @@ async def _start(args: argparse.Namespace) -> int:
     async with _client(args) as ex:
         handle = await ex.execute(
             args.workflow_type,
-            WorkflowOptions(id=args.id, input=args.input, timeout=args.timeout),
+            WorkflowOptions(
+                id=args.id,
+                input=args.input,
+                timeout=args.timeout,
+                search_attributes=dict(args.attr),
+                memo=args.memo,
+            ),
         )
         print(json.dumps({"workflow_id": handle.id, "run_id": handle.run_id}))
         if args.wait:
@@ -492,23 +521,6 @@ async def show_from_broker(args: argparse.Namespace) -> int:
         print(render_waiting(waiting, time.time()))
     print(f"\nHistory ({len(state.history)} events)")
     print(render_history(state.history))
-    note_undecoded(args, reader)
-    return 0
-
-
-async def list_from_broker(args: argparse.Namespace) -> int:
-    """Every workflow's latest header, read from the ``workflows`` table's changelog."""
-    reader = payload_reader(args)
-    states = [await reader.decode_state(s) for s in await read_headers(settings_from(args))]
-    if args.status:
-        states = [s for s in states if s.status.value == args.status]
-    states.sort(key=lambda s: s.created_at, reverse=True)
-    if args.limit:
-        states = states[: args.limit]
-    if not states:
-        print("No workflows on the broker.")
-        return 0
-    print(render_workflow_list(states))
     note_undecoded(args, reader)
     return 0
 

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from app.workflow import EventType, HistoryEvent, WorkflowState
+from app.workflow import EventType, HistoryEvent, WorkflowState, WorkflowSummary
 
 __all__ = [
     "DETAIL_WIDTH",
@@ -15,8 +15,8 @@ __all__ = [
     "format_value",
     "render_history",
     "render_state",
+    "render_summaries",
     "render_waiting",
-    "render_workflow_list",
     "truncate",
 ]
 
@@ -168,20 +168,25 @@ def render_state(state: WorkflowState) -> str:
     return "\n".join(f"{label.ljust(width)}  {value}" for label, value in fields)
 
 
-def render_workflow_list(states: Sequence[WorkflowState]) -> str:
-    """One aligned row per workflow: id, type, status, run, created, updated, events."""
-    headers = ("WORKFLOW ID", "TYPE", "STATUS", "RUN ID", "CREATED", "UPDATED", "EVENTS")
+def render_summaries(items: Sequence[WorkflowSummary]) -> str:
+    """One aligned row per workflow header: id, type, status, run, times, events, attributes."""
+    headers = ("WORKFLOW ID", "TYPE", "STATUS", "RUN ID", "STARTED", "CLOSED", "EVENTS", "SEARCH")
     rows = [
         (
-            state.workflow_id,
-            state.workflow_type or "-",
-            state.status.value,
-            state.run_id[:12],
-            _date_time(state.created_at),
-            _date_time(state.updated_at),
-            str(len(state.history)),
+            s.workflow_id,
+            s.workflow_type or "-",
+            s.status.value,
+            s.run_id[:12],
+            _date_time(s.started_at),
+            _date_time(s.closed_at) if s.closed_at is not None else "-",
+            str(s.history_length),
+            truncate(
+                " ".join(f"{k}={json.dumps(v)}" for k, v in sorted(s.search_attributes.items())),
+                DETAIL_WIDTH,
+            )
+            or "-",
         )
-        for state in states
+        for s in items
     ]
     return format_table(headers, rows, right=(6,))
 

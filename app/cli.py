@@ -2,7 +2,7 @@
 
 ``list``, ``show`` and ``replay`` read SQLite, or a broker with ``--broker``;
 the broker-facing commands live in :mod:`app._cli_streaming`, ``replay`` in
-:mod:`app._cli_replay`. Each command is a
+:mod:`app._cli_replay`, ``list`` and ``visibility`` in :mod:`app._cli_visibility`. Each command is a
 registrar function that adds a subparser and sets its ``handler``: an
 ``async`` function taking the parsed arguments and returning the exit code.
 Add a command by writing both and listing the registrar in :data:`COMMANDS`.
@@ -16,12 +16,14 @@ import os
 import sqlite3
 import sys
 from collections.abc import Callable, Coroutine
+from functools import partial
 from typing import Any
 
 from app import _cli_streaming as streaming
 from app._cli_replay import add_replay
-from app._render import render_history, render_state, render_workflow_list
-from app.workflow import WorkflowError, WorkflowFilter, WorkflowStatus
+from app._cli_visibility import add_list, add_visibility
+from app._render import render_history, render_state
+from app.workflow import WorkflowError
 from providers.sqlite import DEFAULT_PATH, ENV_PATH, SQLiteStore
 
 __all__ = ["COMMANDS", "build_parser", "main"]
@@ -80,50 +82,6 @@ async def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-# -- list -----------------------------------------------------------------------
-def _add_list(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = subparsers.add_parser(
-        "list",
-        help="list stored workflows, newest first",
-        description="List stored workflows, newest first.",
-    )
-    _add_db_option(parser)
-    parser.add_argument(
-        "--status",
-        choices=[status.value for status in WorkflowStatus],
-        help="only workflows with this status",
-    )
-    parser.add_argument(
-        "--limit",
-        type=_non_negative_int,
-        default=DEFAULT_LIMIT,
-        metavar="N",
-        help=f"show at most N workflows (default: {DEFAULT_LIMIT}; 0: all)",
-    )
-    streaming.add_broker_options(parser)
-    streaming.add_key_option(parser)
-    parser.set_defaults(handler=_list)
-
-
-async def _list(args: argparse.Namespace) -> int:
-    if streaming.broker_given(args):
-        return await streaming.list_from_broker(args)
-    store, path = _existing_store(args.db)
-    states = []
-    reader = streaming.payload_reader(args)
-    if store is not None:
-        async with store:
-            states = await store.list(WorkflowFilter(status=args.status, limit=args.limit))
-    states = [await reader.decode_state(s) for s in states]
-    if not states:
-        which = f"{args.status} workflows" if args.status else "workflows"
-        print(f"No {which} in {path}.")
-        return 0
-    print(render_workflow_list(states))
-    streaming.note_undecoded(args, reader)
-    return 0
-
-
 # -- show -----------------------------------------------------------------------
 def _add_show(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
@@ -162,8 +120,9 @@ async def _show(args: argparse.Namespace) -> int:
 # -- entry point ----------------------------------------------------------------
 COMMANDS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None], ...] = (
     _add_demo,
-    _add_list,
+    partial(add_list, add_db_option=_add_db_option),
     _add_show,
+    add_visibility,
     add_replay,
     *streaming.COMMANDS,
 )

@@ -114,15 +114,16 @@ def test_list_shows_the_demo_as_completed(demo: DemoRun) -> None:
         "TYPE",
         "STATUS",
         "RUN ID",
-        "CREATED",
-        "UPDATED",
+        "STARTED",
+        "CLOSED",
         "EVENTS",
+        "SEARCH",
     ]
     assert set(rule.replace(" ", "")) == {"-"}
     [row] = rows
     cells = row.split()
     assert cells[:3] == [demo.workflow_id, "order_workflow", "completed"]
-    assert cells[-1] == str(len(EXPECTED_HISTORY))
+    assert cells[-2:] == [str(len(EXPECTED_HISTORY)), "-"]
 
     completed = run_cli(
         "list", "--db", str(demo.db), "--status", "completed", cwd=demo.cwd, env_db=demo.env_db
@@ -221,3 +222,47 @@ def test_show_lists_the_continue_as_new_chain(tmp_path: Path) -> None:
         "signal_received",
         "workflow_completed",
     ]
+
+
+async def _tagged_workflows(db: Path) -> None:
+    from app.workflow import DefaultExecutor, WorkflowOptions
+    from tests.conformance import workflows as wf
+
+    async with DefaultExecutor(SQLiteStore(db), workflows=[wf.double], close_store=True) as ex:
+        for i in range(5):
+            options = WorkflowOptions(
+                id=f"t{i}", input=i, search_attributes={"tier": "gold" if i % 2 else "free", "n": i}
+            )
+            await ex.execute(wf.sequential, options)
+        for i in range(5):
+            await ex.get_handle(f"t{i}").result(timeout=TIMEOUT)
+
+
+def test_list_filters_by_attribute_and_type_and_pages(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "tagged.db"
+    asyncio.run(_tagged_workflows(db))
+    capsys.readouterr()
+
+    def ids(*args: str) -> tuple[list[str], str]:
+        assert main(["list", "--db", str(db), *args]) == 0
+        out = capsys.readouterr().out
+        rows = [line.split()[0] for line in out.split("\n\n")[0].splitlines()[2:]]
+        return rows, out
+
+    assert ids("--attr", "tier=gold")[0] == ["t3", "t1"]
+    assert ids("--attr", "tier=gold", "--attr", "n=3")[0] == ["t3"]
+    assert ids("--attr", "n=3.0")[0] == []  # 3.0 is a float: not the int 3
+    assert ids("--type", "sequential", "--status", "completed")[0] == ["t4", "t3", "t2", "t1", "t0"]
+    first, out = ids("--limit", "2")
+    assert first == ["t4", "t3"]
+    cursor = re.search(r"^More: --cursor (\S+)$", out, re.M)
+    assert cursor, out
+    assert ids("--cursor", cursor.group(1))[0] == ["t2", "t1", "t0"]
+    _, out = ids("--attr", "tier=gold")
+    assert 'n=3 tier="gold"' in out
+    assert ids("--attr", "tier=none")[1] == f"No workflows in {db}.\n"
+    with pytest.raises(SystemExit):
+        main(["list", "--db", str(db), "--attr", "novalue"])
+    assert "expected NAME=VALUE" in capsys.readouterr().err

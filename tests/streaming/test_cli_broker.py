@@ -206,6 +206,23 @@ def test_start_signal_query_show_list(deployment: Deployment) -> None:
     assert "cli-x" not in only_running
 
 
+def test_visibility_index_and_list_by_attribute(deployment: Deployment, tmp_path: Path) -> None:
+    for wid, tier in (("cli-a1", "gold"), ("cli-a2", "free"), ("cli-a3", "gold")):
+        args = ("start", "chain", "--id", wid, "--input", "1", "--attr", f"tier={tier}")
+        ok(deployment.app(*args, "--memo", '{"by": "cli"}', "--wait"))
+    index = str(tmp_path / "index.db")
+    caught = ok(deployment.app("visibility", "--index", index, "--once"))
+    assert re.search(rf"^Index {re.escape(index)}: [1-9][0-9]* events applied; workflows: ", caught)
+    listed = ok(deployment.app("list", "--index", index, "--attr", "tier=gold"))
+    rows = [line.split() for line in listed.splitlines()[2:] if line.strip()]
+    assert [r[0] for r in rows] == ["cli-a3", "cli-a1"]
+    assert all(r[1:3] == ["chain", "completed"] and r[-1] == 'tier="gold"' for r in rows)
+    # without --index: built in memory from the topic
+    assert "cli-a2" in ok(deployment.app("list", "--attr", "tier=free"))
+    again = ok(deployment.app("visibility", "--index", index, "--once"))
+    assert re.search(r": 0 events applied;", again), again
+
+
 def test_cancel_a_running_workflow(deployment: Deployment) -> None:
     ok(deployment.app("start", "signalled", "--id", "cli-z", "--input", "0"))
     assert "cancel recorded for 'cli-z'" in ok(deployment.app("cancel", "cli-z"))
