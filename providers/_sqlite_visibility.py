@@ -36,10 +36,11 @@ CREATE TABLE IF NOT EXISTS search_attributes (
     name        TEXT NOT NULL,
     kind        TEXT NOT NULL,
     value       NOT NULL,
+    created_key INTEGER NOT NULL,
     PRIMARY KEY (workflow_id, name)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS search_attributes_by_value
-    ON search_attributes (name, kind, value, workflow_id);
+    ON search_attributes (name, kind, value, created_key, workflow_id);
 CREATE INDEX IF NOT EXISTS workflows_by_type ON workflows (workflow_type, created_key);
 """
 """The attribute table and indexes (after ``workflows`` exists)."""
@@ -83,9 +84,15 @@ def set_attributes(
 ) -> None:
     """Make the stored search attributes of ``workflow_id`` exactly ``attributes``."""
     connection.execute("DELETE FROM search_attributes WHERE workflow_id = ?", (workflow_id,))
+    # each row carries its workflow's start time: a query by attribute reads its index
+    # newest first and stops after a page, however many workflows have the value
     connection.executemany(
-        "INSERT INTO search_attributes (workflow_id, name, kind, value) VALUES (?, ?, ?, ?)",
-        [(workflow_id, name, _kind(value), value) for name, value in attributes.items()],
+        "INSERT INTO search_attributes (workflow_id, name, kind, value, created_key) "
+        "SELECT ?, ?, ?, ?, created_key FROM workflows WHERE workflow_id = ?",
+        [
+            (workflow_id, name, _kind(value), value, workflow_id)
+            for name, value in attributes.items()
+        ],
     )
     connection.execute(
         "UPDATE workflows SET attributes = ? WHERE workflow_id = ?",
@@ -134,39 +141,52 @@ def _summary(row: tuple[Any, ...]) -> WorkflowSummary:
 
 
 def page(connection: sqlite3.Connection, query: WorkflowQuery) -> WorkflowPage:
-    """The page of ``query``: one indexed statement, at most ``page_size + 1`` rows read out."""
+    """The page of ``query``: one indexed statement, at most ``page_size + 1`` rows read out.
+
+    With a search attribute, the attribute's index (in start order) drives the
+    scan and the header is joined by key; without, the header table's own.
+    """
     where: list[str] = []
     params: list[Any] = []
+    attributes = [(name, _kind(value), value) for name, value in query.search_attributes.items()]
+    source = "workflows w"
+    key, wid_column = "w.created_key", "w.workflow_id"
+    if attributes:
+        first = attributes.pop(0)
+        source = "search_attributes a JOIN workflows w ON w.workflow_id = a.workflow_id"
+        key, wid_column = "a.created_key", "a.workflow_id"
+        where.append("a.name = ? AND a.kind = ? AND a.value = ?")
+        params += first
+    for attribute in attributes:
+        where.append(
+            "EXISTS (SELECT 1 FROM search_attributes b WHERE b.workflow_id = w.workflow_id "
+            "AND b.name = ? AND b.kind = ? AND b.value = ?)"
+        )
+        params += attribute
     if query.workflow_type is not None:
-        where.append("workflow_type = ?")
+        where.append("w.workflow_type = ?")
         params.append(query.workflow_type)
     if query.status is not None:
-        where.append("status = ?")
+        where.append("w.status = ?")
         params.append(WorkflowStatus(query.status).value)
     for column, bound, op in (
-        ("created_key", query.started_after, ">="),
-        ("created_key", query.started_before, "<"),
-        ("closed_key", query.closed_after, ">="),
-        ("closed_key", query.closed_before, "<"),
+        (key, query.started_after, ">="),
+        (key, query.started_before, "<"),
+        ("w.closed_key", query.closed_after, ">="),
+        ("w.closed_key", query.closed_before, "<"),
     ):
         if bound is not None:
             where.append(f"{column} {op} ?")
             params.append(time_key(bound))
-    for name, value in query.search_attributes.items():
-        assert value is not None
-        where.append(
-            "workflow_id IN (SELECT workflow_id FROM search_attributes "
-            "WHERE name = ? AND kind = ? AND value = ?)"
-        )
-        params += [name, _kind(value), value]
     if query.cursor is not None:
-        key, wid = decode_cursor(query.cursor)
-        where.append("(created_key < ? OR (created_key = ? AND workflow_id < ?))")
-        params += [key, key, wid]
-    sql = f"SELECT {COLUMNS} FROM workflows"
+        at, wid = decode_cursor(query.cursor)
+        where.append(f"({key} < ? OR ({key} = ? AND {wid_column} < ?))")
+        params += [at, at, wid]
+    columns = ", ".join(f"w.{c.strip()}" for c in COLUMNS.split(","))
+    sql = f"SELECT {columns} FROM {source}"
     if where:
         sql += " WHERE " + " AND ".join(where)
-    sql += " ORDER BY created_key DESC, workflow_id DESC LIMIT ?"
+    sql += f" ORDER BY {key} DESC, {wid_column} DESC LIMIT ?"
     rows = connection.execute(sql, [*params, query.page_size + 1]).fetchall()
     items = [_summary(row) for row in rows[: query.page_size]]
     more = len(rows) > query.page_size
