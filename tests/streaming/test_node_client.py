@@ -29,7 +29,7 @@ from app.streaming._messages import decode_history, partition_for
 from app.streaming._wire import SCHEMA_NAMES, codec
 from app.streaming.admin import ensure_topics
 from app.streaming.settings import test_settings
-from app.workflow import WorkflowStatus
+from app.workflow import WorkflowQuery, WorkflowStatus
 from tests.streaming.harness import OWNED, REPO, WorkerProcess
 from tests.streaming.test_fingerprints import read_vectors
 
@@ -209,6 +209,12 @@ async def test_node_client_starts_signals_and_follows_a_workflow(
             "go=7",
             "--signal",
             "go=8",
+            "--attr",
+            'customer="acme"',
+            "--attr",
+            "priority=2",
+            "--memo",
+            '{"from": "node"}',
             "--timeout",
             str(NODE_TIMEOUT),
         )
@@ -234,6 +240,9 @@ async def test_node_client_starts_signals_and_follows_a_workflow(
         assert seen["result"] == [13, 7, 8]
         node_events = seen["history"]
         assert node_events[0]["type"] == "workflow_started"
+        # the start's search attributes and memo, recorded by the worker, read back by Node
+        assert node_events[0]["search_attributes"] == {"customer": "acme", "priority": 2}
+        assert node_events[0]["memo"] == {"from": "node"}
         assert node_events[-1]["type"] == "workflow_completed"
         signals = [e for e in node_events if e["type"] == "signal_received"]
         assert [(e["signal_name"], e["payload"], e["sender_id"]) for e in signals] == [
@@ -265,6 +274,8 @@ async def test_node_client_starts_signals_and_follows_a_workflow(
                 "step": event.step,
                 "attempt": event.attempt,
                 "sender_id": event.sender_id,
+                "search_attributes": event.search_attributes,
+                "memo": event.memo,
                 "type_header": event.type.value,
                 "partition": owner,
                 "offset": theirs["offset"],
@@ -273,6 +284,9 @@ async def test_node_client_starts_signals_and_follows_a_workflow(
         # and what the engine's own client says about the run
         async with KafkaExecutor(settings=settings) as ex:
             state = await ex.describe(workflow_id)
+            found = await ex.list(WorkflowQuery(search_attributes={"customer": "acme"}))
+        assert [s.workflow_id for s in found.items] == [workflow_id]
+        assert found.items[0].memo == {"from": "node"}
         assert state.status is WorkflowStatus.COMPLETED
         assert state.run_id == reply["run_id"]
         assert [(e.id, e.type.value) for e in state.history] == [

@@ -9,9 +9,10 @@
  *
  *   node client.js --broker localhost:9092 --workflow-id order-1 \
  *       --type order_workflow --input '{"order_id": "order-1"}' \
- *       --signal 'approval={"approved_by": "bob"}'
+ *       --signal 'approval={"approved_by": "bob"}' --attr 'customer="acme"'
  *
- * Options: --app-id (default streamflow), --generation (default 1),
+ * Options: --attr NAME=JSON (a search attribute of the start, repeatable),
+ * --memo JSON (its memo), --app-id (default streamflow), --generation (default 1),
  * --schemas (default: the repository's schemas/), --timeout (seconds for
  * the whole run, default 60). Exits 0 once it saw a terminal event, 1 with
  * the reason on stderr otherwise.
@@ -115,6 +116,9 @@ function commandRecord(kind, workflowId, name, payload, extra = {}) {
     sender_id: extra.senderId ?? null,
     reply_to: extra.replyTo ?? null,
     timeout_seconds: extra.timeoutSeconds ?? null,
+    // start, schema version 3: JSON objects as text
+    search_attributes: extra.searchAttributes ? JSON.stringify(extra.searchAttributes) : null,
+    memo: extra.memo ? JSON.stringify(extra.memo) : null,
     run_id: null,
     step: null,
     attempt: null,
@@ -140,6 +144,8 @@ function historyView(event, message, partition) {
     step: event.step,
     attempt: event.attempt,
     sender_id: event.sender_id,
+    search_attributes: event.search_attributes ? JSON.parse(event.search_attributes) : null,
+    memo: event.memo ? JSON.parse(event.memo) : null,
     // the `type` header repeats the event type (readers skip events unread by it)
     type_header: message.headers && message.headers.type ? message.headers.type.toString() : null,
     partition,
@@ -206,6 +212,8 @@ async function run(options) {
 
   const startCommand = commandRecord('start', options.workflowId, options.type, options.input, {
     replyTo: clientId,
+    searchAttributes: Object.keys(options.attributes).length ? options.attributes : null,
+    memo: options.memo,
   });
   const reply = waiter('the reply to the start command', deadline);
   const ended = waiter(`the terminal event of ${options.workflowId}`, deadline);
@@ -311,6 +319,8 @@ function parseOptions(argv) {
       type: { type: 'string' },
       input: { type: 'string' },
       signal: { type: 'string', multiple: true, default: [] },
+      attr: { type: 'string', multiple: true, default: [] },
+      memo: { type: 'string' },
       timeout: { type: 'string', default: '60' },
     },
   });
@@ -322,6 +332,12 @@ function parseOptions(argv) {
     if (at <= 0) throw new Error(`--signal wants NAME=JSON, got ${JSON.stringify(text)}`);
     return [text.slice(0, at), JSON.parse(text.slice(at + 1))];
   });
+  const attributes = {};
+  for (const text of values.attr) {
+    const at = text.indexOf('=');
+    if (at <= 0) throw new Error(`--attr wants NAME=JSON, got ${JSON.stringify(text)}`);
+    attributes[text.slice(0, at)] = JSON.parse(text.slice(at + 1));
+  }
   return {
     broker: values.broker,
     appId: values['app-id'],
@@ -331,6 +347,8 @@ function parseOptions(argv) {
     type: values.type,
     input: values.input === undefined ? undefined : JSON.parse(values.input),
     signals,
+    attributes,
+    memo: values.memo === undefined ? null : JSON.parse(values.memo),
     timeout: Number(values.timeout),
   };
 }
