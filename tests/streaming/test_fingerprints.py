@@ -55,8 +55,8 @@ DEADLINE = 30.0
 # Java's SchemaNormalization, fastavro and avsc compute it. A schema change moves
 # these: keep the old version in schemas/previous/ first, then update the table.
 CURRENT = {
-    "command": "a966729d92a14a36",
-    "history_event": "ac816a35b9457a53",
+    "command": "2d82658cc7a29c94",
+    "history_event": "146735800c274acf",
     "activity_task": "44ca8cc5e7088bf2",
     "reply": "b0c3bf58c4206980",
     "dead_letter": "4bcf9ce17d5a3d95",
@@ -74,19 +74,23 @@ LEGACY = {
 }
 # (fingerprint, 0.1.0 alias) of each version kept in schemas/previous/.
 KEPT = {
-    "command": [("2cf37faf1242693b", "8bff0fd3f9ca9c9c")],
+    "command": [
+        ("2cf37faf1242693b", "8bff0fd3f9ca9c9c"),
+        ("a966729d92a14a36", "5b98d1bf53a36cf3"),
+    ],
     "history_event": [
         ("0a4013083edbcb9a", "f81f2b5ee2460bc1"),
         ("9e04b456723fcb9b", "adf20ef5649c1dc3"),
+        ("ac816a35b9457a53", "ee920bf46828cd9d"),
     ],
     "activity_task": [("ba4aad980d4bb6fc", "30ee3f5ea70be197")],
 }
 # The 0.1.0-style fingerprint of each current schema, where it differs from LEGACY
 # (the schema changed after 0.1.0; LEGACY is then the alias of its kept version 1).
 LEGACY_OF_CURRENT = LEGACY | {
-    "command": "5b98d1bf53a36cf3",
+    "command": "a3ca529264ac9bf8",
     "activity_task": "27943ffc10b0db1a",
-    "history_event": "ee920bf46828cd9d",
+    "history_event": "fcca3cf94c35aac0",
 }
 
 
