@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from app.workflow import EventType, HistoryEvent, WorkflowState, WorkflowSummary
+from app.workflow._visibility import summarize
 
 __all__ = [
     "DETAIL_WIDTH",
@@ -95,6 +96,8 @@ def _detail(event: HistoryEvent) -> str:
         return "" if event.duration is None else f"after {_seconds(event.duration)}"
     if kind is EventType.MARKER_RECORDED:
         return "patched: the run takes the new branch"
+    if kind is EventType.SEARCH_ATTRIBUTES_UPSERTED:
+        return _attributes(event.search_attributes or {})
     if kind is EventType.UPDATE_ACCEPTED:
         return format_value(event.signal_payload)
     if kind is EventType.UPDATE_COMPLETED and event.error is None:
@@ -160,12 +163,23 @@ def render_state(state: WorkflowState) -> str:
         ("Updated", _date_time(state.updated_at)),
         ("Input", truncate(format_value(state.input), _HEADER_VALUE_WIDTH)),
     ]
+    summary = summarize(state)
+    if summary.search_attributes:
+        fields.append(
+            ("Search", truncate(_attributes(summary.search_attributes), _HEADER_VALUE_WIDTH))
+        )
+    if summary.memo:
+        fields.append(("Memo", truncate(format_value(summary.memo), _HEADER_VALUE_WIDTH)))
     if state.result is not None:
         fields.append(("Result", truncate(format_value(state.result), _HEADER_VALUE_WIDTH)))
     if state.error is not None:
         fields.append(("Error", truncate(_one_line(state.error), _HEADER_VALUE_WIDTH)))
     width = max(len(label) for label, _ in fields)
     return "\n".join(f"{label.ljust(width)}  {value}" for label, value in fields)
+
+
+def _attributes(attributes: dict[str, Any]) -> str:
+    return " ".join(f"{k}={json.dumps(v)}" for k, v in sorted(attributes.items()))
 
 
 def render_summaries(items: Sequence[WorkflowSummary]) -> str:
@@ -180,11 +194,7 @@ def render_summaries(items: Sequence[WorkflowSummary]) -> str:
             _date_time(s.started_at),
             _date_time(s.closed_at) if s.closed_at is not None else "-",
             str(s.history_length),
-            truncate(
-                " ".join(f"{k}={json.dumps(v)}" for k, v in sorted(s.search_attributes.items())),
-                DETAIL_WIDTH,
-            )
-            or "-",
+            truncate(_attributes(s.search_attributes), DETAIL_WIDTH) or "-",
         )
         for s in items
     ]

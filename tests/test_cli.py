@@ -263,6 +263,8 @@ def test_list_filters_by_attribute_and_type_and_pages(
     _, out = ids("--attr", "tier=gold")
     assert 'n=3 tier="gold"' in out
     assert ids("--attr", "tier=none")[1] == f"No workflows in {db}.\n"
+    assert main(["show", "t3", "--db", str(db)]) == 0
+    assert re.search(r'^Search\s+n=3 tier="gold"$', capsys.readouterr().out, re.M)
     with pytest.raises(SystemExit):
         main(["list", "--db", str(db), "--attr", "novalue"])
     assert "expected NAME=VALUE" in capsys.readouterr().err
