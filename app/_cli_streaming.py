@@ -451,6 +451,18 @@ def add_cancel(subparsers: SubParsers) -> None:
     parser.set_defaults(handler=_cancel)
 
 
+def add_terminate(subparsers: SubParsers) -> None:
+    parser = subparsers.add_parser(
+        "terminate",
+        help="end a running workflow at once, without cleanup",
+        description="Terminate a running workflow: none of its code runs again.",
+    )
+    parser.add_argument("workflow_id", metavar="WORKFLOW_ID")
+    parser.add_argument("--reason", default="", help="recorded with the run's end")
+    add_broker_options(parser)
+    parser.set_defaults(handler=_terminate)
+
+
 def _client(args: argparse.Namespace) -> Any:
     from app.streaming import KafkaExecutor
 
@@ -507,6 +519,13 @@ async def _cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _terminate(args: argparse.Namespace) -> int:
+    async with _client(args) as ex:
+        await ex.terminate(args.workflow_id, args.reason)
+    print(f"terminate recorded for {args.workflow_id!r}")
+    return 0
+
+
 async def show_from_broker(args: argparse.Namespace) -> int:
     from app.streaming._codec import WireCodec
 
@@ -555,5 +574,6 @@ COMMANDS = (
     add_query,
     add_update,
     add_cancel,
+    add_terminate,
     add_settings,
 )

@@ -34,6 +34,7 @@ from app.workflow._converter import (
     signature_of,
     to_payload,
 )
+from app.workflow._core import check_reason, terminated_failure
 from app.workflow._errors import (
     InvalidArgumentError,
     QueryNotFoundError,
@@ -555,6 +556,12 @@ class KafkaExecutor:
         """Ask the workflow to stop: ``CancelledError`` is raised at its current await."""
         reply = await self._request(self._command(CommandKind.CANCEL, workflow_id))
         self._raise_for(workflow_id, reply)
+
+    async def terminate(self, workflow_id: str, reason: str = "") -> None:
+        """End the run at once, without cleanup (see ``DefaultExecutor.terminate``)."""
+        failure = terminated_failure(check_reason(reason, "terminate"))
+        cmd = self._command(CommandKind.CANCEL, workflow_id, failure=failure)
+        self._raise_for(workflow_id, await self._request(cmd))
 
     async def update(
         self, workflow_id: str, name: str, arg: Any = None, update_id: str | None = None

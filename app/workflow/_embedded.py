@@ -38,6 +38,8 @@ from ._core import (
     PendingTimer,
     UpdateState,
     WorkflowInstance,
+    check_reason,
+    terminated_failure,
 )
 from ._embedded_children import EmbeddedChildren
 from ._embedded_work import EmbeddedWork
@@ -493,6 +495,23 @@ class DefaultExecutor:
             run, lambda r: self._event(r, EventType.CANCEL_REQUESTED), raise_errors=True
         ):
             run = self._successor(run, "it ended before the cancel was recorded")
+
+    async def terminate(self, workflow_id: str, reason: str = "") -> None:
+        """End the run at once: none of its code runs again, no cleanup.
+
+        Recorded as a ``cancel_requested`` and a ``workflow_canceled`` whose
+        failure has type ``Terminated`` and ``reason`` as its message; its
+        children follow their parent-close policy.
+        """
+        failure = terminated_failure(check_reason(reason, "terminate"))
+        await self.start()
+        run = self._running(workflow_id, "terminate")
+        while not await self._input(
+            run,
+            lambda r: self._event(r, EventType.CANCEL_REQUESTED, failure=failure),
+            raise_errors=True,
+        ):
+            run = self._successor(run, "it ended before the terminate was recorded")
 
     async def list(self, query: WorkflowQuery | None = None) -> WorkflowPage:
         """Workflow headers (no histories) matching ``query``, newest start first.

@@ -26,6 +26,8 @@ CHILD_MEMO = "beluga-child"
 """The memo key of a child workflow's start: ``{"step", "attempt", "parent_close_policy"}``."""
 PARENT_CLOSE_REASON = "by parent close policy"
 """Temporal's termination reason for a child its parent's close policy terminated."""
+TERMINATE_PREFIX = "engine terminate: "
+"""Starts the Temporal termination reason of ``TemporalExecutor.terminate`` (then the reason)."""
 
 _PAGE_SIZE = 1000
 _LONG_POLL = timedelta(seconds=40)  # above the server's own long-poll expiry (about 20 s)

@@ -48,6 +48,7 @@ from ._common import (
     _WORKER_STOPPED,
     CHILD_MEMO,
     PARENT_CLOSE_REASON,
+    TERMINATE_PREFIX,
 )
 
 
@@ -370,6 +371,14 @@ class _HistoryMapper:
             self.status = WorkflowStatus.CANCELED
             failure = terminated_failure(f"terminated {reason}")
             return [self._emit(event, EventType.WORKFLOW_CANCELED, failure=failure)]
+        if reason.startswith(TERMINATE_PREFIX):
+            # TemporalExecutor.terminate: as the other runtimes record a terminate
+            self.status = WorkflowStatus.CANCELED
+            failure = terminated_failure(reason[len(TERMINATE_PREFIX) :])
+            return [
+                self._emit(event, EventType.CANCEL_REQUESTED, failure=failure),
+                self._emit(event, EventType.WORKFLOW_CANCELED, failure=failure),
+            ]
         failure = FailureInfo(
             type="WorkflowTerminated",
             message=f"terminated in Temporal: {reason or 'no reason given'}",

@@ -231,6 +231,15 @@ def test_cancel_a_running_workflow(deployment: Deployment) -> None:
     assert "cancel_requested" in shown
     assert "workflow_canceled" in shown
 
+
+def test_terminate_a_running_workflow(deployment: Deployment) -> None:
+    ok(deployment.app("start", "signalled", "--id", "cli-t", "--input", "0"))
+    out = ok(deployment.app("terminate", "cli-t", "--reason", "bad deploy"))
+    assert "terminate recorded for 'cli-t'" in out
+    deployment.wait_for_status("cli-t", "canceled")
+    shown = ok(deployment.app("show", "cli-t"))
+    assert "Error     Terminated: bad deploy" in shown
+
     again = deployment.app("cancel", "cli-z")
     assert again.returncode == 1
     assert "'cli-z' not found: cannot cancel: it is not running" in again.stderr

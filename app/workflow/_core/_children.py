@@ -26,7 +26,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .._converter import decode_failure, encode_failure, from_payload, signature_of
-from .._errors import ChildWorkflowError, PayloadError, WorkflowTimeoutError
+from .._errors import ChildWorkflowError, InvalidArgumentError, PayloadError, WorkflowTimeoutError
 from .._types import (
     EventType,
     FailureInfo,
@@ -131,6 +131,15 @@ def _cause(child: PendingChild, failure: FailureInfo) -> BaseException:
     if failure.type == _TIMEOUT:  # its constructor takes more than a message
         return WorkflowTimeoutError(child.workflow_id, child.timeout or 0.0)
     return decode_failure(failure)
+
+
+def check_reason(reason: Any, what: str) -> str:
+    """A ``reason`` given to ``terminate`` (or ``pause``): a str, at most 1,000 characters."""
+    if not isinstance(reason, str) or len(reason) > 1000:
+        raise InvalidArgumentError(
+            f"{what} reason must be a str of at most 1000 characters, got {reason!r:.80}"
+        )
+    return reason
 
 
 def terminated_failure(reason: str) -> FailureInfo:
