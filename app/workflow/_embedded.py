@@ -67,7 +67,13 @@ from ._types import (
     WorkflowStatus,
 )
 from ._updates import answer_of, check_update, completed_update, update_answer
-from ._visibility import WorkflowPage, WorkflowQuery, list_workflows, started_template
+from ._visibility import (
+    WorkflowPage,
+    WorkflowQuery,
+    list_workflows,
+    refuse_pause_change,
+    started_template,
+)
 
 log = logging.getLogger("app.workflow.embedded")
 
@@ -512,6 +518,32 @@ class DefaultExecutor:
             raise_errors=True,
         ):
             run = self._successor(run, "it ended before the terminate was recorded")
+
+    async def pause(self, workflow_id: str, reason: str = "") -> None:
+        """Hold the workflow: no new activity attempt or child starts, due timers wait.
+
+        Signals, updates and results of running attempts are recorded and held
+        (queries still answer); :meth:`resume` applies them in order. Recorded
+        as ``workflow_paused`` with ``reason``. Pausing a paused workflow raises.
+        """
+        await self._pause_input(workflow_id, EventType.WORKFLOW_PAUSED, reason)
+
+    async def resume(self, workflow_id: str, reason: str = "") -> None:
+        """Undo :meth:`pause`: what was held is applied in order, then the run goes on."""
+        await self._pause_input(workflow_id, EventType.WORKFLOW_RESUMED, reason)
+
+    async def _pause_input(self, workflow_id: str, kind: EventType, reason: str) -> None:
+        action = "pause" if kind is EventType.WORKFLOW_PAUSED else "resume"
+        why = check_reason(reason, action)
+        await self.start()
+        run = self._running(workflow_id, action)
+
+        def make(r: _Run) -> HistoryEvent:
+            refuse_pause_change(r.state, kind)
+            return self._event(r, kind, reason=why)
+
+        while not await self._input(run, make, raise_errors=True):
+            run = self._successor(run, f"it ended before the {action} was recorded")
 
     async def list(self, query: WorkflowQuery | None = None) -> WorkflowPage:
         """Workflow headers (no histories) matching ``query``, newest start first.

@@ -79,6 +79,12 @@ class EventType(StrEnum):
     ``search_attributes_upserted`` records ``ctx.upsert_search_attributes``:
     its ``search_attributes`` change the workflow's (a None value removes one).
 
+    ``workflow_paused`` and ``workflow_resumed`` (each with its ``reason``)
+    bracket a pause: in between, the inputs recorded (signals, updates,
+    activity results, timers) are held, and applied in order at the resume;
+    no new activity attempt or child starts, and only the workflow timeout
+    and a terminate act at once.
+
     ``update_accepted`` records an update that passed its validator (its
     name in ``signal_name``, its argument in ``signal_payload``, its update
     id in ``change_id``); ``update_completed`` records the handler's
@@ -104,6 +110,8 @@ class EventType(StrEnum):
     CHILD_WORKFLOW_FAILED = "child_workflow_failed"
     CHILD_WORKFLOW_SIGNALED = "child_workflow_signaled"
     SEARCH_ATTRIBUTES_UPSERTED = "search_attributes_upserted"
+    WORKFLOW_PAUSED = "workflow_paused"
+    WORKFLOW_RESUMED = "workflow_resumed"
 
 
 TERMINAL_EVENTS = frozenset(
@@ -345,6 +353,7 @@ class HistoryEvent(BaseModel):
     heartbeat_details: Any = None
     search_attributes: dict[str, Any] | None = None
     memo: dict[str, Any] | None = None
+    reason: str | None = None
 
 
 @dataclass(frozen=True)

@@ -19,12 +19,12 @@ import base64
 import binascii
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
 
-from ._errors import InvalidArgumentError
+from ._errors import InvalidArgumentError, WorkflowError
 from ._types import TERMINAL_STATUS, EventType, HistoryEvent, WorkflowState, WorkflowStatus
 
 SearchValue = str | int | float | bool
@@ -96,6 +96,25 @@ def memo(value: Any, what: str) -> dict[str, Any]:
     except (TypeError, ValueError) as exc:
         raise InvalidArgumentError(f"{what} must hold JSON values only: {exc}") from None
     return dict(value)
+
+
+def paused_reason(history: Sequence[HistoryEvent]) -> str | None:
+    """The reason the run is paused for ("" if none was given), or None when it is not."""
+    for event in reversed(history):
+        if event.type is EventType.WORKFLOW_PAUSED:
+            return event.reason or ""
+        if event.type is EventType.WORKFLOW_RESUMED:
+            return None
+    return None
+
+
+def refuse_pause_change(state: WorkflowState, kind: EventType) -> None:
+    """Raise unless ``kind`` (pause or resume) changes whether the run is paused."""
+    paused = paused_reason(state.history) is not None
+    if kind is EventType.WORKFLOW_PAUSED and paused:
+        raise WorkflowError(f"workflow {state.workflow_id!r} is already paused")
+    if kind is EventType.WORKFLOW_RESUMED and not paused:
+        raise WorkflowError(f"workflow {state.workflow_id!r} is not paused")
 
 
 def started_template(options: Any, now: datetime) -> HistoryEvent | None:

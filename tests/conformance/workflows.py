@@ -493,3 +493,16 @@ workflows += [
     bad_children,
 ]
 activities += [count_run]
+
+
+async def pausable(ctx: WorkflowContext, n: int) -> list[int]:
+    """Doubles ``n`` signalled items, one activity each, then sleeps briefly."""
+    items = ctx.receive_signal("item", int)
+    done = []
+    for _ in range(n):
+        done.append(int(await ctx.execute_activity(double, await items.receive())))
+    await ctx.sleep(0.3)
+    return done
+
+
+workflows += [pausable]

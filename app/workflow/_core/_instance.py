@@ -189,6 +189,18 @@ def _describe(event: HistoryEvent) -> str:
     return what
 
 
+_RESULTS = (EventType.ACTIVITY_COMPLETED, EventType.ACTIVITY_FAILED)
+
+
+def _passes_pause(event: HistoryEvent) -> bool:
+    """Whether an input is applied even while the run is paused: its timeout, a terminate."""
+    if event.type is EventType.TIMER_FIRED:
+        return event.step == WORKFLOW_TIMEOUT_STEP
+    if event.type is EventType.CANCEL_REQUESTED:
+        return event.failure is not None and event.failure.type == TERMINATED
+    return False
+
+
 class WorkflowInstance:
     """One run of a workflow function, driven by its history events."""
 
@@ -245,6 +257,10 @@ class WorkflowInstance:
         # upserts the code made whose search_attributes_upserted is not applied yet
         self._upserts: deque[dict[str, Any]] = deque()
         self._upserter = upserter
+        self.paused = False
+        self._held: list[HistoryEvent] = []  # inputs recorded while paused, applied at resume
+        self._held_attempts: set[tuple[int, int]] = set()  # (step, attempt) with a held result
+        self._held_timers: set[int] = set()  # steps with a held timer_fired
         # None: the runtime carries out continue-as-new; else why it cannot
         self._no_continue_as_new = continue_as_new
         self._signal_seq = 0
@@ -273,8 +289,18 @@ class WorkflowInstance:
         return [c for c in self.children.pending() if c.recorded]
 
     def pending_activities(self) -> list[PendingActivity]:
-        """Attempts that should be running now (not those waiting out a backoff)."""
-        return [a for a in self._activities.values() if not a.backing_off]
+        """Attempts that should be running now (not those waiting out a backoff).
+
+        While the run is paused, only the attempts already recorded as started:
+        no new one is dispatched until it is resumed.
+        """
+        return [
+            a
+            for a in self._activities.values()
+            if not a.backing_off
+            and (a.recorded or not self.paused)
+            and (a.step, a.attempt) not in self._held_attempts
+        ]
 
     def echoes(self, next_id: int, now: datetime) -> list[HistoryEvent]:
         """What a runtime records next, numbered from ``next_id``.
@@ -318,7 +344,7 @@ class WorkflowInstance:
                 )
         if self.updates.accepted:
             events += self.updates.echoes(next_id + len(events), now)
-        if self.children.children or self.children.signals:
+        if (self.children.children or self.children.signals) and not self.paused:
             events += self.children.echoes(next_id + len(events), now)
         outcome = self.outcome
         if outcome is not None and not self.outcome_recorded:
@@ -338,7 +364,9 @@ class WorkflowInstance:
         return events
 
     def pending_timers(self) -> dict[int, PendingTimer]:
-        """Timers that should be armed, by step."""
+        """Timers that should be armed, by step (while paused, only the workflow timeout)."""
+        if self.paused:
+            return {k: t for k, t in self._timers.items() if k == WORKFLOW_TIMEOUT_STEP}
         return dict(self._timers)
 
     def info(self) -> WorkflowInfo:
@@ -407,11 +435,16 @@ class WorkflowInstance:
 
     def is_current_attempt(self, step: int, attempt: int) -> bool:
         act = self._activities.get(step)
-        return act is not None and act.attempt == attempt and not act.backing_off
+        return (
+            act is not None
+            and act.attempt == attempt
+            and not act.backing_off
+            and (step, attempt) not in self._held_attempts  # its result waits for a resume
+        )
 
     def is_current_timer(self, step: int, attempt: int | None) -> bool:
         timer = self._timers.get(step)
-        return timer is not None and timer.attempt == attempt
+        return timer is not None and timer.attempt == attempt and step not in self._held_timers
 
     @property
     def query_names(self) -> list[str]:
@@ -500,9 +533,32 @@ class WorkflowInstance:
         if kind in TERMINAL_EVENTS:
             self._on_terminal(event)
             return
+        if kind is EventType.WORKFLOW_PAUSED:
+            self.paused = True
+            return
+        if kind is EventType.WORKFLOW_RESUMED:
+            self.paused = False
+            # what arrived while paused is applied now, in order, at the resume's time
+            held, self._held = self._held, []
+            self._held_attempts.clear()
+            self._held_timers.clear()
+            for waiting in held:
+                self._on_input(waiting, event.timestamp)
+            return
+        if self.paused and not _passes_pause(event):
+            self._held.append(event)
+            if event.step is not None and event.type in _RESULTS:
+                self._held_attempts.add((event.step, event.attempt or 0))
+            elif event.step is not None and event.type is EventType.TIMER_FIRED:
+                self._held_timers.add(event.step)
+            return
+        self._on_input(event, event.timestamp)
+
+    def _on_input(self, event: HistoryEvent, at: datetime) -> None:
+        kind = event.type
         if self.outcome is not None:
             raise self._diverged(event, "nothing more (the run has ended)", _describe(event))
-        self._loop.set_time(_epoch(event.timestamp))
+        self._loop.set_time(_epoch(at))
         if kind is EventType.WORKFLOW_STARTED:
             self._on_started(event)
         elif kind is EventType.ACTIVITY_COMPLETED:
