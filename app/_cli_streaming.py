@@ -18,6 +18,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from app._render import render_history, render_state, render_waiting
@@ -451,16 +452,32 @@ def add_cancel(subparsers: SubParsers) -> None:
     parser.set_defaults(handler=_cancel)
 
 
-def add_terminate(subparsers: SubParsers) -> None:
-    parser = subparsers.add_parser(
-        "terminate",
-        help="end a running workflow at once, without cleanup",
-        description="Terminate a running workflow: none of its code runs again.",
-    )
-    parser.add_argument("workflow_id", metavar="WORKFLOW_ID")
-    parser.add_argument("--reason", default="", help="recorded with the run's end")
-    add_broker_options(parser)
-    parser.set_defaults(handler=_terminate)
+_ADMIN = {
+    "terminate": (
+        "end a running workflow at once, without cleanup",
+        "Terminate a running workflow: none of its code runs again.",
+    ),
+    "pause": (
+        "hold a running workflow: no new activity, timers wait, signals are kept",
+        "Pause a running workflow until `resume`; queries still answer.",
+    ),
+    "resume": (
+        "resume a paused workflow",
+        "Resume a paused workflow: what it held is applied in order.",
+    ),
+}
+
+
+def _add_admin(name: str) -> Callable[[SubParsers], None]:
+    def add(subparsers: SubParsers) -> None:
+        help_text, description = _ADMIN[name]
+        parser = subparsers.add_parser(name, help=help_text, description=description)
+        parser.add_argument("workflow_id", metavar="WORKFLOW_ID")
+        parser.add_argument("--reason", default="", help="recorded in the history")
+        add_broker_options(parser)
+        parser.set_defaults(handler=_admin, action=name)
+
+    return add
 
 
 def _client(args: argparse.Namespace) -> Any:
@@ -519,10 +536,10 @@ async def _cancel(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _terminate(args: argparse.Namespace) -> int:
+async def _admin(args: argparse.Namespace) -> int:
     async with _client(args) as ex:
-        await ex.terminate(args.workflow_id, args.reason)
-    print(f"terminate recorded for {args.workflow_id!r}")
+        await getattr(ex, args.action)(args.workflow_id, args.reason)
+    print(f"{args.action} recorded for {args.workflow_id!r}")
     return 0
 
 
@@ -574,6 +591,8 @@ COMMANDS = (
     add_query,
     add_update,
     add_cancel,
-    add_terminate,
+    _add_admin("terminate"),
+    _add_admin("pause"),
+    _add_admin("resume"),
     add_settings,
 )

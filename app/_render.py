@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from app.workflow import EventType, HistoryEvent, WorkflowState, WorkflowSummary
-from app.workflow._visibility import summarize
+from app.workflow._visibility import paused_reason, summarize
 
 __all__ = [
     "DETAIL_WIDTH",
@@ -98,6 +98,8 @@ def _detail(event: HistoryEvent) -> str:
         return "patched: the run takes the new branch"
     if kind is EventType.SEARCH_ATTRIBUTES_UPSERTED:
         return _attributes(event.search_attributes or {})
+    if kind in (EventType.WORKFLOW_PAUSED, EventType.WORKFLOW_RESUMED):
+        return event.reason or ""
     if kind is EventType.UPDATE_ACCEPTED:
         return format_value(event.signal_payload)
     if kind is EventType.UPDATE_COMPLETED and event.error is None:
@@ -163,6 +165,9 @@ def render_state(state: WorkflowState) -> str:
         ("Updated", _date_time(state.updated_at)),
         ("Input", truncate(format_value(state.input), _HEADER_VALUE_WIDTH)),
     ]
+    paused = paused_reason(state.history)
+    if paused is not None and state.status.value == "running":
+        fields.append(("Paused", paused or "(no reason given)"))
     summary = summarize(state)
     if summary.search_attributes:
         fields.append(

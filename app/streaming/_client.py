@@ -557,6 +557,18 @@ class KafkaExecutor:
         reply = await self._request(self._command(CommandKind.CANCEL, workflow_id))
         self._raise_for(workflow_id, reply)
 
+    async def pause(self, workflow_id: str, reason: str = "") -> None:
+        """Hold the workflow until :meth:`resume` (see ``DefaultExecutor.pause``)."""
+        cmd = self._command(CommandKind.PAUSE, workflow_id, payload=check_reason(reason, "pause"))
+        self._raise_for(workflow_id, await self._request(cmd))
+
+    async def resume(self, workflow_id: str, reason: str = "") -> None:
+        """Apply what the pause held, in order, and go on."""
+        cmd = self._command(
+            CommandKind.UNPAUSE, workflow_id, payload=check_reason(reason, "resume")
+        )
+        self._raise_for(workflow_id, await self._request(cmd))
+
     async def terminate(self, workflow_id: str, reason: str = "") -> None:
         """End the run at once, without cleanup (see ``DefaultExecutor.terminate``)."""
         failure = terminated_failure(check_reason(reason, "terminate"))

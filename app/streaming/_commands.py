@@ -29,6 +29,11 @@ class CommandKind:
     """Engine-internal: this partition's workflows move to the generation in ``step``."""
     HANDOVER = "handover"
     """Engine-internal: a whole run (header and history) arriving from an older generation."""
+    PAUSE = "pause"
+    """Hold the workflow (``payload``: the reason); see ``DefaultExecutor.pause``."""
+    UNPAUSE = "unpause"
+    """Resume a paused workflow (``payload``: the reason). Not ``resume``: that name is
+    the engine's own takeover command."""
     CHILD_RESULT = "child_result"
     """Engine-internal: the last run of a child workflow ended. Sent to the parent
     (``run_id``: the parent's run, ``step`` and ``attempt``: the parent's step that
@@ -47,6 +52,8 @@ class CommandKind:
         MIGRATE,
         HANDOVER,
         CHILD_RESULT,
+        PAUSE,
+        UNPAUSE,
     )
 
 

@@ -46,6 +46,7 @@ from app.workflow._types import (
     WorkflowStatus,
 )
 from app.workflow._updates import completed_update
+from app.workflow._visibility import refuse_pause_change
 
 from . import _children as children
 from ._commands import Command as Command
@@ -53,6 +54,13 @@ from ._commands import CommandKind as CommandKind
 from ._commands import ParentRef as ParentRef
 
 log = logging.getLogger("app.streaming.machine")
+
+_PAUSES = {
+    CommandKind.PAUSE: EventType.WORKFLOW_PAUSED,
+    CommandKind.UNPAUSE: EventType.WORKFLOW_RESUMED,
+}
+_CLIENT_INPUTS = (CommandKind.SIGNAL, CommandKind.CANCEL, *_PAUSES)
+"""Client commands that become an input event, remembered by id and answered."""
 
 SEEN_LIMIT = 512
 """Client command ids remembered per workflow to drop redeliveries."""
@@ -391,8 +399,8 @@ class Machine:
             fx.reply = Reply(ok=True, run_id=run.state.run_id)
             return run, fx
         if run is None or not run.running:
-            if kind in (CommandKind.SIGNAL, CommandKind.CANCEL):
-                action = "signal" if kind == CommandKind.SIGNAL else "cancel"
+            if kind in _CLIENT_INPUTS:
+                action = {"unpause": "resume"}.get(kind, kind)
                 fx.reply = Reply(
                     ok=False,
                     error_type="not_found",
@@ -403,7 +411,13 @@ class Machine:
             return run, fx  # an engine command of an earlier run
         if kind == CommandKind.CANCEL and children.closes_another(run.state, cmd):
             return run, fx  # a parent closing its child, but this run is not its child
-        if kind in (CommandKind.SIGNAL, CommandKind.CANCEL):
+        if kind in _PAUSES:
+            try:
+                refuse_pause_change(run.state, _PAUSES[kind])
+            except WorkflowError as exc:
+                fx.reply = Reply(ok=False, error_type="invalid", error=str(exc))
+                return run, fx
+        if kind in _CLIENT_INPUTS:
             run.seen.append(cmd.command_id)
         self.restore(run)
         event = self._input_event(run, cmd)
@@ -411,7 +425,7 @@ class Machine:
             self._input(run, event, fx)
             if not run.running and run.closing:
                 run.ended_by = cmd.command_id
-        if kind in (CommandKind.SIGNAL, CommandKind.CANCEL):
+        if kind in _CLIENT_INPUTS:
             fx.reply = Reply(ok=True, run_id=run.state.run_id)
             fx.started = True  # ``seen`` changed: the header must be written
         return run, fx
@@ -497,6 +511,9 @@ class Machine:
             # a cancel with a Terminated failure terminates (a parent-close policy)
             failure = cmd.failure if cmd.failure and cmd.failure.type == TERMINATED else None
             return self._event(run, EventType.CANCEL_REQUESTED, failure=failure)
+        if kind in _PAUSES:
+            reason = cmd.payload if isinstance(cmd.payload, str) else ""
+            return self._event(run, _PAUSES[kind], reason=reason)
         instance = run.instance
         if instance is None or cmd.step is None:
             return None

@@ -254,6 +254,7 @@ def encode_history(workflow_id: str, run_id: str, workflow_type: str, event: His
             "parent_run_id": event.parent_run_id,
             "search_attributes": _json_text(event.search_attributes),
             "memo": _json_text(event.memo),
+            "reason": event.reason,
         }
     )
 
@@ -292,6 +293,7 @@ def decode_history(data: bytes) -> tuple[str, str, str, HistoryEvent]:
     for name in ("search_attributes", "memo"):  # absent before version 4
         text = record.get(name)
         fields[name] = None if text is None else json.loads(text)
+    fields["reason"] = record.get("reason")
     event = HistoryEvent(
         id=record["id"],
         type=kind,

@@ -500,6 +500,21 @@ class TemporalExecutor:
         except RPCError as err:
             raise self._not_running(err, workflow_id, "cancel") from err
 
+    async def pause(self, workflow_id: str, reason: str = "") -> None:
+        """Not available on Temporal: raises :class:`WorkflowError` naming the feature."""
+        raise WorkflowError(
+            f"cannot pause {workflow_id!r}: pause and resume are not supported on the "
+            "Temporal provider (its own workflow pause is not in the Python SDK); signal "
+            "the workflow to wait instead, or run it on the embedded or streaming runtime"
+        )
+
+    async def resume(self, workflow_id: str, reason: str = "") -> None:
+        """Not available on Temporal (see :meth:`pause`)."""
+        raise WorkflowError(
+            f"cannot resume {workflow_id!r}: pause and resume are not supported on the "
+            "Temporal provider"
+        )
+
     async def terminate(self, workflow_id: str, reason: str = "") -> None:
         """End the run at once (Temporal's own terminate); it reads as canceled, ``Terminated``."""
         why = check_reason(reason, "terminate")

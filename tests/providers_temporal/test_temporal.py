@@ -25,6 +25,7 @@ from app.workflow import (
     RetryPolicy,
     Signal,
     WorkflowContext,
+    WorkflowError,
     WorkflowFilter,
     WorkflowOptions,
     WorkflowQuery,
@@ -437,3 +438,11 @@ async def test_start_attributes_and_memo_are_recorded_and_listed(
             Exception, match="upsert_search_attributes is not supported on the Temporal"
         ):
             await refused.result(timeout=WAIT)
+
+
+async def test_pause_is_refused_naming_the_feature(temporal_client: Client) -> None:
+    async with TemporalExecutor(temporal_client, task_queue=QUEUE, workflows=[tagged]) as ex:
+        with pytest.raises(WorkflowError, match="pause and resume are not supported on the"):
+            await ex.pause("any")
+        with pytest.raises(WorkflowError, match="not supported on the Temporal provider"):
+            await ex.resume("any")

@@ -240,6 +240,16 @@ def test_terminate_a_running_workflow(deployment: Deployment) -> None:
     shown = ok(deployment.app("show", "cli-t"))
     assert "Error     Terminated: bad deploy" in shown
 
+
+def test_pause_and_resume(deployment: Deployment) -> None:
+    ok(deployment.app("start", "signalled", "--id", "cli-p", "--input", "0"))
+    assert "pause recorded for 'cli-p'" in ok(deployment.app("pause", "cli-p", "--reason", "ops"))
+    again = deployment.app("pause", "cli-p")
+    assert again.returncode == 1 and "already paused" in again.stderr
+    assert "resume recorded" in ok(deployment.app("resume", "cli-p"))
+    shown = ok(deployment.app("show", "cli-p"))
+    assert "workflow_paused" in shown and "workflow_resumed" in shown
+
     again = deployment.app("cancel", "cli-z")
     assert again.returncode == 1
     assert "'cli-z' not found: cannot cancel: it is not running" in again.stderr

@@ -56,7 +56,7 @@ DEADLINE = 30.0
 # these: keep the old version in schemas/previous/ first, then update the table.
 CURRENT = {
     "command": "2d82658cc7a29c94",
-    "history_event": "146735800c274acf",
+    "history_event": "5df984773ca4b261",
     "activity_task": "44ca8cc5e7088bf2",
     "reply": "b0c3bf58c4206980",
     "dead_letter": "4bcf9ce17d5a3d95",
@@ -90,7 +90,7 @@ KEPT = {
 LEGACY_OF_CURRENT = LEGACY | {
     "command": "a3ca529264ac9bf8",
     "activity_task": "27943ffc10b0db1a",
-    "history_event": "fcca3cf94c35aac0",
+    "history_event": "86ac2286c369499c",
 }
 
 
