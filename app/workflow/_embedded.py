@@ -39,6 +39,8 @@ from ._core import (
     UpdateState,
     WorkflowInstance,
     check_reason,
+    reset_event,
+    reset_prefix,
     terminated_failure,
 )
 from ._embedded_children import EmbeddedChildren
@@ -79,6 +81,7 @@ log = logging.getLogger("app.workflow.embedded")
 
 BUILTIN_QUERIES = ("result", "status")
 _WRITE_RETRIES = (0.05, 0.2, 0.8)  # seconds between tries of a failed store write
+_RESET_WAIT = 30.0  # seconds a reset waits for the run it terminated to end
 
 
 class _Unrecorded(Exception):
@@ -544,6 +547,43 @@ class DefaultExecutor:
 
         while not await self._input(run, make, raise_errors=True):
             run = self._successor(run, f"it ended before the {action} was recorded")
+
+    async def reset(self, workflow_id: str, to_event_id: int, reason: str = "") -> EmbeddedHandle:
+        """Start a new run whose history is the latest run's up to ``to_event_id``.
+
+        For a run that failed on a bug: once the fix is deployed, it goes on from
+        just before the bug. A running run is terminated first. The new run
+        replays the copied events, then records ``workflow_reset`` (naming the
+        old run) and carries on live from there.
+        """
+        why = check_reason(reason, "reset")
+        await self.start()
+        state = await self._io.load(workflow_id)
+        if state is None:
+            raise WorkflowNotFoundError(workflow_id, "cannot reset: it is not stored")
+        new_run_id = uuid.uuid4().hex
+        prefix = reset_prefix(state, to_event_id)
+        run = self._runs.get(workflow_id)
+        if run is not None and not run.ended:
+            await self.terminate(workflow_id, f"reset to event {to_event_id} as run {new_run_id}")
+            await asyncio.wait_for(asyncio.shield(run.done), _RESET_WAIT)
+        fn = self._workflows.get(state.workflow_type)
+        now = self._clock()
+        marker = reset_event(state, len(prefix) + 1, now, why)
+        new = state.model_copy(
+            update={
+                "run_id": new_run_id,
+                "status": WorkflowStatus.RUNNING,
+                "result": None,
+                "error": None,
+                "history": [*prefix, marker],
+                "created_at": now,
+                "updated_at": now,
+            }
+        )
+        await self._io.save(new)
+        await self._resume(new)
+        return EmbeddedHandle(self, workflow_id, new_run_id, fn)
 
     async def list(self, query: WorkflowQuery | None = None) -> WorkflowPage:
         """Workflow headers (no histories) matching ``query``, newest start first.

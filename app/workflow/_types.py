@@ -79,6 +79,9 @@ class EventType(StrEnum):
     ``search_attributes_upserted`` records ``ctx.upsert_search_attributes``:
     its ``search_attributes`` change the workflow's (a None value removes one).
 
+    ``workflow_reset`` follows the events a run was reset to (``reset``): it
+    names the run they were copied from in ``change_id``, with the ``reason``.
+
     ``workflow_paused`` and ``workflow_resumed`` (each with its ``reason``)
     bracket a pause: in between, the inputs recorded (signals, updates,
     activity results, timers) are held, and applied in order at the resume;
@@ -112,6 +115,7 @@ class EventType(StrEnum):
     SEARCH_ATTRIBUTES_UPSERTED = "search_attributes_upserted"
     WORKFLOW_PAUSED = "workflow_paused"
     WORKFLOW_RESUMED = "workflow_resumed"
+    WORKFLOW_RESET = "workflow_reset"
 
 
 TERMINAL_EVENTS = frozenset(

@@ -9,6 +9,8 @@ from ._children import (
     check_reason,
     child_end,
     parent_of,
+    reset_event,
+    reset_prefix,
     signal_id,
     terminated_failure,
 )
@@ -34,6 +36,8 @@ __all__ = [
     "parent_of",
     "signal_id",
     "check_reason",
+    "reset_event",
+    "reset_prefix",
     "terminated_failure",
     "WORKFLOW_TIMEOUT_STEP",
     "Outcome",

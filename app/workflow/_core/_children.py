@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from .._converter import decode_failure, encode_failure, from_payload, signature_of
 from .._errors import ChildWorkflowError, InvalidArgumentError, PayloadError, WorkflowTimeoutError
 from .._types import (
+    TERMINAL_EVENTS,
     EventType,
     FailureInfo,
     HistoryEvent,
@@ -140,6 +141,33 @@ def check_reason(reason: Any, what: str) -> str:
             f"{what} reason must be a str of at most 1000 characters, got {reason!r:.80}"
         )
     return reason
+
+
+def reset_prefix(state: WorkflowState, to_event_id: Any) -> list[HistoryEvent]:
+    """The events a reset to ``to_event_id`` copies: from 1 to it, none of them terminal."""
+    ends = [e.id for e in state.history if e.type in TERMINAL_EVENTS]
+    last = min(ends) - 1 if ends else len(state.history)
+    if (
+        isinstance(to_event_id, bool)
+        or not isinstance(to_event_id, int)
+        or not 1 <= to_event_id <= last
+    ):
+        raise InvalidArgumentError(
+            f"reset of {state.workflow_id!r}: to_event_id must be an event id from 1 to "
+            f"{last} (the run's last event before its end), got {to_event_id!r}"
+        )
+    return [e.model_copy() for e in state.history[:to_event_id]]
+
+
+def reset_event(state: WorkflowState, event_id: int, now: datetime, reason: str) -> HistoryEvent:
+    """The ``workflow_reset`` that follows the copied events, naming the old run."""
+    return HistoryEvent(
+        id=event_id,
+        type=EventType.WORKFLOW_RESET,
+        timestamp=now,
+        change_id=state.run_id,
+        reason=reason,
+    )
 
 
 def terminated_failure(reason: str) -> FailureInfo:
