@@ -480,6 +480,20 @@ def _add_admin(name: str) -> Callable[[SubParsers], None]:
     return add
 
 
+def add_reset(subparsers: SubParsers) -> None:
+    parser = subparsers.add_parser(
+        "reset",
+        help="start a new run from a workflow's events up to an event id",
+        description="Reset a workflow: a new run replays its latest run's events up to "
+        "--to-event and goes on live from there (a running run is terminated first).",
+    )
+    parser.add_argument("workflow_id", metavar="WORKFLOW_ID")
+    parser.add_argument("--to-event", type=int, required=True, metavar="ID")
+    parser.add_argument("--reason", default="", help="recorded in the new run's history")
+    add_broker_options(parser)
+    parser.set_defaults(handler=_reset)
+
+
 def _client(args: argparse.Namespace) -> Any:
     from app.streaming import KafkaExecutor
 
@@ -533,6 +547,13 @@ async def _cancel(args: argparse.Namespace) -> int:
     async with _client(args) as ex:
         await ex.cancel(args.workflow_id)
     print(f"cancel recorded for {args.workflow_id!r}")
+    return 0
+
+
+async def _reset(args: argparse.Namespace) -> int:
+    async with _client(args) as ex:
+        handle = await ex.reset(args.workflow_id, args.to_event, args.reason)
+    print(json.dumps({"workflow_id": handle.id, "run_id": handle.run_id}))
     return 0
 
 
@@ -594,5 +615,6 @@ COMMANDS = (
     _add_admin("terminate"),
     _add_admin("pause"),
     _add_admin("resume"),
+    add_reset,
     add_settings,
 )

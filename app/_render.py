@@ -100,6 +100,8 @@ def _detail(event: HistoryEvent) -> str:
         return _attributes(event.search_attributes or {})
     if kind in (EventType.WORKFLOW_PAUSED, EventType.WORKFLOW_RESUMED):
         return event.reason or ""
+    if kind is EventType.WORKFLOW_RESET:
+        return f"from run {event.change_id}" + (f": {event.reason}" if event.reason else "")
     if kind is EventType.UPDATE_ACCEPTED:
         return format_value(event.signal_payload)
     if kind is EventType.UPDATE_COMPLETED and event.error is None:

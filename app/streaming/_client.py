@@ -569,6 +569,24 @@ class KafkaExecutor:
         )
         self._raise_for(workflow_id, await self._request(cmd))
 
+    async def reset(self, workflow_id: str, to_event_id: int, reason: str = "") -> KafkaHandle:
+        """Start a new run from the latest run's events up to ``to_event_id``.
+
+        See ``DefaultExecutor.reset``; the owner checks the event id (an
+        invalid one raises :class:`InvalidArgumentError`).
+        """
+        if isinstance(to_event_id, bool) or not isinstance(to_event_id, int) or to_event_id < 1:
+            raise InvalidArgumentError(
+                f"to_event_id must be an event id (an int >= 1), got {to_event_id!r}"
+            )
+        payload = check_reason(reason, "reset")
+        cmd = self._command(CommandKind.RESET, workflow_id, step=to_event_id, payload=payload)
+        reply = await self._request(cmd)
+        if not reply.ok and reply.error_type == "invalid_argument":
+            raise InvalidArgumentError(reply.error or "invalid reset")
+        self._raise_for(workflow_id, reply)
+        return KafkaHandle(self, workflow_id, reply.run_id, None)
+
     async def terminate(self, workflow_id: str, reason: str = "") -> None:
         """End the run at once, without cleanup (see ``DefaultExecutor.terminate``)."""
         failure = terminated_failure(check_reason(reason, "terminate"))

@@ -34,6 +34,9 @@ class CommandKind:
     UNPAUSE = "unpause"
     """Resume a paused workflow (``payload``: the reason). Not ``resume``: that name is
     the engine's own takeover command."""
+    RESET = "reset"
+    """Start a new run from the latest run's events up to ``step`` (``payload``: the
+    reason); the new run's id is derived from ``command_id``."""
     CHILD_RESULT = "child_result"
     """Engine-internal: the last run of a child workflow ended. Sent to the parent
     (``run_id``: the parent's run, ``step`` and ``attempt``: the parent's step that
@@ -54,6 +57,7 @@ class CommandKind:
         CHILD_RESULT,
         PAUSE,
         UNPAUSE,
+        RESET,
     )
 
 

@@ -29,8 +29,12 @@ from app.workflow._core import (
     PendingActivity,
     PendingTimer,
     WorkflowInstance,
+    reset_event,
+    reset_prefix,
+    terminated_failure,
 )
 from app.workflow._errors import (
+    InvalidArgumentError,
     NonDeterminismError,
     UpdateNotFoundError,
     UpdateRejectedError,
@@ -392,6 +396,8 @@ class Machine:
             if run is not None and run.running:
                 self._resume(run, fx)
             return run, fx
+        if kind == CommandKind.RESET:
+            return self._reset(run, cmd, fx)
         if run is not None and run.ended_by == cmd.command_id:
             fx.commands.extend(children.closing(run.state, run.closing, self.clock()))
         if run is not None and cmd.command_id in run.seen:
@@ -429,6 +435,62 @@ class Machine:
             fx.reply = Reply(ok=True, run_id=run.state.run_id)
             fx.started = True  # ``seen`` changed: the header must be written
         return run, fx
+
+    def _reset(self, run: Run | None, cmd: Command, fx: Effects) -> tuple[Run | None, Effects]:
+        """Replace the latest run by one that starts from its events up to ``cmd.step``.
+
+        A running run is terminated first (in this command). The new run's
+        history is the copied events and a ``workflow_reset``; it is rebuilt
+        and resumed as after a takeover, so what the copy left running or
+        pending is dispatched again.
+        """
+        if run is None:
+            fx.reply = Reply(ok=False, error_type="not_found", error="cannot reset: not stored")
+            return run, fx
+        if run.start_command == cmd.command_id:  # a resend: this reset made the run
+            fx.duplicate = True
+            fx.reply = Reply(ok=True, run_id=run.state.run_id)
+            return run, fx
+        try:
+            prefix = reset_prefix(run.state, cmd.step)
+        except InvalidArgumentError as exc:
+            fx.reply = Reply(ok=False, error_type="invalid_argument", error=str(exc))
+            return run, fx
+        new_run_id = run_id_for(cmd.command_id)
+        reason = cmd.payload if isinstance(cmd.payload, str) else ""
+        if run.running:
+            self.restore(run)
+            why = f"reset to event {cmd.step} as run {new_run_id}"
+            ended = self._event(run, EventType.CANCEL_REQUESTED, failure=terminated_failure(why))
+            self._input(run, ended, fx)
+            if run.closing:
+                run.ended_by = cmd.command_id
+        old = run.state
+        fn = self.workflows.get(old.workflow_type)
+        run.close()
+        now = self.clock()
+        state = old.model_copy(
+            update={
+                "run_id": new_run_id,
+                "status": WorkflowStatus.RUNNING,
+                "result": None,
+                "error": None,
+                "history": [*prefix, reset_event(old, len(prefix) + 1, now, reason)],
+                "created_at": now,
+                "updated_at": now,
+            }
+        )
+        new = Run(state=state, seen=run.seen, start_command=cmd.command_id, partition=run.partition)
+        fx.ended.append((old.run_id, fx.events, fx.retries))
+        fx.events, fx.retries, fx.tasks = list(state.history), set(), []
+        fx.successor = new
+        fx.started = True
+        if fn is not None:
+            self._resume(new, fx)
+        else:
+            self.restore(new)  # parks it, naming the type this worker lacks
+        fx.reply = Reply(ok=True, run_id=new_run_id)
+        return new, fx
 
     def _start(self, run: Run | None, cmd: Command) -> tuple[Run | None, Effects]:
         fx = Effects()

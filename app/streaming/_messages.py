@@ -163,6 +163,8 @@ def decode_command(data: bytes | None, key: bytes | None = None) -> Command:
         raise InvalidCommandError(f"a {kind} command needs its {what} in 'name'")
     if kind in _ENGINE_STEP_KINDS and (record["step"] is None or record["run_id"] is None):
         raise InvalidCommandError(f"a {kind} command needs 'step' and 'run_id'")
+    if kind == CommandKind.RESET and (record["step"] is None or record["step"] < 1):
+        raise InvalidCommandError("a reset command needs 'step': the event id to reset to (>= 1)")
     if kind == CommandKind.CHILD_RESULT and record["attempt"] is None:
         raise InvalidCommandError("a child_result command needs 'attempt'")
     parent = record.get("parent")

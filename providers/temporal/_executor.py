@@ -508,6 +508,14 @@ class TemporalExecutor:
             "the workflow to wait instead, or run it on the embedded or streaming runtime"
         )
 
+    async def reset(self, workflow_id: str, to_event_id: int, reason: str = "") -> Any:
+        """Not available on Temporal: raises :class:`WorkflowError` naming the feature."""
+        raise WorkflowError(
+            f"cannot reset {workflow_id!r}: reset is not supported on the Temporal provider "
+            "(the engine's event ids are not Temporal's); use `temporal workflow reset` "
+            "on the server, or run the workflow on the embedded or streaming runtime"
+        )
+
     async def resume(self, workflow_id: str, reason: str = "") -> None:
         """Not available on Temporal (see :meth:`pause`)."""
         raise WorkflowError(

@@ -206,7 +206,9 @@ def _temporal(tmp_path: Path) -> Runtime:
     # TemporalExecutor, one fresh namespace per test (the suite reuses workflow ids)
     # Temporal replays a workflow when it has a task, not when a worker starts
     return temporal_runtime(
-        Runtime, lambda: TEMPORAL["address"], {"restart", "no-replay-at-start", "no-pause"}
+        Runtime,
+        lambda: TEMPORAL["address"],
+        {"restart", "no-replay-at-start", "no-pause", "no-reset"},
     )
 
 
@@ -263,6 +265,13 @@ def _needs(request: pytest.FixtureRequest) -> None:
         rt: Runtime = request.getfixturevalue("runtime")
         if f"no-{need}" in rt.capabilities:
             pytest.skip(f"{rt.name} cannot {need.replace('-', ' ')}")
+
+
+@pytest.fixture
+def resettable(runtime: Runtime) -> Runtime:
+    if "no-reset" in runtime.capabilities:
+        pytest.skip(f"{runtime.name} has no reset (it raises, naming the feature)")
+    return runtime
 
 
 @pytest.fixture

@@ -506,3 +506,28 @@ async def pausable(ctx: WorkflowContext, n: int) -> list[int]:
 
 
 workflows += [pausable]
+
+
+SHIP_BUG = {"on": True}
+"""The deployed ``ship`` has a bug while this is on (a reset test turns it off)."""
+SHIPPED = {"charge": 0}
+
+
+def charge_once(order: int) -> int:
+    SHIPPED["charge"] += 1
+    return order * 10
+
+
+def ship(amount: int) -> str:
+    if SHIP_BUG["on"]:
+        raise NonRetryableError("ship: the label printer code has a bug")
+    return f"shipped {amount}"
+
+
+async def charge_and_ship(ctx: WorkflowContext, n: int) -> str:
+    amount = int(await ctx.execute_activity(charge_once, n))
+    return str(await ctx.execute_activity(ship, amount))
+
+
+workflows += [charge_and_ship]
+activities += [charge_once, ship]

@@ -446,3 +446,5 @@ async def test_pause_is_refused_naming_the_feature(temporal_client: Client) -> N
             await ex.pause("any")
         with pytest.raises(WorkflowError, match="not supported on the Temporal provider"):
             await ex.resume("any")
+        with pytest.raises(WorkflowError, match="reset is not supported on the Temporal"):
+            await ex.reset("any", 3)

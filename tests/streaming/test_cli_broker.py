@@ -250,6 +250,15 @@ def test_pause_and_resume(deployment: Deployment) -> None:
     shown = ok(deployment.app("show", "cli-p"))
     assert "workflow_paused" in shown and "workflow_resumed" in shown
 
+    reset = json.loads(ok(deployment.app("reset", "cli-p", "--to-event", "1", "--reason", "r")))
+    assert reset["workflow_id"] == "cli-p" and reset["run_id"]
+    deployment.wait_for_status("cli-p", "running")
+    shown = ok(deployment.app("show", "cli-p"))
+    assert f"Run       {reset['run_id']}" in shown
+    assert "workflow_reset" in shown
+    bad = deployment.app("reset", "cli-p", "--to-event", "99")
+    assert bad.returncode == 1 and "to_event_id must be an event id from 1 to" in bad.stderr
+
     again = deployment.app("cancel", "cli-z")
     assert again.returncode == 1
     assert "'cli-z' not found: cannot cancel: it is not running" in again.stderr
