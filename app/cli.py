@@ -20,6 +20,7 @@ from functools import partial
 from typing import Any
 
 from app import _cli_streaming as streaming
+from app._cli_console import add_ui
 from app._cli_replay import add_replay
 from app._cli_visibility import add_list, add_visibility
 from app._render import render_history, render_state
@@ -123,6 +124,7 @@ COMMANDS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], 
     partial(add_list, add_db_option=_add_db_option),
     _add_show,
     add_visibility,
+    partial(add_ui, add_db_option=_add_db_option),
     add_replay,
     *streaming.COMMANDS,
 )

@@ -191,3 +191,9 @@ def page(connection: sqlite3.Connection, query: WorkflowQuery) -> WorkflowPage:
     items = [_summary(row) for row in rows[: query.page_size]]
     more = len(rows) > query.page_size
     return WorkflowPage(items, encode_cursor(items[-1]) if more else None)
+
+
+def counts(connection: sqlite3.Connection) -> dict[WorkflowStatus, int]:
+    """How many workflows have each status."""
+    rows = connection.execute("SELECT status, COUNT(*) FROM workflows GROUP BY status")
+    return {WorkflowStatus(status): count for status, count in rows}

@@ -608,6 +608,11 @@ class SQLiteStore:
         job = functools.partial(visibility.page, query=query)
         return await self._call(self._workers()[1], job)
 
+    async def status_counts(self) -> dict[WorkflowStatus, int]:
+        """How many workflows are stored in each status (one indexed count)."""
+        job = functools.partial(visibility.counts)
+        return await self._call(self._workers()[1], job)
+
     async def delete(self, workflow_id: str) -> None:
         """Remove the workflow and its history; an unknown id is a no-op."""
         job = functools.partial(_delete_tx, workflow_id=workflow_id)

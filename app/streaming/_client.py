@@ -532,6 +532,13 @@ class KafkaExecutor:
         await self._index.catch_up()
         return await self._index.list(query)
 
+    async def status_counts(self) -> dict[WorkflowStatus, int]:
+        """How many workflows the visibility index holds in each status (caught up first)."""
+        if self._index is None:
+            self._index = VisibilityIndex(self.settings, self._visibility_path)
+        await self._index.catch_up()
+        return await self._index.counts()
+
     def get_handle(self, workflow_id: str) -> KafkaHandle:
         """A handle on the latest run of ``workflow_id``."""
         return KafkaHandle(self, workflow_id, None, None)

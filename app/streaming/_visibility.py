@@ -285,5 +285,4 @@ class VisibilityIndex:
         if self._db is None:
             self._db = await asyncio.to_thread(self._open)
         async with self._lock:
-            rows = self._db.execute("SELECT status, COUNT(*) FROM workflows GROUP BY status")
-            return {WorkflowStatus(s): n for s, n in rows}
+            return await asyncio.to_thread(index_sql.counts, self._db)

@@ -75,6 +75,7 @@ from ._visibility import (
     list_workflows,
     refuse_pause_change,
     started_template,
+    status_counts,
 )
 
 log = logging.getLogger("app.workflow.embedded")
@@ -395,6 +396,45 @@ class DefaultExecutor:
         if state is None:
             raise WorkflowNotFoundError(workflow_id)
         return state
+
+    async def describe_waiting(
+        self, workflow_id: str
+    ) -> tuple[WorkflowState, dict[str, Any] | None]:
+        """Like :meth:`describe`, with what a running run waits on (as the streaming
+        client's ``describe_waiting``: ``activities``, ``timers``, ``paused``)."""
+        state = await self.describe(workflow_id)
+        run = self._runs.get(workflow_id)
+        if run is None or run.ended or run.instance is None:
+            return state, None
+        instance = run.instance
+        started = {
+            (e.step, e.attempt): e.timestamp.timestamp()
+            for e in state.history
+            if e.type is EventType.ACTIVITY_STARTED
+        }
+        waiting = {
+            "activities": [
+                {
+                    "activity": a.name,
+                    "step": a.step,
+                    "attempt": a.attempt,
+                    "started": started.get((a.step, a.attempt)),
+                }
+                for a in instance.pending_activities()
+                if a.recorded
+            ],
+            "timers": [
+                {"step": t.step, "kind": t.kind.value, "due": t.due, "attempt": t.attempt}
+                for t in sorted(instance.pending_timers().values(), key=lambda t: t.due)
+            ],
+            "paused": instance.paused,
+        }
+        return state, waiting
+
+    async def status_counts(self) -> dict[WorkflowStatus, int]:
+        """How many workflows the store holds in each status."""
+        await self.start()
+        return await status_counts(self.store)
 
     def get_handle(self, workflow_id: str) -> EmbeddedHandle:
         """A handle on the latest run of ``workflow_id`` (e.g. after a restart)."""

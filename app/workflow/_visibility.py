@@ -357,3 +357,18 @@ async def list_workflows(store: Any, query: WorkflowQuery) -> WorkflowPage:
 
     states = await store.list(WorkflowFilter(status=query.status))
     return page_of((summarize(s) for s in states), query)
+
+
+async def status_counts(store: Any) -> dict[WorkflowStatus, int]:
+    """How many workflows ``store`` holds in each status: its own count, or a scan."""
+    counts = getattr(store, "status_counts", None)
+    if counts is not None:
+        result: dict[WorkflowStatus, int] = await counts()
+        return result
+    from ._types import WorkflowFilter
+
+    out: dict[WorkflowStatus, int] = {}
+    for state in await store.list(WorkflowFilter()):
+        status = WorkflowStatus(state.status)
+        out[status] = out.get(status, 0) + 1
+    return out
