@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import os
 from collections.abc import AsyncIterator, Callable
@@ -76,6 +77,14 @@ async def _ui(args: argparse.Namespace) -> int:
     if args.token is None and args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: serving {args.host} without a token: anyone who reaches it can act")
     async with open_backend(args) as backend:
+        ready = asyncio.Event()
+        serving = asyncio.create_task(serve(backend, args.host, args.port, args.token, ready))
+        await asyncio.wait(
+            [serving, asyncio.create_task(ready.wait())], return_when="FIRST_COMPLETED"
+        )
+        if serving.done():
+            await serving  # it failed to start: this raises, saying why
+            return 1
         print(f"Console on http://{args.host}:{args.port}/ over {backend.where}", flush=True)
-        await serve(backend, args.host, args.port, args.token)
+        await serving
     return 0
