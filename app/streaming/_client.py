@@ -47,6 +47,7 @@ from app.workflow._errors import (
 from app.workflow._handle import RunHandle, failure_error, outcome_value
 from app.workflow._hooks import Hooks, call_hook
 from app.workflow._names import FunctionTable, Registrable
+from app.workflow._schedules import ScheduleMethods, scheduler
 from app.workflow._tasks import cancel_and_wait
 from app.workflow._types import (
     EventType,
@@ -122,7 +123,7 @@ class KafkaHandle(RunHandle):
     """A run started through (or looked up with) a :class:`KafkaExecutor`."""
 
 
-class KafkaExecutor:
+class KafkaExecutor(ScheduleMethods):
     """Starts, signals, queries and cancels workflows run by streaming workers.
 
     Args:
@@ -169,6 +170,7 @@ class KafkaExecutor:
         self._hooks = hooks or Hooks()
         self._wanted = _wanted_types(self._hooks)
         self._workflows = FunctionTable("workflow", workflows)
+        self._workflows.add(scheduler)
         self._producer: AIOKafkaProducer | None = None
         self._replies: AIOKafkaConsumer | None = None
         self._history: AIOKafkaConsumer | None = None

@@ -40,6 +40,7 @@ from aiokafka.errors import KafkaError
 from app.workflow._activity_runner import heartbeat_timeout_failure
 from app.workflow._codec import PayloadCodec, PayloadCodecError, as_chain
 from app.workflow._names import FunctionTable, Registrable
+from app.workflow._schedules import scheduler
 from app.workflow._tasks import cancel_and_wait
 
 from ._activation import Activations
@@ -96,6 +97,7 @@ class StreamingWorker(Activations):
         self.wire = WireCodec(chain if chain is not None else codec_from_settings(settings))
         self.topology = topo = settings.topology
         self.workflows = FunctionTable("workflow", workflows)
+        self.workflows.add(scheduler)  # schedules are workflows of the engine's own
         self.activities = FunctionTable("activity", activities, "activities")
         self.machine = Machine(self.workflows, self.activities)
         self.metrics = WorkerMetrics()

@@ -57,6 +57,7 @@ from ._handle import EmbeddedHandle, failure_error, outcome_value
 from ._hooks import Hooks, call_hook
 from ._names import FunctionTable, Registrable
 from ._payloads import Payloads
+from ._schedules import ScheduleMethods, scheduler
 from ._store import AppendingStore, StoreConflictError, WorkflowStore
 from ._tasks import cancel_and_wait
 from ._types import (
@@ -131,7 +132,7 @@ class _Run:
         return self.finished or self.done.done()
 
 
-class DefaultExecutor:
+class DefaultExecutor(ScheduleMethods):
     """Runs workflows in this process, durably, on a :class:`WorkflowStore`.
 
     ``store=None`` uses the SQLite default (``$WORKFLOWS_DB`` or
@@ -185,6 +186,7 @@ class DefaultExecutor:
         self._appending = False
         self._hooks = hooks or Hooks()
         self._workflows = FunctionTable("workflow", workflows)
+        self._workflows.add(scheduler)  # schedules are workflows of the engine's own
         self._activities = FunctionTable("activity", activities, "activities")
         self._clock = clock or (lambda: datetime.now(UTC))
         self._threads = activity_threads

@@ -86,7 +86,8 @@ class PendingChild:
 
     step: int
     workflow_type: str
-    fn: Callable[..., Any]
+    fn: Callable[..., Any] | str
+    """The function, or the registered type name it was started by (result: plain JSON)."""
     workflow_id: str
     input: Any
     attempt: int
@@ -252,7 +253,7 @@ class ChildTable:
     # -- commands from the context ----------------------------------------------
     def start(
         self,
-        fn: Callable[..., Any],
+        fn: Callable[..., Any] | str,
         workflow_type: str,
         workflow_id: str | None,
         payload: Any,
@@ -316,7 +317,7 @@ class ChildTable:
             del self.children[step]
             if not future.done():
                 try:
-                    hint = signature_of(child.fn, 1).return_hint
+                    hint = signature_of(child.fn, 1).return_hint if callable(child.fn) else Any
                     value = from_payload(
                         event.result, hint, f"result of child workflow {child.workflow_id!r}"
                     )

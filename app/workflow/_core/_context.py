@@ -270,7 +270,7 @@ class WorkflowContext:
 
     async def execute_child(
         self,
-        fn: Callable[..., Any],
+        fn: Callable[..., Any] | str,
         input: Any = None,
         *,
         id: str | None = None,
@@ -288,7 +288,7 @@ class WorkflowContext:
 
     async def start_child(
         self,
-        fn: Callable[..., Any],
+        fn: Callable[..., Any] | str,
         input: Any = None,
         *,
         id: str | None = None,
@@ -297,6 +297,9 @@ class WorkflowContext:
         parent_close_policy: ParentClosePolicy = ParentClosePolicy.CANCEL,
     ) -> ChildWorkflowHandle:
         """Start workflow ``fn(input)`` as a child of this run; returns its handle.
+
+        ``fn`` may also be a registered workflow type name (its result then
+        comes back as plain JSON).
 
         The child is a workflow of its own (``id``, by default derived from
         this run and the step, so a replay names the same one), run by any
@@ -310,16 +313,20 @@ class WorkflowContext:
 
     def _start_child(
         self,
-        fn: Callable[..., Any],
+        fn: Callable[..., Any] | str,
         input: Any,
         id: str | None,
         retry: RetryPolicy | None,
         timeout: Duration | None,
         policy: ParentClosePolicy,
     ) -> ChildWorkflowHandle:
-        if not callable(fn) or not signature_of(fn, 1).is_async:
+        by_name = isinstance(fn, str)
+        if by_name and not fn:
+            raise InvalidArgumentError("child workflow type name must not be empty")
+        if not by_name and (not callable(fn) or not signature_of(fn, 1).is_async):
             raise InvalidArgumentError(
-                f"child workflow {fn!r} must be an `async def` function taking (ctx, input)"
+                f"child workflow {fn!r} must be an `async def` function taking (ctx, input), "
+                "or a registered workflow type name"
             )
         if id is not None and (not isinstance(id, str) or not id.strip()):
             raise InvalidArgumentError(f"child workflow id must be a non-empty string, got {id!r}")
@@ -337,13 +344,12 @@ class WorkflowContext:
                 ) from None
         seconds = None if timeout is None else to_seconds(timeout, "child workflow timeout")
         instance = self._instance
-        name = instance.workflow_name(fn)
+        name = fn if isinstance(fn, str) else instance.workflow_name(fn)
         if id == instance.workflow_id:
             raise InvalidArgumentError(
                 f"a child workflow cannot have its parent's id {id!r}; give it its own"
             )
-        sig = signature_of(fn, 1)
-        if sig.params == 0 and input is not None:
+        if not isinstance(fn, str) and signature_of(fn, 1).params == 0 and input is not None:
             raise InvalidArgumentError(
                 f"child workflow {name!r} takes no input, but an input was given"
             )
