@@ -429,3 +429,33 @@ def test_health_endpoints_of_a_running_worker(deployment: Deployment) -> None:
     status, text = http_get(deployment.metrics_port, "/readyz")
     assert status == 200, text
     assert f"{deployment.app_id}.g1: partitions [0, 1, 2, 3]" in text
+
+
+def test_schedule_commands(deployment: Deployment) -> None:
+    made = json.loads(
+        ok(
+            deployment.app(
+                "schedule",
+                "create",
+                "cli-sched",
+                "chain",
+                "--input",
+                "1",
+                "--every",
+                "3600",
+                "--paused",
+            )
+        )
+    )
+    assert made["schedule_id"] == "cli-sched" and made["paused"] is True
+    listed = [json.loads(line) for line in ok(deployment.app("schedule", "list")).splitlines()]
+    assert [s["schedule_id"] for s in listed] == ["cli-sched"]
+    assert "trigger recorded" in ok(deployment.app("schedule", "trigger", "cli-sched"))
+    state = json.loads(ok(deployment.app("schedule", "describe", "cli-sched")))
+    assert state["started"] == 1 and state["paused"] is True
+    run_id = state["recent"][0]["workflow_id"]
+    deployment.wait_for_status(run_id, "completed")
+    assert "delete recorded" in ok(deployment.app("schedule", "delete", "cli-sched"))
+    assert ok(deployment.app("schedule", "list")).strip() == ""
+    bad = deployment.app("schedule", "create", "x", "chain", "--cron", "nope")
+    assert bad.returncode == 1 and "valid cron expression" in bad.stderr
