@@ -7,6 +7,7 @@ the console lists and shows, and its buttons are not drawn.
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -19,6 +20,7 @@ from app.workflow import (
     WorkflowState,
     WorkflowStatus,
 )
+from app.workflow._schedules import SCHEDULER_TYPE
 from app.workflow._visibility import list_workflows, status_counts
 
 
@@ -44,8 +46,13 @@ class Backend(Protocol):
 
     async def act(self, workflow_id: str, action: str, form: Mapping[str, Any]) -> Any: ...
 
+    async def schedules(self) -> builtins.list[dict[str, Any]]: ...
+
+    async def schedule_act(self, schedule_id: str, action: str) -> None: ...
+
 
 ACTIONS = ("signal", "query", "cancel", "pause", "resume", "terminate")
+SCHEDULE_ACTIONS = ("pause", "resume", "trigger", "delete")
 
 
 class ExecutorBackend:
@@ -86,6 +93,15 @@ class ExecutorBackend:
             raise ValueError(f"unknown action {action!r} (known: {', '.join(ACTIONS)})")
         return None
 
+    async def schedules(self) -> builtins.list[dict[str, Any]]:
+        found: builtins.list[dict[str, Any]] = await self.executor.list_schedules()
+        return found
+
+    async def schedule_act(self, schedule_id: str, action: str) -> None:
+        if action not in SCHEDULE_ACTIONS:
+            raise ValueError(f"unknown schedule action {action!r}")
+        await getattr(self.executor, f"{action}_schedule")(schedule_id)
+
 
 class StoreBackend:
     """Over a store alone: list and show, no actions."""
@@ -107,6 +123,24 @@ class StoreBackend:
         if state is None:
             raise WorkflowNotFoundError(workflow_id)
         return Details(state)
+
+    async def schedules(self) -> builtins.list[dict[str, Any]]:
+        # without an executor no schedule can answer its query: what the index knows
+        page = await self.list(
+            WorkflowQuery(
+                workflow_type=SCHEDULER_TYPE, status=WorkflowStatus.RUNNING, page_size=1000
+            )
+        )
+        return [
+            {
+                "schedule_id": s.search_attributes.get("schedule_id", s.workflow_id),
+                "spec": {"workflow": s.search_attributes.get("schedule_workflow", "?")},
+            }
+            for s in page.items
+        ]
+
+    async def schedule_act(self, schedule_id: str, action: str) -> None:
+        raise PermissionError(f"this console reads {self.where} without an executor")
 
     async def act(self, workflow_id: str, action: str, form: Mapping[str, Any]) -> Any:
         raise PermissionError(

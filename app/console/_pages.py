@@ -79,7 +79,8 @@ def layout(title: str, where: str, body: str, *, script: str = "") -> str:
     return (
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
         f"<title>{esc(title)} · streamflow</title><style>{STYLE}</style></head><body>"
-        f'<header><a href="/">streamflow</a><span>{esc(where)}</span></header>'
+        f'<header><a href="/">streamflow</a><a href="/schedules">schedules</a>'
+        f"<span>{esc(where)}</span></header>"
         f"<main>{body}</main>{tail}</body></html>"
     )
 
@@ -299,6 +300,47 @@ def actions(state: WorkflowState, base: str) -> str:
         '<input name=reason placeholder="reason" size=14> '
         "<button type=submit>Terminate</button></form></fieldset>"
     )
+
+
+def schedules_page(
+    schedules: Sequence[Mapping[str, Any]], where: str, *, writable: bool, message: str = ""
+) -> str:
+    rows = []
+    for sch in schedules:
+        sid = str(sch.get("schedule_id", ""))
+        spec = sch.get("spec", {})
+        when = f"cron {spec['cron']}" if spec.get("cron") else f"every {spec.get('every', '?')} s"
+        base = f"/schedules/{quote(sid, safe='')}"
+        toggle = "resume" if sch.get("paused") else "pause"
+        buttons = (
+            "".join(
+                f'<form class=inline method=post action="{base}/{op}">'
+                f'<button type=submit name=op value="{op}">{op.capitalize()}</button></form>'
+                for op in (toggle, "trigger", "delete")
+            )
+            if writable
+            else ""
+        )
+        recent = "<br>".join(
+            esc(r.get("workflow_id", "")) for r in sch.get("recent", [])[:3] if "why" in r
+        )
+        rows.append(
+            f'<tr data-schedule-id="{esc(sid)}"><td>{esc(sid)}</td>'
+            f"<td>{esc(spec.get('workflow', '?'))}</td><td>{esc(when)}</td>"
+            f"<td>{esc(spec.get('overlap', ''))}</td>"
+            f"<td>{'paused' if sch.get('paused') else 'active'}</td>"
+            f"<td>{esc(sch.get('next_tick') or '-')}</td>"
+            f"<td>{esc(sch.get('started', '-'))} / {esc(sch.get('skipped', '-'))}</td>"
+            f"<td>{recent}</td><td>{buttons}</td></tr>"
+        )
+    note = f'<div class="msg" id="message">{esc(message)}</div>' if message else ""
+    body = (
+        f"<h2>Schedules</h2>{note}<table id=schedules><thead><tr><th>Schedule</th>"
+        "<th>Workflow</th><th>When</th><th>Overlap</th><th>State</th><th>Next tick</th>"
+        "<th>Started / skipped</th><th>Latest runs</th><th></th></tr></thead><tbody>"
+        f"{''.join(rows) or '<tr><td colspan=9>No schedules.</td></tr>'}</tbody></table>"
+    )
+    return layout("Schedules", where, body)
 
 
 def login_page(where: str, failed: bool) -> str:

@@ -53,6 +53,8 @@ def make_app(backend: Backend, token: str | None = None) -> web.Application:
     app.router.add_get("/workflows/{wid}/live", _live)
     app.router.add_get("/workflows/{wid}/stream", _stream)
     app.router.add_post("/workflows/{wid}/{action}", _act)
+    app.router.add_get("/schedules", _schedules)
+    app.router.add_post("/schedules/{sid}/{action}", _schedule_act)
     return app
 
 
@@ -221,6 +223,29 @@ async def _act(request: web.Request) -> web.Response:
         message, error = f"{action} failed: {exc}", True
     target = f"{base}?{urlencode({'msg': message, **({'error': '1'} if error else {})})}"
     raise web.HTTPSeeOther(target)
+
+
+async def _schedules(request: web.Request) -> web.Response:
+    backend = request.app[_BACKEND]
+    found = await backend.schedules()
+    body = pages.schedules_page(
+        found, backend.where, writable=backend.writable, message=request.query.get("msg", "")
+    )
+    return _html(body)
+
+
+async def _schedule_act(request: web.Request) -> web.Response:
+    backend = request.app[_BACKEND]
+    sid = request.match_info["sid"]
+    action = request.match_info["action"]
+    if not backend.writable:
+        return _html(pages.layout("Read-only", backend.where, "<p>Read-only console.</p>"), 403)
+    try:
+        await backend.schedule_act(sid, action)
+        message = f"{action} recorded for {sid}"
+    except (WorkflowError, ValueError) as exc:
+        message = f"{action} failed: {exc}"
+    raise web.HTTPSeeOther(f"/schedules?{urlencode({'msg': message})}")
 
 
 async def serve(

@@ -145,3 +145,24 @@ async def test_a_bad_signal_payload_is_shown_not_sent(
     history = (await ex.describe("order-2")).history
     assert all(e.type.value != "signal_received" for e in history)
     await page.close()
+
+
+async def test_schedules_page_triggers_and_deletes(
+    browser: Browser, console: tuple[str, DefaultExecutor], artifacts: Path
+) -> None:
+    url, ex = console
+    await ex.create_schedule("nightly", approval, {"id": 9}, cron="0 3 * * *", paused=True)
+    page = await browser.new_page()
+    await page.goto(f"{url}/schedules?token={TOKEN}")
+    row = page.locator("#schedules tr[data-schedule-id=nightly]")
+    await expect(row).to_contain_text("cron 0 3 * * *")
+    await expect(row).to_contain_text("paused")
+    await row.locator("button[value=trigger]").click()
+    await expect(page.locator("#message")).to_have_text("trigger recorded for nightly")
+    await expect(row).to_contain_text("1 / 0")  # started / skipped
+    await expect(row).to_contain_text("nightly@")  # the run it started
+    await page.screenshot(path=str(artifacts / "schedules.png"))
+    await row.locator("button[value=delete]").click()
+    await expect(page.locator("#schedules")).to_contain_text("No schedules.")
+    assert await ex.list_schedules() == []
+    await page.close()
