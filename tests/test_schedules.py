@@ -106,6 +106,20 @@ async def test_skip_and_buffer_one_while_a_run_is_still_running() -> None:
             await ex.delete_schedule(overlap)
 
 
+async def test_cancel_other_cancels_the_run_still_running() -> None:
+    rec = HookRecorder()
+    opened = DefaultExecutor(store=InMemoryStore(), workflows=[slow_job], hooks=rec.hooks())
+    async with opened as ex:
+        created = await ex.create_schedule("co", slow_job, 1, every=EVERY, overlap="cancel_other")
+        first, second = tick_ids(created, 2)
+        await rec.wait_for("workflow_start", second, timeout=WAIT)
+        # the second tick cancelled the first run before starting its own
+        with pytest.raises(Exception, match="cancel"):
+            await ex.get_handle(first).result(timeout=WAIT)
+        assert (await ex.describe(first)).status.value == "canceled"
+        await ex.delete_schedule("co")
+
+
 async def _until(ex: DefaultExecutor, sid: str, ok: Any) -> dict[str, Any]:
     """The schedule's state once ``ok(state)``: it changes only on its own ticks."""
     async with asyncio.timeout(WAIT):
@@ -145,7 +159,7 @@ def test_options_are_checked_at_the_call() -> None:
         ({"cron": "* * * * *", "every": 5}, "exactly one of"),
         ({}, "exactly one of"),
         ({"every": 0}, "every must be > 0"),
-        ({"every": 1, "overlap": "cancel_other"}, "overlap must be one of"),
+        ({"every": 1, "overlap": "cancel_all"}, "overlap must be one of"),
         ({"every": 1, "jitter": -1}, "jitter must be >= 0"),
         ({"every": 1, "schedule_id": "a b"}, "schedule_id must be"),
     ]:

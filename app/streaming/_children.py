@@ -34,6 +34,7 @@ from datetime import datetime
 from typing import Any
 
 from app.workflow._core import (
+    CANCEL_SIGNAL,
     ChildSignal,
     Parent,
     PendingChild,
@@ -114,6 +115,14 @@ def signal(parent: WorkflowState, sig: HistoryEvent | ChildSignal, now: datetime
         )
     else:
         wid, step, name, payload = sig.workflow_id, sig.step, sig.name, sig.payload
+    if name == CANCEL_SIGNAL:  # the parent's handle.cancel(): a plain cancel, once by id
+        return Command(
+            command_id=signal_id(parent.run_id, step),
+            kind=CommandKind.CANCEL,
+            workflow_id=wid,
+            issued_at=now,
+            sender_id=parent.workflow_id,
+        )
     return Command(
         command_id=signal_id(parent.run_id, step),
         kind=CommandKind.SIGNAL,

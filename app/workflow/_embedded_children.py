@@ -20,7 +20,15 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ._core import Parent, PendingChild, child_end, parent_of, signal_id, terminated_failure
+from ._core import (
+    CANCEL_SIGNAL,
+    Parent,
+    PendingChild,
+    child_end,
+    parent_of,
+    signal_id,
+    terminated_failure,
+)
 from ._errors import WorkflowAlreadyRunningError
 from ._types import (
     EventType,
@@ -201,6 +209,8 @@ class EmbeddedChildren:
         def make(r: _Run) -> HistoryEvent | None:
             if any(e.sender_id == sender for e in r.state.history):
                 return None  # delivered before a restart
+            if event.signal_name == CANCEL_SIGNAL:  # the parent's handle.cancel()
+                return ex._event(r, EventType.CANCEL_REQUESTED, sender_id=sender)
             return ex._event(
                 r,
                 EventType.SIGNAL_RECEIVED,

@@ -48,6 +48,7 @@ class Overlap(StrEnum):
     SKIP = "skip"
     BUFFER_ONE = "buffer_one"
     ALLOW_ALL = "allow_all"
+    CANCEL_OTHER = "cancel_other"
 
 
 def workflow_id_of(schedule_id: str) -> str:
@@ -157,6 +158,7 @@ async def scheduler(ctx: WorkflowContext, state: dict[str, Any]) -> dict[str, An
     recent: list[dict[str, Any]] = list(state.get("recent", []))
     counts: dict[str, int] = dict(state.get("counts", {"started": 0, "skipped": 0, "missed": 0}))
     running: dict[str, asyncio.Task[None]] = {}
+    handles: dict[str, Any] = {}
     buffered: list[datetime] = []
     control = ctx.receive_signal(CONTROL)
 
@@ -184,6 +186,7 @@ async def scheduler(ctx: WorkflowContext, state: dict[str, Any]) -> dict[str, An
         except Exception as exc:  # the scheduled run's failure is its own
             outcome = f"failed: {exc}"
         running.pop(child_id, None)
+        handles.pop(child_id, None)
         _note(recent, {"workflow_id": child_id, "ended": outcome})
         if buffered and spec.overlap == Overlap.BUFFER_ONE.value:
             await start(buffered.pop(0), "buffered")
@@ -195,6 +198,7 @@ async def scheduler(ctx: WorkflowContext, state: dict[str, Any]) -> dict[str, An
         )
         counts["started"] += 1
         _note(recent, {"tick": tick.isoformat(), "workflow_id": child_id, "why": why})
+        handles[child_id] = handle
         running[child_id] = asyncio.ensure_future(watch(child_id, handle))
 
     async def act(tick: datetime, why: str) -> None:
@@ -207,6 +211,9 @@ async def scheduler(ctx: WorkflowContext, state: dict[str, Any]) -> dict[str, An
             else:
                 buffered.append(tick)
         else:
+            if spec.overlap == Overlap.CANCEL_OTHER.value:
+                for other in list(handles.values()):
+                    await other.cancel()  # its watcher notes how it ended
             await start(tick, why)
 
     try:
@@ -299,8 +306,8 @@ class ScheduleMethods:
 
         ``overlap`` says what a tick does while the last run is still running:
         ``skip`` it, ``buffer_one`` (run it when that one ends; later ones are
-        skipped) or ``allow_all``. ``jitter`` delays each tick by up to that
-        much; after downtime, missed ticks no older than ``catchup_window`` are
+        skipped), ``allow_all`` or ``cancel_other`` (cancel it, then start).
+        ``jitter`` delays each tick by up to that much; after downtime, missed ticks no older than ``catchup_window`` are
         acted on. Raises :class:`WorkflowAlreadyRunningError` if the id is taken.
         """
         from ._types import WorkflowOptions

@@ -48,7 +48,13 @@ from app.workflow import (
     WorkflowTimeoutError,
 )
 from app.workflow._converter import describe_failure, encode_failure
-from app.workflow._core import ChildSignal, PendingChild, WorkflowInstance, terminated_failure
+from app.workflow._core import (
+    CANCEL_SIGNAL,
+    ChildSignal,
+    PendingChild,
+    WorkflowInstance,
+    terminated_failure,
+)
 
 from ._common import CHILD_MEMO
 from ._history import _failure_from_details
@@ -228,7 +234,10 @@ class ChildRunner:
     ) -> None:
         try:
             handle = await asyncio.shield(started)
-            await handle.signal(name, payload)
+            if name == CANCEL_SIGNAL:  # the parent's handle.cancel(): Temporal's own
+                handle.cancel()  # a Temporal child handle is a task: cancelling it cancels it
+            else:
+                await handle.signal(name, payload)
         except asyncio.CancelledError:
             return
         except Exception as err:  # the child could not start, or has ended: the signal is lost

@@ -34,7 +34,7 @@ from app.workflow._converter import (
     describe_failure,
     encode_failure,
 )
-from app.workflow._core import TERMINATED, TimerKind, terminated_failure
+from app.workflow._core import CANCEL_SIGNAL, TERMINATED, TimerKind, terminated_failure
 
 from ._codec import plain_failure
 from ._common import (
@@ -731,6 +731,20 @@ class _HistoryMapper:
                 child_workflow_id=attrs.workflow_execution.workflow_id,
                 signal_name=attrs.signal_name,
                 signal_payload=await self._first(attrs.input.payloads),
+            )
+        ]
+
+    async def _on_request_cancel_external_workflow_execution_initiated_event_attributes(
+        self, event: TemporalEvent
+    ) -> list[HistoryEvent | _Retry]:
+        # a child's handle.cancel(), as the other runtimes record it
+        attrs = event.request_cancel_external_workflow_execution_initiated_event_attributes
+        return [
+            self._emit(
+                event,
+                EventType.CHILD_WORKFLOW_SIGNALED,
+                child_workflow_id=attrs.workflow_execution.workflow_id,
+                signal_name=CANCEL_SIGNAL,
             )
         ]
 

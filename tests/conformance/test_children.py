@@ -187,3 +187,15 @@ async def test_invalid_child_options_fail_at_the_call(runtime: Runtime) -> None:
     assert "parent_close_policy must be a ParentClosePolicy" in errors[2]
     assert "retry must be a RetryPolicy" in errors[3]
     assert "child workflow timeout" in errors[4]
+
+
+async def test_a_parent_cancels_one_child(runtime: Runtime) -> None:
+    async with runtime.open() as ex:
+        handle = await ex.execute(wf.cancels_its_child, WorkflowOptions(id="ck", input="x"))
+        outcome = await handle.result(timeout=WAIT)
+        child = await _ended(ex, "ck-kid")
+        parent = await ex.describe("ck")
+    assert outcome.startswith("child ended:"), outcome
+    assert child.status is WorkflowStatus.CANCELED
+    sent = [e.signal_name for e in _events(parent.history, EventType.CHILD_WORKFLOW_SIGNALED)]
+    assert sent == ["__cancel__"]

@@ -531,3 +531,18 @@ async def charge_and_ship(ctx: WorkflowContext, n: int) -> str:
 
 workflows += [charge_and_ship]
 activities += [charge_once, ship]
+
+
+async def cancels_its_child(ctx: WorkflowContext, tag: str) -> str:
+    """Starts a child that waits forever, cancels it, and reports how it ended."""
+    child = await ctx.start_child(sleep_forever, None, id=f"{ctx.workflow_id}-kid")
+    await ctx.sleep(0.05)
+    await child.cancel()
+    try:
+        await child.result()
+    except ChildWorkflowError as exc:
+        return f"child ended: {type(exc.__cause__).__name__}"
+    return "child completed"
+
+
+workflows += [cancels_its_child]

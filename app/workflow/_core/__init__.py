@@ -1,6 +1,7 @@
 """The deterministic core: no I/O, no clock, no randomness but the run's own."""
 
 from ._children import (
+    CANCEL_SIGNAL,
     TERMINATED,
     ChildSignal,
     ChildTable,
@@ -35,6 +36,7 @@ __all__ = [
     "child_end",
     "parent_of",
     "signal_id",
+    "CANCEL_SIGNAL",
     "check_reason",
     "reset_event",
     "reset_prefix",

@@ -110,6 +110,11 @@ class ChildSignal:
     recorded: bool = False
 
 
+CANCEL_SIGNAL = "__cancel__"
+"""The signal name a parent's ``handle.cancel()`` is recorded under; runtimes deliver
+it as a cancel of the child, not as a signal."""
+
+
 def signal_id(parent_run_id: str, step: int) -> str:
     """The id a child signal is delivered under: the same on every redelivery."""
     return f"child-signal/{parent_run_id}/{step}"

@@ -21,6 +21,7 @@ from .._types import (
     to_seconds,
 )
 from .._visibility import search_attributes
+from ._children import CANCEL_SIGNAL
 from ._updates import UpdateHandler
 
 if TYPE_CHECKING:
@@ -129,11 +130,21 @@ class ChildWorkflowHandle:
 
     async def signal(self, name: str, payload: Any = None) -> None:
         """Send the child signal ``name``; recorded, then delivered by the runtime."""
-        if not isinstance(name, str) or not name:
-            raise InvalidArgumentError(f"signal name must be a non-empty string, got {name!r}")
+        if not isinstance(name, str) or not name or name == CANCEL_SIGNAL:
+            raise InvalidArgumentError(
+                f"signal name must be a non-empty string other than {CANCEL_SIGNAL!r}, got {name!r}"
+            )
         data = to_payload(payload, f"payload of signal {name!r} to child {self.id!r}")
         _require_loop(self._instance.loop)
         self._instance.children.signal(self.id, name, data)
+        await asyncio.sleep(0)
+
+    async def cancel(self) -> None:
+        """Ask the child to stop (``CancelledError`` at its current await); recorded in
+        this run's history as a ``child_workflow_signaled`` named ``__cancel__`` and
+        delivered once, as a cancel. Its ``result()`` then raises ``ChildWorkflowError``."""
+        _require_loop(self._instance.loop)
+        self._instance.children.signal(self.id, CANCEL_SIGNAL, None)
         await asyncio.sleep(0)
 
     def __repr__(self) -> str:
