@@ -308,7 +308,8 @@ class ScheduleMethods:
         ``skip`` it, ``buffer_one`` (run it when that one ends; later ones are
         skipped), ``allow_all`` or ``cancel_other`` (cancel it, then start).
         ``jitter`` delays each tick by up to that much; after downtime, missed
-        ticks no older than ``catchup_window`` are acted on. Raises :class:`WorkflowAlreadyRunningError` if the id is taken.
+        ticks no older than ``catchup_window`` are acted on. Raises
+        :class:`WorkflowAlreadyRunningError` if the id is taken.
         """
         from ._types import WorkflowOptions
 
