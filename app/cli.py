@@ -43,16 +43,6 @@ def _add_db_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
-
-
 def _existing_store(path: str | None) -> tuple[SQLiteStore | None, str]:
     """The store at ``path`` (env/default when None), or None when there is no such file.
 

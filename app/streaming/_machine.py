@@ -29,8 +29,8 @@ from app.workflow._core import (
     PendingActivity,
     PendingTimer,
     WorkflowInstance,
-    reset_event,
     reset_prefix,
+    reset_state,
     terminated_failure,
 )
 from app.workflow._errors import (
@@ -468,18 +468,7 @@ class Machine:
         old = run.state
         fn = self.workflows.get(old.workflow_type)
         run.close()
-        now = self.clock()
-        state = old.model_copy(
-            update={
-                "run_id": new_run_id,
-                "status": WorkflowStatus.RUNNING,
-                "result": None,
-                "error": None,
-                "history": [*prefix, reset_event(old, len(prefix) + 1, now, reason)],
-                "created_at": now,
-                "updated_at": now,
-            }
-        )
+        state = reset_state(old, prefix, new_run_id, self.clock(), reason)
         new = Run(state=state, seen=run.seen, start_command=cmd.command_id, partition=run.partition)
         fx.ended.append((old.run_id, fx.events, fx.retries))
         fx.events, fx.retries, fx.tasks = list(state.history), set(), []

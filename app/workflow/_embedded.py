@@ -39,8 +39,8 @@ from ._core import (
     UpdateState,
     WorkflowInstance,
     check_reason,
-    reset_event,
     reset_prefix,
+    reset_state,
     terminated_failure,
 )
 from ._embedded_children import EmbeddedChildren
@@ -610,19 +610,7 @@ class DefaultExecutor(ScheduleMethods):
             await self.terminate(workflow_id, f"reset to event {to_event_id} as run {new_run_id}")
             await asyncio.wait_for(asyncio.shield(run.done), _RESET_WAIT)
         fn = self._workflows.get(state.workflow_type)
-        now = self._clock()
-        marker = reset_event(state, len(prefix) + 1, now, why)
-        new = state.model_copy(
-            update={
-                "run_id": new_run_id,
-                "status": WorkflowStatus.RUNNING,
-                "result": None,
-                "error": None,
-                "history": [*prefix, marker],
-                "created_at": now,
-                "updated_at": now,
-            }
-        )
+        new = reset_state(state, prefix, new_run_id, self._clock(), why)
         await self._io.save(new)
         await self._resume(new)
         return EmbeddedHandle(self, workflow_id, new_run_id, fn)

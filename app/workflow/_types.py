@@ -270,6 +270,17 @@ class Signal:
             raise InvalidArgumentError(f"Signal.name must be a non-empty string, got {self.name!r}")
 
 
+def status_arg(value: Any, what: str) -> WorkflowStatus | None:
+    """``value`` as a :class:`WorkflowStatus` (None stays None); anything else raises."""
+    if value is None:
+        return None
+    try:
+        return WorkflowStatus(value)
+    except ValueError:
+        known = ", ".join(s.value for s in WorkflowStatus)
+        raise InvalidArgumentError(f"{what} must be one of {known}, got {value!r}") from None
+
+
 @dataclass(frozen=True)
 class WorkflowFilter:
     """Selects workflows in :meth:`WorkflowStore.list`; ``limit=0`` means no limit."""
@@ -278,14 +289,7 @@ class WorkflowFilter:
     limit: int = 0
 
     def __post_init__(self) -> None:
-        if self.status is not None:
-            try:
-                object.__setattr__(self, "status", WorkflowStatus(self.status))
-            except ValueError:
-                known = ", ".join(s.value for s in WorkflowStatus)
-                raise InvalidArgumentError(
-                    f"WorkflowFilter.status must be one of {known}, got {self.status!r}"
-                ) from None
+        object.__setattr__(self, "status", status_arg(self.status, "WorkflowFilter.status"))
         if isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit < 0:
             raise InvalidArgumentError(
                 f"WorkflowFilter.limit must be an int >= 0, got {self.limit!r}"

@@ -25,7 +25,14 @@ from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
 
 from ._errors import InvalidArgumentError, WorkflowError
-from ._types import TERMINAL_STATUS, EventType, HistoryEvent, WorkflowState, WorkflowStatus
+from ._types import (
+    TERMINAL_STATUS,
+    EventType,
+    HistoryEvent,
+    WorkflowState,
+    WorkflowStatus,
+    status_arg,
+)
 
 SearchValue = str | int | float | bool
 """A search attribute's value (a :class:`datetime` is kept as ISO-8601 text in UTC)."""
@@ -187,14 +194,7 @@ class WorkflowQuery:
             raise InvalidArgumentError(
                 f"WorkflowQuery.workflow_type must be a non-empty str, got {self.workflow_type!r}"
             )
-        if self.status is not None:
-            try:
-                object.__setattr__(self, "status", WorkflowStatus(self.status))
-            except ValueError:
-                known = ", ".join(s.value for s in WorkflowStatus)
-                raise InvalidArgumentError(
-                    f"WorkflowQuery.status must be one of {known}, got {self.status!r}"
-                ) from None
+        object.__setattr__(self, "status", status_arg(self.status, "WorkflowQuery.status"))
         for name in ("started_after", "started_before", "closed_after", "closed_before"):
             object.__setattr__(self, name, _moment(getattr(self, name), f"WorkflowQuery.{name}"))
         attrs = search_attributes(self.search_attributes, "WorkflowQuery.search_attributes")
@@ -306,21 +306,21 @@ def matches(summary: WorkflowSummary, query: WorkflowQuery) -> bool:
         return False
     if query.status is not None and summary.status is not query.status:
         return False
-    started = time_key(summary.started_at)
-    if query.started_after is not None and started < time_key(query.started_after):
+    if not _within(summary.started_at, query.started_after, query.started_before):
         return False
-    if query.started_before is not None and started >= time_key(query.started_before):
+    if query.closed_range and (
+        summary.closed_at is None
+        or not _within(summary.closed_at, query.closed_after, query.closed_before)
+    ):
         return False
-    if query.closed_range:
-        if summary.closed_at is None:
-            return False
-        closed = time_key(summary.closed_at)
-        if query.closed_after is not None and closed < time_key(query.closed_after):
-            return False
-        if query.closed_before is not None and closed >= time_key(query.closed_before):
-            return False
     attrs = summary.search_attributes
     return all(_same(attrs.get(k), v) for k, v in query.search_attributes.items())
+
+
+def _within(moment: datetime, after: datetime | None, before: datetime | None) -> bool:
+    """Whether ``moment`` is in ``[after, before)`` (an open end when None)."""
+    key = time_key(moment)
+    return (after is None or key >= time_key(after)) and (before is None or key < time_key(before))
 
 
 def _same(stored: Any, wanted: Any) -> bool:

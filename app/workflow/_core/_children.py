@@ -165,14 +165,28 @@ def reset_prefix(state: WorkflowState, to_event_id: Any) -> list[HistoryEvent]:
     return [e.model_copy() for e in state.history[:to_event_id]]
 
 
-def reset_event(state: WorkflowState, event_id: int, now: datetime, reason: str) -> HistoryEvent:
-    """The ``workflow_reset`` that follows the copied events, naming the old run."""
-    return HistoryEvent(
-        id=event_id,
+def reset_state(
+    old: WorkflowState, prefix: list[HistoryEvent], run_id: str, now: datetime, reason: str
+) -> WorkflowState:
+    """The new run a reset makes: ``prefix`` (from :func:`reset_prefix`), then a
+    ``workflow_reset`` naming the old run."""
+    marker = HistoryEvent(
+        id=len(prefix) + 1,
         type=EventType.WORKFLOW_RESET,
         timestamp=now,
-        change_id=state.run_id,
+        change_id=old.run_id,
         reason=reason,
+    )
+    return old.model_copy(
+        update={
+            "run_id": run_id,
+            "status": WorkflowStatus.RUNNING,
+            "result": None,
+            "error": None,
+            "history": [*prefix, marker],
+            "created_at": now,
+            "updated_at": now,
+        }
     )
 
 
