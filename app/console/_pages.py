@@ -49,6 +49,9 @@ if (live && window.EventSource) {
   source.addEventListener('change', async () => {
     const response = await fetch(live.dataset.fragment, {credentials: 'same-origin'});
     if (response.ok) { live.innerHTML = await response.text(); }
+    // a run that has ended takes no more actions: drop the buttons drawn for it
+    const actions = document.getElementById('actions');
+    if (actions && !live.querySelector('#status .s-running')) { actions.remove(); }
   });
 }
 """

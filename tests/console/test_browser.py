@@ -123,6 +123,7 @@ async def test_find_open_signal_and_watch_it_complete(
     await expect(page.locator("#message")).to_have_text("signal recorded")
     # the page follows the run as it goes (server-sent events), with no reload
     await expect(page.locator("#status")).to_have_text("completed", timeout=WAIT_MS)
+    await expect(page.locator("#actions")).to_have_count(0)  # an ended run takes no actions
     await expect(page.locator("#result")).to_contain_text('"by": "ann"')
     await expect(page.locator("#timeline rect.bar[data-kind=completed]")).to_have_count(1)
     await expect(page.locator("#timeline rect.bar[data-kind=timer]")).to_have_count(1)
