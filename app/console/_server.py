@@ -34,6 +34,8 @@ log = logging.getLogger("app.console")
 COOKIE = "streamflow_token"
 POLL_S = 0.5
 """How often a live page's stream looks for a change."""
+MESSAGE_MAX = 2000
+"""The longest action message (a query's answer) shown after an action."""
 _BACKEND: web.AppKey[Backend] = web.AppKey("backend", Backend)
 _TOKEN: web.AppKey[str | None] = web.AppKey("token", str)
 _STREAMS: web.AppKey[set[asyncio.Task[Any]]] = web.AppKey("streams", set)
@@ -157,7 +159,10 @@ async def _workflow(request: web.Request) -> web.Response:
 
 
 async def _live(request: web.Request) -> web.Response:
-    details = await request.app[_BACKEND].details(request.match_info["wid"])
+    try:
+        details = await request.app[_BACKEND].details(request.match_info["wid"])
+    except WorkflowNotFoundError as exc:
+        return _html(f'<p class="msg err">{pages.esc(exc)}</p>', 404)
     return _html(pages.live_fragment(details))
 
 
@@ -221,6 +226,8 @@ async def _act(request: web.Request) -> web.Response:
         )
     except (WorkflowError, ValueError, KeyError) as exc:
         message, error = f"{action} failed: {exc}", True
+    if len(message) > MESSAGE_MAX:  # it travels in the redirect's address
+        message = message[: MESSAGE_MAX - 3] + "..."
     target = f"{base}?{urlencode({'msg': message, **({'error': '1'} if error else {})})}"
     raise web.HTTPSeeOther(target)
 
