@@ -294,12 +294,15 @@ class WorkflowInstance:
         While the run is paused, only the attempts already recorded as started:
         no new one is dispatched until it is resumed.
         """
+        if not self.paused and not self._held_attempts:  # the usual case, kept cheap
+            return [a for a in self._activities.values() if not a.backing_off]
+        held = self._held_attempts
         return [
             a
             for a in self._activities.values()
             if not a.backing_off
             and (a.recorded or not self.paused)
-            and (a.step, a.attempt) not in self._held_attempts
+            and (a.step, a.attempt) not in held
         ]
 
     def echoes(self, next_id: int, now: datetime) -> list[HistoryEvent]:
