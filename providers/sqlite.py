@@ -29,7 +29,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from types import TracebackType
 from typing import Any, Final, NoReturn, TypeVar
 
@@ -38,7 +38,13 @@ import pydantic_core
 from app.workflow._errors import InvalidArgumentError
 from app.workflow._store import StoreClosedError, StoreConflictError
 from app.workflow._types import HistoryEvent, WorkflowFilter, WorkflowState, WorkflowStatus
-from app.workflow._visibility import WorkflowPage, WorkflowQuery, WorkflowSummary, summarize
+from app.workflow._visibility import (
+    WorkflowPage,
+    WorkflowQuery,
+    WorkflowSummary,
+    summarize,
+    time_key,  # the sort key of a start or close time: the same as the index's cursor
+)
 
 from . import _sqlite_visibility as visibility
 
@@ -55,8 +61,6 @@ _MAX_BATCH: Final = 256
 _BUSY_TIMEOUT_S: Final = 30.0
 _JOIN_TIMEOUT_S: Final = 30.0
 _SCHEMA_VERSION: Final = 2
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND: Final = timedelta(microseconds=1)
 
 log = logging.getLogger("providers.sqlite")
 
@@ -136,12 +140,6 @@ _HeaderUpdate = tuple[str, str, str | None, str, int | None]
 # -- encoding -----------------------------------------------------------------
 
 
-def _created_key(moment: datetime) -> int:
-    # Sort on the instant, not the text: offsets differ and naive counts as UTC.
-    aware = moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-    return (aware - _EPOCH) // _MICROSECOND
-
-
 def _dump(value: Any) -> str:
     return pydantic_core.to_json(value).decode()
 
@@ -158,7 +156,7 @@ def _header_update(state: WorkflowState) -> _HeaderUpdate:
 
 
 def _closed_key(state: WorkflowState) -> int | None:
-    return None if state.status == WorkflowStatus.RUNNING else _created_key(state.updated_at)
+    return None if state.status == WorkflowStatus.RUNNING else time_key(state.updated_at)
 
 
 def _header_row(state: WorkflowState, summary: WorkflowSummary) -> _HeaderRow:
@@ -172,7 +170,7 @@ def _header_row(state: WorkflowState, summary: WorkflowSummary) -> _HeaderRow:
         state.error,
         state.timeout,
         state.created_at.isoformat(),
-        _created_key(state.created_at),
+        time_key(state.created_at),
         state.updated_at.isoformat(),
         len(state.history),
         _closed_key(state),
@@ -233,7 +231,7 @@ def _upgrade(connection: sqlite3.Connection) -> None:
         ).fetchall()
         connection.executemany(
             "UPDATE workflows SET closed_key = ? WHERE workflow_id = ?",
-            [(_created_key(datetime.fromisoformat(at)), wid) for wid, at in closed],
+            [(time_key(datetime.fromisoformat(at)), wid) for wid, at in closed],
         )
         connection.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
         connection.execute("COMMIT")
