@@ -13,8 +13,9 @@ import dataclasses
 import logging
 from typing import Any
 
+from app.workflow import _driver as driver
 from app.workflow._names import FunctionTable
-from app.workflow._types import EventType, HistoryEvent, WorkflowState, WorkflowStatus
+from app.workflow._types import HistoryEvent, WorkflowState, WorkflowStatus
 
 from ._eager import EagerAttempts, merge
 from ._growth import Generations, _now
@@ -156,12 +157,7 @@ class Activations(Generations):
                     partition,
                     ", ".join(f"{t.activity_name}#{t.step}.{t.attempt}" for t in tasks),
                 )
-            started = {
-                (e.step, e.attempt): e.timestamp.timestamp()
-                for e in state.history
-                if e.type is EventType.ACTIVITY_STARTED and e.step is not None
-                if e.attempt is not None
-            }
+            started = driver.attempt_starts(state.history)
         self.attempts.update(
             wid,
             partition,

@@ -19,7 +19,7 @@ with what the instance wants.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Awaitable, Callable, Generator, Mapping
+from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
@@ -233,6 +233,16 @@ def next_run(
         updated_at=now,
     )
     return NextRun(state, started, deque([*instance.carried_signals(), *carried]))
+
+
+def attempt_starts(history: Sequence[HistoryEvent]) -> dict[tuple[int, int], float]:
+    """When each recorded activity attempt started (epoch seconds), by (step, attempt)."""
+    return {
+        (e.step, e.attempt): e.timestamp.timestamp()
+        for e in history
+        if e.type is EventType.ACTIVITY_STARTED and e.step is not None
+        if e.attempt is not None
+    }
 
 
 Want = TypeVar("Want")

@@ -409,11 +409,7 @@ class DefaultExecutor(ScheduleMethods):
         if run is None or run.ended or run.instance is None:
             return state, None
         instance = run.instance
-        started = {
-            (e.step, e.attempt): e.timestamp.timestamp()
-            for e in state.history
-            if e.type is EventType.ACTIVITY_STARTED
-        }
+        started = driver.attempt_starts(state.history)
         waiting = {
             "activities": [
                 {
