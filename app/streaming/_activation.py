@@ -205,7 +205,7 @@ class Activations(Generations):
         if self.eager is None:
             return run
         new = fx.tasks
-        for _ in range(CHAIN_ROUNDS):
+        for round_ in range(CHAIN_ROUNDS + 1):
             local = [self._with_details(t) for t in self._eager_part(new, run, cmd)]
             if not local:
                 break
@@ -215,6 +215,10 @@ class Activations(Generations):
             self.metrics.dispatched.labels("eager").inc(len(local))
             for task in local:
                 self.eager.start(task, partition)
+            if round_ == CHAIN_ROUNDS:
+                # Started here too: their results come in the next activation, not
+                # through the task topic (two broker hops for the chain's next step).
+                break
             ended = await self.eager.ended_now(run.state.workflow_id)
             if not ended:
                 break

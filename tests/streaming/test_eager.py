@@ -14,6 +14,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from app.streaming import KafkaExecutor, StreamingSettings, StreamingWorker
+from app.streaming._activation import CHAIN_ROUNDS
 from app.streaming.admin import ensure_topics
 from app.streaming.settings import test_settings
 from app.workflow import WorkflowContext, WorkflowOptions
@@ -45,6 +46,13 @@ async def fan_out(ctx: WorkflowContext, n: int) -> int:
     for step in range(3):  # then sequential steps, each dispatched by a result
         total += int(await ctx.execute_activity(double, step))
     return sum(int(p) for p in parts) + total
+
+
+async def long_chain(ctx: WorkflowContext, n: int) -> int:
+    total = 0
+    for step in range(n):  # each step dispatched by the result of the one before
+        total += int(await ctx.execute_activity(double, step))
+    return total
 
 
 async def one_held(ctx: WorkflowContext, tag: str) -> str:
@@ -123,6 +131,28 @@ async def test_a_worker_with_both_roles_runs_every_attempt_itself(kafka_bootstra
     attempts = 4 * (10 + 3)
     assert len(RUNS) == attempts  # each attempt ran once
     assert metric(worker, "eager") == attempts and metric(worker, "topic") == 0
+    assert await tasks_on_topic(settings) == 0
+
+
+async def test_a_chain_longer_than_one_activation_stays_on_the_worker(
+    kafka_bootstrap: str,
+) -> None:
+    """An activation applies a few rounds of quick steps; the attempt its last
+    round dispatches runs here too (it used to go through the task topic)."""
+    RUNS.clear()
+    settings = settings_for(kafka_bootstrap, partitions=1)
+    await ensure_topics(settings)
+    worker = StreamingWorker(settings, [long_chain], [double])
+    await worker.start()
+    steps = 5 * CHAIN_ROUNDS + 3
+    try:
+        async with KafkaExecutor(settings=settings) as ex:
+            handle = await ex.execute(long_chain, WorkflowOptions(id="chain", input=steps))
+            assert await handle.result(timeout=WAIT) == 2 * sum(range(steps))
+    finally:
+        await asyncio.wait_for(worker.stop(), STOP_BOUND)
+    assert len(RUNS) == steps
+    assert metric(worker, "eager") == steps and metric(worker, "topic") == 0
     assert await tasks_on_topic(settings) == 0
 
 
