@@ -303,11 +303,31 @@ async def run_w4(open_executor: Opener, sizes: Sizes) -> dict[str, float]:
     # Steps between consecutive completions: the first one, which also pays
     # for starting the workflow, is left out.
     steps = [later - earlier for earlier, later in itertools.pairwise(stamps)]
-    first, last = statistics.fmean(steps[:window]), statistics.fmean(steps[-window:])
-    # Medians shrug off a stray pause (GC, a commit, another process on the CPU)
-    # that can swing a 100-step mean; a real growth with history moves both.
-    median_ratio = statistics.median(steps[-window:]) / statistics.median(steps[:window])
-    return {"first": ms(first), "last": ms(last), "ratio": last / first, "median": median_ratio}
+    starts = list(range(0, len(steps) - window + 1, window))
+    if starts[-1] + window < len(steps):
+        starts.append(len(steps) - window)  # the last window ends with the last step
+    means = [statistics.fmean(steps[i : i + window]) for i in starts]
+    first, last = means[0], means[-1]
+    return {
+        "first": ms(first),
+        "last": ms(last),
+        "ratio": last / first,
+        "fit": fitted_growth(means),
+    }
+
+
+def fitted_growth(means: Sequence[float]) -> float:
+    """Last/first window of the least-squares line through all the window means.
+
+    One window can hold a stray pause (a full garbage collection, another
+    process on the CPU) that swings its mean by a tenth or more; a growth with
+    history moves the whole line. (A median of single steps no longer works
+    here: a client hears the steps of one fetch at once, so most gaps are ~0.)
+    """
+    if len(means) < 2:
+        return 1.0
+    slope, intercept = statistics.linear_regression(range(len(means)), means)
+    return (intercept + slope * (len(means) - 1)) / intercept
 
 
 async def run_w5(open_executor: Opener, sizes: Sizes) -> dict[str, float]:

@@ -12,6 +12,7 @@ asked for (activity_started, the terminal event).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 from collections import deque
@@ -152,6 +153,9 @@ class Run:
     """The commands partition that owns the run (where its state is written)."""
     archived: int = 0
     """Events up to this id are in the worker's history table (later ones in the header)."""
+    archiving: tuple[int, list[asyncio.Future[Any]]] | None = None
+    """Events up to this id written to the history table, and the acknowledgements
+    of those records: once all are in, the header stops repeating the events."""
     encoded: dict[int, str] = field(default_factory=dict)
     """JSON of the events in the header's tail, by id (serialized once)."""
     sealed_input: Any = None

@@ -11,9 +11,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 from app.workflow._payloads import Payloads
@@ -46,7 +47,6 @@ class RunStore:
         self.history = changelog_table(producer, topology.changelog("history"))
         self.timers = changelog_table(producer, topology.changelog("timers"), json.loads)
         self.tables = [self.runs, self.history, self.timers]
-        self._flush: Callable[[], Awaitable[Any]] = producer.flush
         self.machine = machine
         self.metrics = metrics
         self.cache_size = cache_size
@@ -166,28 +166,47 @@ class RunStore:
 
         Recent events travel only in the header (one atomic write per step).
         When the tail holds ``2 * _TAIL`` events (or ``_TAIL_BYTES`` of JSON),
-        all but the last ``_TAIL`` go to the history table, and the producer is
-        flushed before the header that drops them is written: a header never
-        points at an event whose record might be lost. One flush per ``_TAIL``
-        steps.
+        all but the last ``_TAIL`` are written to the history table. The header
+        keeps them until the brokers have acknowledged those records (a header
+        never points at an event whose record might be lost): the first header
+        written after that drops them. Nothing waits for the acknowledgements
+        unless the tail doubles meanwhile (a broker slower than the steps).
         """
-        history = run.state.history
-        tail = history[run.archived :]
-        size = sum(len(run.encoded.get(e.id, "")) for e in tail)
-        if len(tail) < 2 * _TAIL and (len(tail) <= 1 or size <= _TAIL_BYTES):
+        if run.archiving is not None:
+            upto, acks = run.archiving
+            if not all(a.done() for a in acks):
+                if not self._full(run, 2):
+                    return
+                await asyncio.gather(*acks)  # raises if one of them was not acknowledged
+            run.archiving = None
+            if all(not a.cancelled() and a.exception() is None for a in acks):
+                run.archived = upto
+                run.encoded = {i: v for i, v in run.encoded.items() if i > upto}
+            # else: the flush before the next commit raises and the partition is read again
+        if not self._full(run, 1):
             return
-        keep = min(_TAIL, len(tail) - 1)
+        history = run.state.history
+        keep = min(_TAIL, len(history) - run.archived - 1)
         wid = run.state.workflow_id
         assert run.partition is not None
+        acks = []
         for event in history[run.archived : len(history) - keep]:
-            await self.history.set(
+            ack = await self.history.set(
                 f"{wid}#{event.id}".encode(),
                 (await self._event_json(run, event)).encode(),
                 run.partition,
             )
-        await self._flush()
-        run.archived = len(history) - keep
-        run.encoded = {i: v for i, v in run.encoded.items() if i > run.archived}
+            acks.append(asyncio.ensure_future(ack))
+        run.archiving = (len(history) - keep, acks)
+
+    @staticmethod
+    def _full(run: Run, times: int) -> bool:
+        """Whether the header's tail holds ``times`` times what is due for the archive."""
+        tail = run.state.history[run.archived :]
+        if len(tail) >= 2 * _TAIL * times:
+            return True
+        size = sum(len(run.encoded.get(e.id, "")) for e in tail)
+        return len(tail) > 1 and size > _TAIL_BYTES * times
 
     async def _event_json(self, run: Run, event: HistoryEvent) -> str:
         # Each event is encoded and serialized once, and kept while it is in the tail:
