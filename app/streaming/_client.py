@@ -19,7 +19,7 @@ import dataclasses
 import logging
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -68,6 +68,7 @@ from ._messages import (
     decode_reply,
     dump_payload,
     partition_for,
+    partitioner,
 )
 from ._security import BrokerSecurityError, start_client
 from ._visibility import VisibilityIndex
@@ -76,15 +77,6 @@ from .settings import StreamingSettings
 log = logging.getLogger("app.streaming.client")
 
 _TERMINAL = {EventType.WORKFLOW_COMPLETED, EventType.WORKFLOW_FAILED, EventType.WORKFLOW_CANCELED}
-
-
-async def _tail(consumer: AIOKafkaConsumer) -> AsyncIterator[Any]:
-    """The consumer's records, fetched a batch at a time (cheaper per record than getone)."""
-    while True:
-        batches = await consumer.getmany(timeout_ms=1000)
-        for records in batches.values():
-            for record in records:
-                yield record
 
 
 def _wanted_types(hooks: Hooks) -> frozenset[bytes]:
@@ -172,8 +164,9 @@ class KafkaExecutor(ScheduleMethods):
         self._workflows = FunctionTable("workflow", workflows)
         self._workflows.add(scheduler)
         self._producer: AIOKafkaProducer | None = None
-        self._replies: AIOKafkaConsumer | None = None
-        self._history: AIOKafkaConsumer | None = None
+        # one consumer tails both this client's replies and the history: one fetch
+        # request for both (a client's cost is mostly its fetches)
+        self._tail: AIOKafkaConsumer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._pending: dict[str, asyncio.Future[Reply]] = {}
         self._watchers: dict[str, list[asyncio.Event]] = {}
@@ -232,7 +225,11 @@ class KafkaExecutor(ScheduleMethods):
                 self.topology = self.settings.topology
         s = self.settings
         self._producer = AIOKafkaProducer(
-            **s.kafka_options(), acks="all", linger_ms=0, client_id=self.client_id
+            **s.kafka_options(),
+            acks="all",
+            linger_ms=0,
+            partitioner=partitioner,
+            client_id=self.client_id,
         )
         await start_client(self._producer.start, s, s.bootstrap_servers, s.request_timeout)
         common: dict[str, Any] = {
@@ -241,27 +238,20 @@ class KafkaExecutor(ScheduleMethods):
             "fetch_max_wait_ms": self.settings.fetch_wait_ms,
             "client_id": self.client_id,
         }
-        self._replies = AIOKafkaConsumer(**common)
-        self._history = AIOKafkaConsumer(**common)
-        await self._replies.start()
-        await self._history.start()
-        for consumer, topic in (
-            (self._replies, self.topology.replies),
-            (self._history, self.topology.history),
-        ):
-            partition_ids = await self._partitions(consumer, topic)
-            if topic == self.topology.replies:
-                # Replies are keyed by client id: ours all land in one partition.
-                partition_ids = [partition_for(self.client_id, len(partition_ids))]
-            tps = [TopicPartition(topic, p) for p in partition_ids]
-            consumer.assign(tps)
-            await consumer.seek_to_end(*tps)
-            # resolve the end offsets now: what is published after start() returns is seen
-            for tp in tps:
-                await consumer.position(tp)
+        self._tail = consumer = AIOKafkaConsumer(**common)
+        await consumer.start()
+        # Replies are keyed by client id: ours all land in one partition.
+        replies = await self._partitions(consumer, self.topology.replies)
+        tps = [TopicPartition(self.topology.replies, partition_for(self.client_id, len(replies)))]
+        history = await self._partitions(consumer, self.topology.history)
+        tps += [TopicPartition(self.topology.history, p) for p in history]
+        consumer.assign(tps)
+        await consumer.seek_to_end(*tps)
+        # resolve the end offsets now: what is published after start() returns is seen
+        for tp in tps:
+            await consumer.position(tp)
         self._tasks = [
-            asyncio.create_task(self._read_replies(), name="kafka-client-replies"),
-            asyncio.create_task(self._read_history(), name="kafka-client-history"),
+            asyncio.create_task(self._read_tails(consumer), name="kafka-client-tail"),
             asyncio.create_task(self._run_hooks(), name="kafka-client-hooks"),
         ]
 
@@ -296,68 +286,75 @@ class KafkaExecutor(ScheduleMethods):
         self._pending.clear()
 
     async def _disconnect(self) -> None:
-        for client in (self._producer, self._replies, self._history):
+        for client in (self._producer, self._tail):
             if client is not None:
                 with contextlib.suppress(Exception):
                     await client.stop()
-        self._producer = self._replies = self._history = None
+        self._producer = self._tail = None
 
     # -- tails -------------------------------------------------------------------------
-    async def _read_replies(self) -> None:
-        assert self._replies is not None
+    async def _read_tails(self, consumer: AIOKafkaConsumer) -> None:
+        replies = self.topology.replies
         key = self.client_id.encode()
-        async for message in _tail(self._replies):
-            if message.key != key or message.value is None:
-                continue
-            try:
-                command_id, _, reply = decode_reply(message.value)
-            except Exception:
-                log.warning("undecodable reply at offset %s", message.offset, exc_info=True)
-                continue
-            fut = self._pending.pop(command_id, None)
-            if fut is not None and not fut.done():
-                fut.set_result(reply)
+        while True:
+            batches = await consumer.getmany(timeout_ms=1000)
+            # replies first: a caller waits on each, while hooks may run behind
+            for tp, records in sorted(batches.items(), key=lambda b: b[0].topic != replies):
+                for record in records:
+                    if record.value is None:
+                        continue
+                    if tp.topic == replies:
+                        if record.key == key:
+                            self._on_reply(record)
+                    else:
+                        await self._on_history(record)
 
-    async def _read_history(self) -> None:
-        assert self._history is not None
-        async for message in _tail(self._history):
-            if message.value is None:
-                continue
-            headers = message.headers or ()
-            kind = next((v for k, v in headers if k == "type"), None)
-            if kind is not None and kind not in self._wanted:
-                continue  # no hook and no waiter for it: not even decoded
-            try:
-                wid, run_id, _, event = await self.wire.history_in(message.value)
-            except PayloadCodecError as exc:
-                # no hooks for it; result() then asks the owner and raises this error
-                log.warning("history event at %s cannot be decoded: %s", message.offset, exc)
-                continue
-            except Exception:
-                log.warning("undecodable history event at %s", message.offset, exc_info=True)
-                continue
-            mark = (wid, run_id, event.id)
-            if mark in self._seen_events:
-                continue  # republished after a worker crash
-            self._seen_events[mark] = None
-            if len(self._seen_events) > _SEEN_LIMIT:
-                for old in list(self._seen_events)[: _SEEN_LIMIT // 2]:
-                    del self._seen_events[old]
-            retry = any(k == "retry" for k, _ in headers)
-            self._queue_hooks(wid, event, retry)
-            if event.type is EventType.WORKFLOW_CONTINUED_AS_NEW and event.new_run_id:
-                self._continued[(wid, run_id)] = event.new_run_id
-                if len(self._continued) > _SEEN_LIMIT:
-                    self._continued.popitem(last=False)
-                for waiter in self._watchers.get(wid, []):
-                    waiter.set()
-            if event.type in _TERMINAL:
-                self._ended[wid] = (run_id, event)
-                self._ended.move_to_end(wid)
-                if len(self._ended) > _SEEN_LIMIT:
-                    self._ended.popitem(last=False)
-                for waiter in self._watchers.get(wid, []):
-                    waiter.set()
+    def _on_reply(self, message: Any) -> None:
+        try:
+            command_id, _, reply = decode_reply(message.value)
+        except Exception:
+            log.warning("undecodable reply at offset %s", message.offset, exc_info=True)
+            return
+        fut = self._pending.pop(command_id, None)
+        if fut is not None and not fut.done():
+            fut.set_result(reply)
+
+    async def _on_history(self, message: Any) -> None:
+        headers = message.headers or ()
+        kind = next((v for k, v in headers if k == "type"), None)
+        if kind is not None and kind not in self._wanted:
+            return  # no hook and no waiter for it: not even decoded
+        try:
+            wid, run_id, _, event = await self.wire.history_in(message.value)
+        except PayloadCodecError as exc:
+            # no hooks for it; result() then asks the owner and raises this error
+            log.warning("history event at %s cannot be decoded: %s", message.offset, exc)
+            return
+        except Exception:
+            log.warning("undecodable history event at %s", message.offset, exc_info=True)
+            return
+        mark = (wid, run_id, event.id)
+        if mark in self._seen_events:
+            return  # republished after a worker crash
+        self._seen_events[mark] = None
+        if len(self._seen_events) > _SEEN_LIMIT:
+            for old in list(self._seen_events)[: _SEEN_LIMIT // 2]:
+                del self._seen_events[old]
+        retry = any(k == "retry" for k, _ in headers)
+        self._queue_hooks(wid, event, retry)
+        if event.type is EventType.WORKFLOW_CONTINUED_AS_NEW and event.new_run_id:
+            self._continued[(wid, run_id)] = event.new_run_id
+            if len(self._continued) > _SEEN_LIMIT:
+                self._continued.popitem(last=False)
+            for waiter in self._watchers.get(wid, []):
+                waiter.set()
+        if event.type in _TERMINAL:
+            self._ended[wid] = (run_id, event)
+            self._ended.move_to_end(wid)
+            if len(self._ended) > _SEEN_LIMIT:
+                self._ended.popitem(last=False)
+            for waiter in self._watchers.get(wid, []):
+                waiter.set()
 
     def _queue_hooks(self, wid: str, event: HistoryEvent, retry: bool) -> None:
         h = self._hooks

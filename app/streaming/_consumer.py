@@ -42,6 +42,7 @@ from aiokafka.errors import KafkaError
 
 from app.workflow._tasks import cancel_and_wait
 
+from ._messages import partitioner
 from ._security import start_client
 from .settings import StreamingSettings
 
@@ -110,6 +111,7 @@ class Producer:
             client_id=self._client_id,
             acks="all",
             linger_ms=0,
+            partitioner=partitioner,
             max_request_size=MAX_RECORD,
             request_timeout_ms=int(self._settings.request_timeout * 1000),
         )

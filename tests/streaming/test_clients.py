@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import random
 import uuid
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.partitioner import DefaultPartitioner
 
 from app.streaming import KafkaExecutor, StreamingWorker
-from app.streaming._messages import partition_for
+from app.streaming._messages import partition_for, partitioner
 from app.streaming.admin import ensure_topics
 from app.streaming.settings import test_settings
 from app.workflow import Signal, WorkflowContext, WorkflowOptions
@@ -45,6 +47,18 @@ def client_ids() -> list[str]:
     raise AssertionError("unreachable")
 
 
+def test_the_partitioner_picks_what_kafkas_default_picks() -> None:
+    """Records keyed by a workflow id meet in one partition whoever sends them."""
+    rng = random.Random(7)
+    default = DefaultPartitioner()
+    for _ in range(5_000):
+        key = rng.randbytes(rng.randint(0, 48))
+        partitions = list(range(rng.randint(1, 64)))
+        assert partitioner(key, partitions, partitions) == default(key, partitions, partitions)
+        assert partitioner(key, partitions, []) == default(key, partitions, [])  # cached now
+    assert partitioner(None, [0, 1, 2], [2]) == 2  # no key: an available partition
+
+
 async def test_each_client_reads_only_its_replies_partition(kafka_bootstrap: str) -> None:
     settings = test_settings(
         kafka_bootstrap, app_id=f"clients-{uuid.uuid4().hex[:8]}", partitions=PARTITIONS
@@ -71,10 +85,15 @@ async def test_each_client_reads_only_its_replies_partition(kafka_bootstrap: str
             )
             assert results == [2 * n + 100 for n in range(len(clients))]
             for client in clients:
-                assert client._replies is not None
+                assert client._tail is not None
                 mine = partition_for(client.client_id, PARTITIONS)
-                assert client._replies.assignment() == {
+                assigned = client._tail.assignment()
+                assert {tp for tp in assigned if tp.topic == settings.topology.replies} == {
                     TopicPartition(settings.topology.replies, mine)
+                }
+                # the same consumer tails the whole history topic
+                assert {tp for tp in assigned if tp.topic == settings.topology.history} == {
+                    TopicPartition(settings.topology.history, p) for p in range(PARTITIONS)
                 }
         finally:
             for client in clients:
