@@ -303,7 +303,7 @@ async def run_w4(open_executor: Opener, sizes: Sizes) -> dict[str, float]:
     # Steps between consecutive completions: the first one, which also pays
     # for starting the workflow, is left out.
     steps = [later - earlier for earlier, later in itertools.pairwise(stamps)]
-    starts = list(range(0, len(steps) - window + 1, window))
+    starts = list(range(0, max(len(steps) - window, 0) + 1, window))
     if starts[-1] + window < len(steps):
         starts.append(len(steps) - window)  # the last window ends with the last step
     means = [statistics.fmean(steps[i : i + window]) for i in starts]
