@@ -164,7 +164,7 @@ async def _visibility(args: argparse.Namespace) -> int:
         applied = await index.catch_up()
         counts = await index.counts()
         summary = ", ".join(f"{n} {s.value}" for s, n in sorted(counts.items())) or "none"
-        print(f"Index {args.index}: {applied} events applied; workflows: {summary}")
+        print(f"Index {args.index}: {applied} history records applied; workflows: {summary}")
         if args.once:
             return 0
         await index.run()

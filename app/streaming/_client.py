@@ -79,6 +79,20 @@ log = logging.getLogger("app.streaming.client")
 _TERMINAL = {EventType.WORKFLOW_COMPLETED, EventType.WORKFLOW_FAILED, EventType.WORKFLOW_CANCELED}
 
 
+def _retried(headers: Any) -> set[int] | None:
+    """Ids of a history record's events that are retries; None: all of them (a ``retry`` header).
+
+    A single event carries ``retry: 1``; a batch, ``retries`` with the ids.
+    """
+    retried: set[int] = set()
+    for key, value in headers:
+        if key == "retry":
+            return None
+        if key == "retries":
+            retried.update(int(i) for i in value.split(b",") if i.isdigit())
+    return retried
+
+
 def _wanted_types(hooks: Hooks) -> frozenset[bytes]:
     """The history event types this client reads: those it waits on or has a hook for."""
     wanted = {*_TERMINAL, EventType.WORKFLOW_CONTINUED_AS_NEW}
@@ -321,18 +335,26 @@ class KafkaExecutor(ScheduleMethods):
 
     async def _on_history(self, message: Any) -> None:
         headers = message.headers or ()
-        kind = next((v for k, v in headers if k == "type"), None)
-        if kind is not None and kind not in self._wanted:
-            return  # no hook and no waiter for it: not even decoded
+        # a record's event types are in a header: what no hook or waiter wants is not decoded
+        kinds = next((v for k, v in headers if k in ("type", "types")), None)
+        wanted = self._wanted
+        if kinds is not None and not any(k in wanted for k in kinds.split(b",")):
+            return
         try:
-            wid, run_id, _, event = await self.wire.history_in(message.value)
+            events = await self.wire.history_in(message.value)
         except PayloadCodecError as exc:
             # no hooks for it; result() then asks the owner and raises this error
-            log.warning("history event at %s cannot be decoded: %s", message.offset, exc)
+            log.warning("history record at %s cannot be decoded: %s", message.offset, exc)
             return
         except Exception:
-            log.warning("undecodable history event at %s", message.offset, exc_info=True)
+            log.warning("undecodable history record at %s", message.offset, exc_info=True)
             return
+        retried = _retried(headers)
+        for wid, run_id, _, event in events:
+            if event.type.value.encode() in wanted:
+                self._on_event(wid, run_id, event, retried is None or event.id in retried)
+
+    def _on_event(self, wid: str, run_id: str, event: HistoryEvent, retry: bool) -> None:
         mark = (wid, run_id, event.id)
         if mark in self._seen_events:
             return  # republished after a worker crash
@@ -340,7 +362,6 @@ class KafkaExecutor(ScheduleMethods):
         if len(self._seen_events) > _SEEN_LIMIT:
             for old in list(self._seen_events)[: _SEEN_LIMIT // 2]:
                 del self._seen_events[old]
-        retry = any(k == "retry" for k, _ in headers)
         self._queue_hooks(wid, event, retry)
         if event.type is EventType.WORKFLOW_CONTINUED_AS_NEW and event.new_run_id:
             self._continued[(wid, run_id)] = event.new_run_id

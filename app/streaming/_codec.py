@@ -27,11 +27,11 @@ from app.workflow._types import HistoryEvent, WorkflowState
 from ._machine import Command, Reply, Task
 from ._messages import (
     decode_command,
-    decode_history,
+    decode_history_records,
     decode_task,
     dump_payload,
     encode_command,
-    encode_history,
+    encode_history_records,
     encode_reply,
     encode_task,
     payload_limit,
@@ -87,14 +87,27 @@ class WireCodec:
         )
 
     async def history_out(
-        self, workflow_id: str, run_id: str, workflow_type: str, event: HistoryEvent
-    ) -> bytes:
-        event = await self.payloads.encode_event(event)
-        return encode_history(workflow_id, run_id, workflow_type, event)
+        self,
+        workflow_id: str,
+        run_id: str,
+        workflow_type: str,
+        events: list[HistoryEvent],
+        batch_bytes: int,
+    ) -> list[tuple[list[HistoryEvent], bytes]]:
+        """The history records of ``events`` (``encode_history_records``), each with its events.
 
-    async def history_in(self, data: bytes) -> tuple[str, str, str, HistoryEvent]:
-        wid, run_id, workflow_type, event = decode_history(data)
-        return wid, run_id, workflow_type, await self.payloads.decode_event(event)
+        The events returned beside a record are as it carries them (payloads encoded).
+        """
+        if self.payloads.enabled:
+            events = [await self.payloads.encode_event(ev) for ev in events]
+        return encode_history_records(workflow_id, run_id, workflow_type, events, batch_bytes)
+
+    async def history_in(self, data: bytes) -> list[tuple[str, str, str, HistoryEvent]]:
+        """Each event of a history record (``decode_history_records``), payloads decoded."""
+        return [
+            (wid, run_id, workflow_type, await self.payloads.decode_event(event))
+            for wid, run_id, workflow_type, event in decode_history_records(data)
+        ]
 
     async def task_out(self, task: Task, scheduled_at: datetime) -> bytes:
         p = self.payloads

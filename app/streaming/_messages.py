@@ -13,7 +13,7 @@ import functools
 import hashlib
 import json
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -242,40 +242,91 @@ _ENGINE_STEP_KINDS = (
 
 # -- history --------------------------------------------------------------------
 def encode_history(workflow_id: str, run_id: str, workflow_type: str, event: HistoryEvent) -> bytes:
+    """One event as a ``HistoryEvent`` record."""
+    return codec("history_event").encode(_history_record(workflow_id, run_id, workflow_type, event))
+
+
+def encode_history_records(
+    workflow_id: str,
+    run_id: str,
+    workflow_type: str,
+    events: Sequence[HistoryEvent],
+    batch_bytes: int,
+) -> list[tuple[list[HistoryEvent], bytes]]:
+    """``events`` in as few history records as ``batch_bytes`` allows, each with its events.
+
+    Consecutive events share a ``HistoryBatch`` while the sizes of their
+    payloads and texts add up to at most ``batch_bytes`` (so a record stays far
+    under the producer's maximum); an event alone in its record is a
+    ``HistoryEvent``, as before batches, and with ``batch_bytes`` 0 every one is.
+    """
+    records = [_history_record(workflow_id, run_id, workflow_type, ev) for ev in events]
+    chunks: list[list[int]] = []
+    size = 0
+    for i, record in enumerate(records):
+        n = _record_bytes(record)
+        if chunks and size + n <= batch_bytes:
+            chunks[-1].append(i)
+            size += n
+        else:
+            chunks.append([i])
+            size = n
+    out = []
+    for chunk in chunks:
+        if len(chunk) == 1:
+            value = codec("history_event").encode(records[chunk[0]])
+        else:
+            value = codec("history_batch").encode({"events": [records[i] for i in chunk]})
+        out.append(([events[i] for i in chunk], value))
+    return out
+
+
+def _record_bytes(record: Mapping[str, Any]) -> int:
+    # the variable part, and a margin for the fixed fields
+    size = 128
+    for value in record.values():
+        if isinstance(value, str | bytes):
+            size += len(value)
+        elif isinstance(value, Mapping):
+            size += _record_bytes(value)
+    return size
+
+
+def _history_record(
+    workflow_id: str, run_id: str, workflow_type: str, event: HistoryEvent
+) -> dict[str, Any]:
     payload = event.input
     if event.type in (EventType.ACTIVITY_COMPLETED, EventType.UPDATE_COMPLETED, *_RESULT_TYPES):
         payload = event.result
     elif event.type in _SIGNAL_TYPES:
         payload = event.signal_payload
-    return codec("history_event").encode(
-        {
-            "workflow_id": workflow_id,
-            "run_id": run_id,
-            "workflow_type": workflow_type,
-            "id": event.id,
-            "type": event.type.value,
-            "timestamp": _utc(event.timestamp),
-            "activity_name": event.activity_name,
-            "payload": dump_payload(payload),
-            "content_type": JSON,
-            "error": event.error,
-            "signal_name": event.signal_name,
-            "duration": event.duration,
-            "step": event.step,
-            "attempt": event.attempt,
-            "failure": _failure_record(event.failure),
-            "sender_id": event.sender_id,
-            # a workflow_continued_as_new names the next run here (no schema change)
-            "change_id": event.new_run_id or event.change_id,
-            "child_workflow_id": event.child_workflow_id,
-            "child_workflow_type": event.child_workflow_type,
-            "parent_workflow_id": event.parent_workflow_id,
-            "parent_run_id": event.parent_run_id,
-            "search_attributes": _json_text(event.search_attributes),
-            "memo": _json_text(event.memo),
-            "reason": event.reason,
-        }
-    )
+    return {
+        "workflow_id": workflow_id,
+        "run_id": run_id,
+        "workflow_type": workflow_type,
+        "id": event.id,
+        "type": event.type.value,
+        "timestamp": _utc(event.timestamp),
+        "activity_name": event.activity_name,
+        "payload": dump_payload(payload),
+        "content_type": JSON,
+        "error": event.error,
+        "signal_name": event.signal_name,
+        "duration": event.duration,
+        "step": event.step,
+        "attempt": event.attempt,
+        "failure": _failure_record(event.failure),
+        "sender_id": event.sender_id,
+        # a workflow_continued_as_new names the next run here (no schema change)
+        "change_id": event.new_run_id or event.change_id,
+        "child_workflow_id": event.child_workflow_id,
+        "child_workflow_type": event.child_workflow_type,
+        "parent_workflow_id": event.parent_workflow_id,
+        "parent_run_id": event.parent_run_id,
+        "search_attributes": _json_text(event.search_attributes),
+        "memo": _json_text(event.memo),
+        "reason": event.reason,
+    }
 
 
 _SIGNAL_TYPES = (
@@ -292,8 +343,23 @@ _RESULT_TYPES = (
 
 
 def decode_history(data: bytes) -> tuple[str, str, str, HistoryEvent]:
-    """(workflow id, run id, workflow type, event) of a history topic message."""
-    record = codec("history_event").decode(data)
+    """(workflow id, run id, workflow type, event) of a ``HistoryEvent`` record."""
+    return _history_event(codec("history_event").decode(data))
+
+
+def decode_history_records(data: bytes) -> list[tuple[str, str, str, HistoryEvent]]:
+    """(workflow id, run id, workflow type, event) of each event of a history topic record.
+
+    The record is a ``HistoryEvent`` or a ``HistoryBatch`` (told apart by its
+    schema fingerprint); a batch's events come in the order they were recorded.
+    """
+    batch = codec("history_batch")
+    if batch.wrote(data):
+        return [_history_event(record) for record in batch.decode(data)["events"]]
+    return [decode_history(data)]
+
+
+def _history_event(record: Mapping[str, Any]) -> tuple[str, str, str, HistoryEvent]:
     kind = EventType(record["type"])
     payload = load_payload(record["payload"], record["content_type"], "history payload")
     fields: dict[str, Any] = {}
@@ -438,11 +504,13 @@ __all__ = [
     "decode_command",
     "decode_dead_letter",
     "decode_history",
+    "decode_history_records",
     "decode_reply",
     "decode_task",
     "encode_command",
     "encode_dead_letter",
     "encode_history",
+    "encode_history_records",
     "encode_reply",
     "encode_task",
 ]

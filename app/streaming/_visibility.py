@@ -30,7 +30,7 @@ from app.workflow._types import TERMINAL_STATUS, EventType, HistoryEvent, Workfl
 from app.workflow._visibility import WorkflowPage, WorkflowQuery, time_key
 from providers import _sqlite_visibility as index_sql
 
-from ._messages import decode_history
+from ._messages import decode_history_records
 from ._security import start_client
 from .settings import StreamingSettings
 
@@ -63,7 +63,7 @@ Decoded = tuple[str, str, str, HistoryEvent]
 
 
 def apply_event(connection: sqlite3.Connection, decoded: Decoded) -> None:
-    """Take one history record into the index (in the caller's transaction)."""
+    """Take one history event into the index (in the caller's transaction)."""
     wid, run_id, wtype, event = decoded
     row = connection.execute(
         "SELECT run_id FROM workflows WHERE workflow_id = ?", (wid,)
@@ -234,7 +234,7 @@ class VisibilityIndex:
                 if record.value is None:
                     continue
                 try:
-                    decoded = decode_history(record.value)
+                    decoded = decode_history_records(record.value)
                 except Exception as exc:  # one bad record must not stop the index
                     log.warning(
                         "history record %s/%s at %s skipped: %s",
@@ -244,7 +244,8 @@ class VisibilityIndex:
                         exc,
                     )
                     continue
-                apply_event(db, decoded)
+                for event in decoded:
+                    apply_event(db, event)
             db.executemany(
                 "INSERT OR REPLACE INTO offsets (topic, partition, next) VALUES (?, ?, ?)",
                 [(self.topic, p, n) for p, n in ends.items()],

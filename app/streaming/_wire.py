@@ -42,13 +42,22 @@ from fastavro.schema import (
 from fastavro.schema import fingerprint as _fastavro_fingerprint
 
 MAGIC = b"\xc3\x01"
-SCHEMA_NAMES = ("command", "history_event", "activity_task", "reply", "dead_letter")
+SCHEMA_NAMES = (
+    "command",
+    "history_event",
+    "history_batch",
+    "activity_task",
+    "reply",
+    "dead_letter",
+)
 ENV_SCHEMAS = "STREAMFLOW_SCHEMAS"
 PREVIOUS_DIR = "previous"  # earlier schema versions, still read
 _NAMESPACE = "streamflow.v1"
 FINGERPRINT_ALGORITHM = "CRC-64-AVRO"
 LEGACY_FINGERPRINTS_UNTIL = "0.2.0"
 """The first release whose readers no longer accept the 0.1.0 fingerprints."""
+NEWER_THAN_0_1_0 = frozenset({"history_batch"})
+"""Schemas 0.1.0 did not have: no 0.1.0 fingerprint to accept for them."""
 
 
 class WireError(ValueError):
@@ -111,6 +120,7 @@ class Codec:
         # each accepted 0.1.0 fingerprint -> the fingerprint it stands for
         self.legacy_fingerprints: dict[bytes, bytes] = {}
         self._writers: dict[bytes, Any] = {}
+        self._legacy = name not in NEWER_THAN_0_1_0
         self._register(raw, self.schema)
 
     def add_writer(self, raw: Mapping[str, Any]) -> None:
@@ -120,10 +130,14 @@ class Codec:
     def _register(self, raw: Mapping[str, Any], schema: Any) -> None:
         current = fingerprint(raw)
         self._writers[current] = schema
-        legacy = legacy_fingerprint(raw)
+        legacy = legacy_fingerprint(raw) if self._legacy else current
         if legacy != current and legacy not in self._writers:
             self._writers[legacy] = schema
             self.legacy_fingerprints[legacy] = current
+
+    def wrote(self, data: bytes) -> bool:
+        """Whether ``data`` is framed with a fingerprint of this codec's schemas."""
+        return data[:2] == MAGIC and data[2:10] in self._writers
 
     def encode(self, record: Mapping[str, Any]) -> bytes:
         out = io.BytesIO()

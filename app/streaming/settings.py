@@ -82,6 +82,13 @@ class StreamingSettings(KafkaSecurity):
         "task queue runs up to this many of the attempts it dispatches itself, with no task "
         "and no result through the broker; the others go to the task topic (0: all do)",
     )
+    history_batch_bytes: int = Field(
+        512 * 1024,
+        ge=0,
+        description="The events one activation records go to the history topic as one "
+        "HistoryBatch record while their payloads and texts add up to at most this many "
+        "bytes (0: one HistoryEvent record per event, for readers older than batches)",
+    )
     drain_timeout: float = Field(
         30.0,
         ge=0,

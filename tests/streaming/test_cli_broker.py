@@ -212,7 +212,8 @@ def test_visibility_index_and_list_by_attribute(deployment: Deployment, tmp_path
         ok(deployment.app(*args, "--memo", '{"by": "cli"}', "--wait"))
     index = str(tmp_path / "index.db")
     caught = ok(deployment.app("visibility", "--index", index, "--once"))
-    assert re.search(rf"^Index {re.escape(index)}: [1-9][0-9]* events applied; workflows: ", caught)
+    applied = rf"^Index {re.escape(index)}: [1-9][0-9]* history records applied; workflows: "
+    assert re.search(applied, caught)
     listed = ok(deployment.app("list", "--index", index, "--attr", "tier=gold"))
     rows = [line.split() for line in listed.splitlines()[2:] if line.strip()]
     assert [r[0] for r in rows] == ["cli-a3", "cli-a1"]
@@ -220,7 +221,7 @@ def test_visibility_index_and_list_by_attribute(deployment: Deployment, tmp_path
     # without --index: built in memory from the topic
     assert "cli-a2" in ok(deployment.app("list", "--attr", "tier=free"))
     again = ok(deployment.app("visibility", "--index", index, "--once"))
-    assert re.search(r": 0 events applied;", again), again
+    assert re.search(r": 0 history records applied;", again), again
 
 
 def test_cancel_a_running_workflow(deployment: Deployment) -> None:

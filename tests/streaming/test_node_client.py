@@ -25,7 +25,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from app.streaming import KafkaExecutor
-from app.streaming._messages import decode_history, partition_for
+from app.streaming._messages import decode_history_records, partition_for
 from app.streaming._wire import SCHEMA_NAMES, codec
 from app.streaming.admin import ensure_topics
 from app.streaming.settings import test_settings
@@ -174,9 +174,25 @@ async def read_history(bootstrap: str, topic: str, workflow_id: str) -> list[dic
     for record in records:
         if record.key != workflow_id.encode() or record.value is None:
             continue
-        raw = codec("history_event").decode(record.value)
-        _, run_id, _, event = decode_history(record.value)
-        events.setdefault((run_id, event.id), {**raw, "event": event, "offset": record.offset})
+        decoded = decode_history_records(record.value)
+        batch = codec("history_batch")
+        if batch.wrote(record.value):
+            raws = batch.decode(record.value)["events"]
+            types = dict(record.headers)["types"].decode().split(",")
+        else:
+            raws = [codec("history_event").decode(record.value)]
+            types = [dict(record.headers)["type"].decode()]
+        for raw, (_, run_id, _, event), header in zip(raws, decoded, types, strict=True):
+            events.setdefault(
+                (run_id, event.id),
+                {
+                    **raw,
+                    "event": event,
+                    "offset": record.offset,
+                    "type_header": header,
+                    "record_events": len(decoded),
+                },
+            )
     return [events[k] for k in sorted(events, key=lambda k: k[1])]
 
 
@@ -277,9 +293,14 @@ async def test_node_client_starts_signals_and_follows_a_workflow(
                 "search_attributes": event.search_attributes,
                 "memo": event.memo,
                 "type_header": event.type.value,
+                "record_events": theirs["record_events"],
                 "partition": owner,
                 "offset": theirs["offset"],
             }
+
+        # an activation's events came as one record (a HistoryBatch), and Node read them
+        assert max(e["record_events"] for e in node_events) > 1
+        assert all(e["type_header"] == e["type"] for e in python_events)
 
         # and what the engine's own client says about the run
         async with KafkaExecutor(settings=settings) as ex:

@@ -128,7 +128,23 @@ function commandRecord(kind, workflowId, name, payload, extra = {}) {
   };
 }
 
-function historyView(event, message, partition) {
+/**
+ * The events of a history record: a HistoryEvent, or a HistoryBatch of the events
+ * one activation recorded (told apart by the schema fingerprint).
+ */
+function historyEvents(codecs, message) {
+  const fp = message.value ? message.value.subarray(2, 10) : null;
+  if (fp && fp.equals(codecs.history_batch.fingerprint)) {
+    // the `types` header lists the events' types, in order
+    const types = message.headers && message.headers.types ? message.headers.types.toString() : '';
+    const events = decode(codecs.history_batch, message.value).events;
+    return events.map((event, i) => ({ event, typeHeader: types.split(',')[i] ?? null }));
+  }
+  const typeHeader = message.headers && message.headers.type ? message.headers.type.toString() : null;
+  return [{ event: decode(codecs.history_event, message.value), typeHeader }];
+}
+
+function historyView(event, typeHeader, recordEvents, message, partition) {
   return {
     workflow_id: event.workflow_id,
     run_id: event.run_id,
@@ -146,8 +162,9 @@ function historyView(event, message, partition) {
     sender_id: event.sender_id,
     search_attributes: event.search_attributes ? JSON.parse(event.search_attributes) : null,
     memo: event.memo ? JSON.parse(event.memo) : null,
-    // the `type` header repeats the event type (readers skip events unread by it)
-    type_header: message.headers && message.headers.type ? message.headers.type.toString() : null,
+    // the `type` (`types`) header repeats the event type (readers skip records unread by it)
+    type_header: typeHeader,
+    record_events: recordEvents,
     partition,
     offset: Number(message.offset),
   };
@@ -188,7 +205,7 @@ function stderrLogger() {
 async function run(options) {
   const deadline = Date.now() + options.timeout * 1000;
   const codecs = {};
-  for (const name of ['command', 'reply', 'history_event']) {
+  for (const name of ['command', 'reply', 'history_event', 'history_batch']) {
     codecs[name] = loadCodec(name, options.schemas);
   }
   const prefix = `${options.appId}.g${options.generation}`;
@@ -230,12 +247,14 @@ async function run(options) {
       }
     } else if (topic === topics.history) {
       if (message.key === null || message.key.toString() !== options.workflowId) return;
-      const event = decode(codecs.history_event, message.value);
-      const mark = `${event.run_id}/${event.id}`;
-      if (seen.has(mark)) return; // republished after a worker crash: keep one
-      seen.add(mark);
-      history.push(historyView(event, message, partition));
-      if (TERMINAL.has(event.type)) ended.settle(event);
+      const events = historyEvents(codecs, message);
+      for (const { event, typeHeader } of events) {
+        const mark = `${event.run_id}/${event.id}`;
+        if (seen.has(mark)) continue; // republished after a worker crash: keep one
+        seen.add(mark);
+        history.push(historyView(event, typeHeader, events.length, message, partition));
+        if (TERMINAL.has(event.type)) ended.settle(event);
+      }
     }
   }
 
