@@ -175,6 +175,7 @@ class KafkaExecutor(ScheduleMethods):
         self.client_id = client_id or f"client-{uuid.uuid4().hex[:12]}"
         self._hooks = hooks or Hooks()
         self._wanted = _wanted_types(self._hooks)
+        self._wanted_names = frozenset(t.decode() for t in self._wanted)
         self._workflows = FunctionTable("workflow", workflows)
         self._workflows.add(scheduler)
         self._producer: AIOKafkaProducer | None = None
@@ -341,7 +342,7 @@ class KafkaExecutor(ScheduleMethods):
         if kinds is not None and not any(k in wanted for k in kinds.split(b",")):
             return
         try:
-            events = await self.wire.history_in(message.value)
+            events = await self.wire.history_in(message.value, self._wanted_names)
         except PayloadCodecError as exc:
             # no hooks for it; result() then asks the owner and raises this error
             log.warning("history record at %s cannot be decoded: %s", message.offset, exc)
@@ -351,8 +352,7 @@ class KafkaExecutor(ScheduleMethods):
             return
         retried = _retried(headers)
         for wid, run_id, _, event in events:
-            if event.type.value.encode() in wanted:
-                self._on_event(wid, run_id, event, retried is None or event.id in retried)
+            self._on_event(wid, run_id, event, retried is None or event.id in retried)
 
     def _on_event(self, wid: str, run_id: str, event: HistoryEvent, retry: bool) -> None:
         mark = (wid, run_id, event.id)

@@ -16,6 +16,7 @@ log, and loses nothing; a worker with the key then carries on.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Container
 from datetime import datetime
 
 from app.workflow._claim_check import ClaimCheckCodec
@@ -102,11 +103,13 @@ class WireCodec:
             events = [await self.payloads.encode_event(ev) for ev in events]
         return encode_history_records(workflow_id, run_id, workflow_type, events, batch_bytes)
 
-    async def history_in(self, data: bytes) -> list[tuple[str, str, str, HistoryEvent]]:
-        """Each event of a history record (``decode_history_records``), payloads decoded."""
+    async def history_in(
+        self, data: bytes, types: Container[str] | None = None
+    ) -> list[tuple[str, str, str, HistoryEvent]]:
+        """The events of a history record (``decode_history_records``), payloads decoded."""
         return [
             (wid, run_id, workflow_type, await self.payloads.decode_event(event))
-            for wid, run_id, workflow_type, event in decode_history_records(data)
+            for wid, run_id, workflow_type, event in decode_history_records(data, types)
         ]
 
     async def task_out(self, task: Task, scheduled_at: datetime) -> bytes:

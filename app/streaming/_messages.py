@@ -11,9 +11,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import itertools
 import json
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -255,41 +256,30 @@ def encode_history_records(
 ) -> list[tuple[list[HistoryEvent], bytes]]:
     """``events`` in as few history records as ``batch_bytes`` allows, each with its events.
 
-    Consecutive events share a ``HistoryBatch`` while the sizes of their
-    payloads and texts add up to at most ``batch_bytes`` (so a record stays far
-    under the producer's maximum); an event alone in its record is a
-    ``HistoryEvent``, as before batches, and with ``batch_bytes`` 0 every one is.
+    Each event is a ``HistoryEvent`` message; consecutive ones share a
+    ``HistoryBatch`` while their messages add up to at most ``batch_bytes``
+    (so a record stays far under the producer's maximum). An event alone in its
+    record is the message itself, as before batches; with ``batch_bytes`` 0
+    every one is.
     """
-    records = [_history_record(workflow_id, run_id, workflow_type, ev) for ev in events]
-    chunks: list[list[int]] = []
+    messages = [encode_history(workflow_id, run_id, workflow_type, ev) for ev in events]
+    bounds: list[int] = [0]
     size = 0
-    for i, record in enumerate(records):
-        n = _record_bytes(record)
-        if chunks and size + n <= batch_bytes:
-            chunks[-1].append(i)
-            size += n
-        else:
-            chunks.append([i])
-            size = n
+    for i, message in enumerate(messages):
+        if i > bounds[-1] and size + len(message) > batch_bytes:
+            bounds.append(i)
+            size = 0
+        size += len(message)
+    bounds.append(len(messages))
     out = []
-    for chunk in chunks:
-        if len(chunk) == 1:
-            value = codec("history_event").encode(records[chunk[0]])
-        else:
-            value = codec("history_batch").encode({"events": [records[i] for i in chunk]})
-        out.append(([events[i] for i in chunk], value))
+    for start, end in itertools.pairwise(bounds):
+        part = list(events[start:end])
+        if len(part) == 1:
+            out.append((part, messages[start]))
+        elif part:
+            batch = {"types": [ev.type.value for ev in part], "events": messages[start:end]}
+            out.append((part, codec("history_batch").encode(batch)))
     return out
-
-
-def _record_bytes(record: Mapping[str, Any]) -> int:
-    # the variable part, and a margin for the fixed fields
-    size = 128
-    for value in record.values():
-        if isinstance(value, str | bytes):
-            size += len(value)
-        elif isinstance(value, Mapping):
-            size += _record_bytes(value)
-    return size
 
 
 def _history_record(
@@ -347,16 +337,25 @@ def decode_history(data: bytes) -> tuple[str, str, str, HistoryEvent]:
     return _history_event(codec("history_event").decode(data))
 
 
-def decode_history_records(data: bytes) -> list[tuple[str, str, str, HistoryEvent]]:
+def decode_history_records(
+    data: bytes, types: Container[str] | None = None
+) -> list[tuple[str, str, str, HistoryEvent]]:
     """(workflow id, run id, workflow type, event) of each event of a history topic record.
 
     The record is a ``HistoryEvent`` or a ``HistoryBatch`` (told apart by its
     schema fingerprint); a batch's events come in the order they were recorded.
+    With ``types``, only the events of those types (a batch's others are not decoded).
     """
     batch = codec("history_batch")
-    if batch.wrote(data):
-        return [_history_event(record) for record in batch.decode(data)["events"]]
-    return [decode_history(data)]
+    if not batch.wrote(data):
+        record = codec("history_event").decode(data)
+        return [_history_event(record)] if types is None or record["type"] in types else []
+    record = batch.decode(data)
+    kinds, messages = record["types"], record["events"]
+    if len(kinds) != len(messages):
+        raise WireError(f"a history_batch with {len(kinds)} types for {len(messages)} events")
+    pairs = zip(kinds, messages, strict=True)
+    return [decode_history(m) for k, m in pairs if types is None or k in types]
 
 
 def _history_event(record: Mapping[str, Any]) -> tuple[str, str, str, HistoryEvent]:

@@ -7,7 +7,48 @@ do not collide; the CLI worker serves its registry on ``metrics_port``
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from prometheus_client import Counter as _Counter
+from prometheus_client import Gauge as _Gauge
+from prometheus_client import Histogram as _Histogram
+
+
+class _Children:
+    """``labels()`` answered from a dict after the first call for those values.
+
+    prometheus_client checks the values and takes a lock on every call (about
+    10 µs); a worker calls it a dozen times per workflow.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def labels(self, *values: Any, **by_name: Any) -> Any:
+        if by_name:
+            return super().labels(*values, **by_name)  # type: ignore[misc]
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = super().labels(*values)  # type: ignore[misc]
+        return child
+
+    def remove(self, *values: Any) -> None:
+        self._children.pop(values, None)
+        super().remove(*values)  # type: ignore[misc]
+
+
+class Counter(_Children, _Counter):
+    """A counter whose labelled children are cached."""
+
+
+class Gauge(_Children, _Gauge):
+    """A gauge whose labelled children are cached."""
+
+
+class Histogram(_Children, _Histogram):
+    """A histogram whose labelled children are cached."""
 
 
 class WorkerMetrics:

@@ -56,8 +56,6 @@ _NAMESPACE = "streamflow.v1"
 FINGERPRINT_ALGORITHM = "CRC-64-AVRO"
 LEGACY_FINGERPRINTS_UNTIL = "0.2.0"
 """The first release whose readers no longer accept the 0.1.0 fingerprints."""
-NEWER_THAN_0_1_0 = frozenset({"history_batch"})
-"""Schemas 0.1.0 did not have: no 0.1.0 fingerprint to accept for them."""
 
 
 class WireError(ValueError):
@@ -120,7 +118,6 @@ class Codec:
         # each accepted 0.1.0 fingerprint -> the fingerprint it stands for
         self.legacy_fingerprints: dict[bytes, bytes] = {}
         self._writers: dict[bytes, Any] = {}
-        self._legacy = name not in NEWER_THAN_0_1_0
         self._register(raw, self.schema)
 
     def add_writer(self, raw: Mapping[str, Any]) -> None:
@@ -130,7 +127,7 @@ class Codec:
     def _register(self, raw: Mapping[str, Any], schema: Any) -> None:
         current = fingerprint(raw)
         self._writers[current] = schema
-        legacy = legacy_fingerprint(raw) if self._legacy else current
+        legacy = legacy_fingerprint(raw)
         if legacy != current and legacy not in self._writers:
             self._writers[legacy] = schema
             self.legacy_fingerprints[legacy] = current

@@ -717,10 +717,30 @@ def test_history_event_round_trip(event: HistoryEvent) -> None:
     assert decode_history(message) == ("order-7", "run-1", "checkout", event)
 
 
-def test_a_batch_item_is_a_history_event() -> None:
-    # a reader decodes a batch's events as it decodes a HistoryEvent record
-    items = load_raw("history_batch")["fields"][0]["type"]["items"]
-    assert items == load_raw("history_event")
+def test_a_batch_carries_each_event_as_a_history_event_message() -> None:
+    events = sorted(EVENTS, key=lambda e: e.id)
+    [(_, value)] = encode_history_records("order-7", "run-1", "checkout", events, 1 << 20)
+    batch = codec("history_batch").decode(value)
+    assert batch["types"] == [e.type.value for e in events]
+    assert batch["events"] == [encode_history("order-7", "run-1", "checkout", e) for e in events]
+
+
+def test_a_batch_reader_decodes_only_the_types_it_wants() -> None:
+    events = sorted(EVENTS, key=lambda e: e.id)
+    [(_, value)] = encode_history_records("order-7", "run-1", "checkout", events, 1 << 20)
+    wanted = {"workflow_started", "activity_failed"}
+    assert [e for *_, e in decode_history_records(value, wanted)] == [
+        e for e in events if e.type.value in wanted
+    ]
+    assert decode_history_records(encode_history("w", "r", "t", EVENTS[0]), {"x"}) == []
+    # a batch whose types do not match its events is refused, not misread
+    broken = codec("history_batch").encode({"types": ["workflow_started"], "events": []})
+    with pytest.raises(WireError, match="1 types for 0 events"):
+        decode_history_records(broken)
+    # an item must be a HistoryEvent message (not, say, another batch)
+    nested = codec("history_batch").encode({"types": ["x"], "events": [value]})
+    with pytest.raises(WireError, match="unknown schema fingerprint"):
+        decode_history_records(nested)
 
 
 def test_history_records_round_trip_in_order() -> None:
@@ -747,15 +767,14 @@ def test_a_batch_stops_at_its_byte_budget() -> None:
         HistoryEvent(id=i, type=EventType.ACTIVITY_COMPLETED, timestamp=MOMENT, result=big)
         for i in range(1, 11)
     ]
-    records = encode_history_records("w", "r", "t", events, 10_000)
-    # 3,000 bytes of payload and a margin for the rest each: three fit in 10,000
+    each = len(encode_history("w", "r", "t", events[0]))
+    records = encode_history_records("w", "r", "t", events, 3 * each + 10)
     assert [len(part) for part, _ in records] == [3, 3, 3, 1]
     read = [e for _, value in records for _, _, _, e in decode_history_records(value)]
     assert read == events
-    assert all(len(value) < 10_000 for _, value in records)
     # an event over the budget on its own still goes, alone
-    huge = [HistoryEvent(id=1, type=EventType.ACTIVITY_COMPLETED, timestamp=MOMENT, result=big)]
-    assert len(encode_history_records("w", "r", "t", huge + events[:1], 100)) == 2
+    assert [len(p) for p, _ in encode_history_records("w", "r", "t", events[:3], 100)] == [1, 1, 1]
+    assert encode_history_records("w", "r", "t", [], 100) == []
 
 
 def test_activity_task_round_trip() -> None:

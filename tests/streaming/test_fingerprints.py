@@ -28,7 +28,6 @@ from app.streaming import KafkaExecutor, StreamingWorker
 from app.streaming._messages import JSON, decode_command, decode_history
 from app.streaming._wire import (
     LEGACY_FINGERPRINTS_UNTIL,
-    NEWER_THAN_0_1_0,
     PREVIOUS_DIR,
     SCHEMA_NAMES,
     Codec,
@@ -58,7 +57,7 @@ DEADLINE = 30.0
 CURRENT = {
     "command": "2d82658cc7a29c94",
     "history_event": "5df984773ca4b261",
-    "history_batch": "4d906a8756b67f44",
+    "history_batch": "614c171a66aac1e2",
     "activity_task": "44ca8cc5e7088bf2",
     "reply": "b0c3bf58c4206980",
     "dead_letter": "4bcf9ce17d5a3d95",
@@ -198,7 +197,7 @@ def test_current_fingerprints(name: str) -> None:
     assert canonical_form(load_raw(name)).count("logicalType") == 0
 
 
-@pytest.mark.parametrize("name", sorted(set(SCHEMA_NAMES) - NEWER_THAN_0_1_0))
+@pytest.mark.parametrize("name", SCHEMA_NAMES)
 def test_legacy_fingerprints_are_accepted_aliases(name: str) -> None:
     assert legacy_fingerprint(load_raw(name)).hex() == LEGACY_OF_CURRENT.get(name, CURRENT[name])
     assert legacy_fingerprint(written_by_0_1_0(name)).hex() == LEGACY.get(name, CURRENT[name])
@@ -209,16 +208,6 @@ def test_legacy_fingerprints_are_accepted_aliases(name: str) -> None:
         if legacy_fingerprint(older) != fingerprint(older):
             expected[legacy_fingerprint(older)] = fingerprint(older)
     assert codec(name).legacy_fingerprints == expected
-
-
-@pytest.mark.parametrize("name", sorted(NEWER_THAN_0_1_0))
-def test_a_schema_newer_than_0_1_0_has_no_legacy_alias(name: str) -> None:
-    # 0.1.0 never wrote it: its avro-package fingerprint would name nothing
-    assert legacy_fingerprint(load_raw(name)) != codec(name).fingerprint
-    assert codec(name).legacy_fingerprints == {}
-    body = codec(name).encode(samples(name)[0])[10:]
-    with pytest.raises(WireError, match="unknown schema fingerprint"):
-        codec(name).decode(frame(legacy_fingerprint(load_raw(name)), body))
 
 
 @pytest.mark.parametrize("name", sorted(LEGACY))

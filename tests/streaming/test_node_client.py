@@ -177,7 +177,7 @@ async def read_history(bootstrap: str, topic: str, workflow_id: str) -> list[dic
         decoded = decode_history_records(record.value)
         batch = codec("history_batch")
         if batch.wrote(record.value):
-            raws = batch.decode(record.value)["events"]
+            raws = [codec("history_event").decode(m) for m in batch.decode(record.value)["events"]]
             types = dict(record.headers)["types"].decode().split(",")
         else:
             raws = [codec("history_event").decode(record.value)]

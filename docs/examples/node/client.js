@@ -130,18 +130,22 @@ function commandRecord(kind, workflowId, name, payload, extra = {}) {
 
 /**
  * The events of a history record: a HistoryEvent, or a HistoryBatch of the events
- * one activation recorded (told apart by the schema fingerprint).
+ * one activation recorded (told apart by the schema fingerprint), each with the type
+ * its record's header gives (`type`, or `types` in order).
  */
 function historyEvents(codecs, message) {
+  const header = (name) => (message.headers && message.headers[name] ? message.headers[name].toString() : null);
   const fp = message.value ? message.value.subarray(2, 10) : null;
   if (fp && fp.equals(codecs.history_batch.fingerprint)) {
-    // the `types` header lists the events' types, in order
-    const types = message.headers && message.headers.types ? message.headers.types.toString() : '';
-    const events = decode(codecs.history_batch, message.value).events;
-    return events.map((event, i) => ({ event, typeHeader: types.split(',')[i] ?? null }));
+    // each item is a HistoryEvent message of its own; `types` would let a reader skip some
+    const batch = decode(codecs.history_batch, message.value);
+    const types = (header('types') || '').split(',');
+    return batch.events.map((bytes, i) => ({
+      event: decode(codecs.history_event, bytes),
+      typeHeader: types[i] ?? null,
+    }));
   }
-  const typeHeader = message.headers && message.headers.type ? message.headers.type.toString() : null;
-  return [{ event: decode(codecs.history_event, message.value), typeHeader }];
+  return [{ event: decode(codecs.history_event, message.value), typeHeader: header('type') }];
 }
 
 function historyView(event, typeHeader, recordEvents, message, partition) {
