@@ -86,7 +86,7 @@ class StreamingSettings(KafkaSecurity):
         512 * 1024,
         ge=0,
         description="The events one activation records go to the history topic as one "
-        "HistoryBatch record while their payloads and texts add up to at most this many "
+        "HistoryBatch record while their encoded events add up to at most this many "
         "bytes (0: one HistoryEvent record per event, for readers older than batches)",
     )
     drain_timeout: float = Field(
