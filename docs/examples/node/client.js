@@ -134,7 +134,8 @@ function commandRecord(kind, workflowId, name, payload, extra = {}) {
  * its record's header gives (`type`, or `types` in order).
  */
 function historyEvents(codecs, message) {
-  const header = (name) => (message.headers && message.headers[name] ? message.headers[name].toString() : null);
+  const headers = message.headers || {};
+  const header = (name) => (headers[name] ? headers[name].toString() : null);
   const fp = message.value ? message.value.subarray(2, 10) : null;
   if (fp && fp.equals(codecs.history_batch.fingerprint)) {
     // each item is a HistoryEvent message of its own; `types` would let a reader skip some
