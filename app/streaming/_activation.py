@@ -183,19 +183,9 @@ class Activations(Generations):
         wid = state.workflow_id
         key = wid.encode()
         records = await self.wire.history_out(
-            wid, run_id, state.workflow_type, events, self.settings.history_batch_bytes
+            wid, run_id, state.workflow_type, events, self.settings.history_batch_bytes, retries
         )
-        for part, value in records:
-            # the types in a header: a reader skips what it does not want without decoding it
-            if len(part) == 1:
-                headers = [("type", part[0].type.value.encode())]
-                if part[0].id in retries:
-                    headers.append(("retry", b"1"))
-            else:
-                headers = [("types", ",".join(ev.type.value for ev in part).encode())]
-                retried = [str(ev.id) for ev in part if ev.id in retries]
-                if retried:
-                    headers.append(("retries", ",".join(retried).encode()))
+        for value, headers in records:
             await self.history.send(key=key, value=value, headers=headers)
 
     async def _run_eager(self, run: Run, fx: Effects, partition: int, cmd: Command) -> Run:

@@ -67,8 +67,10 @@ from ._messages import (
     MAX_PAYLOAD,
     decode_reply,
     dump_payload,
+    history_types,
     partition_for,
     partitioner,
+    retried_ids,
 )
 from ._security import BrokerSecurityError, start_client
 from ._visibility import VisibilityIndex
@@ -77,20 +79,6 @@ from .settings import StreamingSettings
 log = logging.getLogger("app.streaming.client")
 
 _TERMINAL = {EventType.WORKFLOW_COMPLETED, EventType.WORKFLOW_FAILED, EventType.WORKFLOW_CANCELED}
-
-
-def _retried(headers: Any) -> set[int] | None:
-    """Ids of a history record's events that are retries; None: all of them (a ``retry`` header).
-
-    A single event carries ``retry: 1``; a batch, ``retries`` with the ids.
-    """
-    retried: set[int] = set()
-    for key, value in headers:
-        if key == "retry":
-            return None
-        if key == "retries":
-            retried.update(int(i) for i in value.split(b",") if i.isdigit())
-    return retried
 
 
 def _wanted_types(hooks: Hooks) -> frozenset[bytes]:
@@ -336,11 +324,9 @@ class KafkaExecutor(ScheduleMethods):
 
     async def _on_history(self, message: Any) -> None:
         headers = message.headers or ()
-        # a record's event types are in a header: what no hook or waiter wants is not decoded
-        kinds = next((v for k, v in headers if k in ("type", "types")), None)
-        wanted = self._wanted
-        if kinds is not None and not any(k in wanted for k in kinds.split(b",")):
-            return
+        kinds = history_types(headers)
+        if kinds is not None and not any(k in self._wanted for k in kinds):
+            return  # no hook and no waiter for any of its events: not even decoded
         try:
             events = await self.wire.history_in(message.value, self._wanted_names)
         except PayloadCodecError as exc:
@@ -350,7 +336,7 @@ class KafkaExecutor(ScheduleMethods):
         except Exception:
             log.warning("undecodable history record at %s", message.offset, exc_info=True)
             return
-        retried = _retried(headers)
+        retried = retried_ids(headers)
         for wid, run_id, _, event in events:
             self._on_event(wid, run_id, event, retried is None or event.id in retried)
 

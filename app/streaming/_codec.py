@@ -27,6 +27,7 @@ from app.workflow._types import HistoryEvent, WorkflowState
 
 from ._machine import Command, Reply, Task
 from ._messages import (
+    Headers,
     decode_command,
     decode_history_records,
     decode_task,
@@ -94,14 +95,14 @@ class WireCodec:
         workflow_type: str,
         events: list[HistoryEvent],
         batch_bytes: int,
-    ) -> list[tuple[list[HistoryEvent], bytes]]:
-        """The history records of ``events`` (``encode_history_records``), each with its events.
-
-        The events returned beside a record are as it carries them (payloads encoded).
-        """
+        retries: set[int],
+    ) -> list[tuple[bytes, Headers]]:
+        """The history records of ``events`` and their headers (``encode_history_records``)."""
         if self.payloads.enabled:
             events = [await self.payloads.encode_event(ev) for ev in events]
-        return encode_history_records(workflow_id, run_id, workflow_type, events, batch_bytes)
+        return encode_history_records(
+            workflow_id, run_id, workflow_type, events, batch_bytes, retries
+        )
 
     async def history_in(
         self, data: bytes, types: Container[str] | None = None

@@ -14,7 +14,7 @@ import hashlib
 import itertools
 import json
 import random
-from collections.abc import Callable, Container, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -247,20 +247,24 @@ def encode_history(workflow_id: str, run_id: str, workflow_type: str, event: His
     return codec("history_event").encode(_history_record(workflow_id, run_id, workflow_type, event))
 
 
+Headers = list[tuple[str, bytes]]
+
+
 def encode_history_records(
     workflow_id: str,
     run_id: str,
     workflow_type: str,
     events: Sequence[HistoryEvent],
     batch_bytes: int,
-) -> list[tuple[list[HistoryEvent], bytes]]:
-    """``events`` in as few history records as ``batch_bytes`` allows, each with its events.
+    retries: Container[int] = (),
+) -> list[tuple[bytes, Headers]]:
+    """``events`` in as few history records as ``batch_bytes`` allows, with their headers.
 
     Each event is a ``HistoryEvent`` message; consecutive ones share a
     ``HistoryBatch`` while their messages add up to at most ``batch_bytes``
     (so a record stays far under the producer's maximum). An event alone in its
     record is the message itself, as before batches; with ``batch_bytes`` 0
-    every one is.
+    every one is. ``retries``: ids of the events after which an attempt is retried.
     """
     messages = [encode_history(workflow_id, run_id, workflow_type, ev) for ev in events]
     bounds: list[int] = [0]
@@ -273,13 +277,49 @@ def encode_history_records(
     bounds.append(len(messages))
     out = []
     for start, end in itertools.pairwise(bounds):
-        part = list(events[start:end])
+        part = events[start:end]
         if len(part) == 1:
-            out.append((part, messages[start]))
+            out.append((messages[start], _history_headers(part, retries)))
         elif part:
             batch = {"types": [ev.type.value for ev in part], "events": messages[start:end]}
-            out.append((part, codec("history_batch").encode(batch)))
+            out.append((codec("history_batch").encode(batch), _history_headers(part, retries)))
     return out
+
+
+def _history_headers(events: Sequence[HistoryEvent], retries: Container[int]) -> Headers:
+    # the types in a header: a reader skips a record it does not want without decoding it
+    if len(events) == 1:
+        headers = [("type", events[0].type.value.encode())]
+        if events[0].id in retries:
+            headers.append(("retry", b"1"))
+        return headers
+    headers = [("types", ",".join(ev.type.value for ev in events).encode())]
+    retried = [str(ev.id) for ev in events if ev.id in retries]
+    if retried:
+        headers.append(("retries", ",".join(retried).encode()))
+    return headers
+
+
+def history_types(headers: Iterable[tuple[str, bytes]]) -> list[bytes] | None:
+    """The event types a history record's headers list; None for a record without them."""
+    for key, value in headers:
+        if key in ("type", "types"):
+            return value.split(b",")
+    return None
+
+
+def retried_ids(headers: Iterable[tuple[str, bytes]]) -> set[int] | None:
+    """Ids of a history record's events after which an attempt is retried; None: all of them.
+
+    A single event carries the header ``retry: 1``; a batch, ``retries`` with the ids.
+    """
+    retried: set[int] = set()
+    for key, value in headers:
+        if key == "retry":
+            return None
+        if key == "retries":
+            retried.update(int(i) for i in value.split(b",") if i.isdigit())
+    return retried
 
 
 def _history_record(
@@ -497,6 +537,7 @@ def decode_dead_letter(data: bytes) -> dict[str, Any]:
 
 __all__ = [
     "JSON",
+    "Headers",
     "MAX_PAYLOAD",
     "InvalidCommandError",
     "WireError",
@@ -510,6 +551,8 @@ __all__ = [
     "encode_dead_letter",
     "encode_history",
     "encode_history_records",
+    "history_types",
+    "retried_ids",
     "encode_reply",
     "encode_task",
 ]

@@ -42,6 +42,8 @@ from app.streaming._messages import (
     encode_history_records,
     encode_reply,
     encode_task,
+    history_types,
+    retried_ids,
 )
 from app.streaming._wire import (
     MAGIC,
@@ -719,7 +721,7 @@ def test_history_event_round_trip(event: HistoryEvent) -> None:
 
 def test_a_batch_carries_each_event_as_a_history_event_message() -> None:
     events = sorted(EVENTS, key=lambda e: e.id)
-    [(_, value)] = encode_history_records("order-7", "run-1", "checkout", events, 1 << 20)
+    [(value, _)] = encode_history_records("order-7", "run-1", "checkout", events, 1 << 20)
     batch = codec("history_batch").decode(value)
     assert batch["types"] == [e.type.value for e in events]
     assert batch["events"] == [encode_history("order-7", "run-1", "checkout", e) for e in events]
@@ -727,7 +729,7 @@ def test_a_batch_carries_each_event_as_a_history_event_message() -> None:
 
 def test_a_batch_reader_decodes_only_the_types_it_wants() -> None:
     events = sorted(EVENTS, key=lambda e: e.id)
-    [(_, value)] = encode_history_records("order-7", "run-1", "checkout", events, 1 << 20)
+    [(value, _)] = encode_history_records("order-7", "run-1", "checkout", events, 1 << 20)
     wanted = {"workflow_started", "activity_failed"}
     assert [e for *_, e in decode_history_records(value, wanted)] == [
         e for e in events if e.type.value in wanted
@@ -743,22 +745,30 @@ def test_a_batch_reader_decodes_only_the_types_it_wants() -> None:
         decode_history_records(nested)
 
 
-def test_history_records_round_trip_in_order() -> None:
+def test_history_records_round_trip_in_order_with_their_headers() -> None:
     events = sorted(EVENTS, key=lambda e: e.id)
-    records = encode_history_records("order-7", "run-1", "checkout", events, 1 << 20)
-    assert len(records) == 1 and records[0][0] == events
-    assert codec("history_batch").wrote(records[0][1])
-    decoded = decode_history_records(records[0][1])
+    failed = {e.id for e in events if e.type is EventType.ACTIVITY_FAILED}
+    [(value, headers)] = encode_history_records(
+        "order-7", "run-1", "checkout", events, 1 << 20, failed
+    )
+    assert codec("history_batch").wrote(value)
+    decoded = decode_history_records(value)
     assert decoded == [("order-7", "run-1", "checkout", e) for e in events]
+    assert history_types(headers) == [e.type.value.encode() for e in events]
+    assert retried_ids(headers) == failed != set()
 
 
 def test_one_event_is_a_history_event_record_and_zero_bytes_means_one_per_event() -> None:
-    one = encode_history_records("w", "r", "t", EVENTS[:1], 1 << 20)
-    assert [part for part, _ in one] == [EVENTS[:1]]
-    assert one[0][1] == encode_history("w", "r", "t", EVENTS[0])  # readable by older readers
-    each = encode_history_records("w", "r", "t", EVENTS, 0)
-    assert [part for part, _ in each] == [[e] for e in EVENTS]
-    assert [decode_history_records(value)[0][3] for _, value in each] == EVENTS
+    [(value, headers)] = encode_history_records("w", "r", "t", EVENTS[:1], 1 << 20)
+    assert value == encode_history("w", "r", "t", EVENTS[0])  # readable by older readers
+    assert headers == [("type", EVENTS[0].type.value.encode())]
+    assert retried_ids(headers) == set()
+    each = encode_history_records("w", "r", "t", EVENTS, 0, {EVENTS[1].id})
+    assert [decode_history_records(value)[0][3] for value, _ in each] == EVENTS
+    assert [history_types(h) for _, h in each] == [[e.type.value.encode()] for e in EVENTS]
+    # a single event retried carries `retry: 1`: every event of its record is
+    assert [retried_ids(h) for _, h in each][1] is None
+    assert history_types([]) is None  # a record written before the header
 
 
 def test_a_batch_stops_at_its_byte_budget() -> None:
@@ -769,11 +779,12 @@ def test_a_batch_stops_at_its_byte_budget() -> None:
     ]
     each = len(encode_history("w", "r", "t", events[0]))
     records = encode_history_records("w", "r", "t", events, 3 * each + 10)
-    assert [len(part) for part, _ in records] == [3, 3, 3, 1]
-    read = [e for _, value in records for _, _, _, e in decode_history_records(value)]
+    assert [len(history_types(h) or []) for _, h in records] == [3, 3, 3, 1]
+    read = [e for value, _ in records for _, _, _, e in decode_history_records(value)]
     assert read == events
     # an event over the budget on its own still goes, alone
-    assert [len(p) for p, _ in encode_history_records("w", "r", "t", events[:3], 100)] == [1, 1, 1]
+    alone = encode_history_records("w", "r", "t", events[:3], 100)
+    assert [len(decode_history_records(value)) for value, _ in alone] == [1, 1, 1]
     assert encode_history_records("w", "r", "t", [], 100) == []
 
 
