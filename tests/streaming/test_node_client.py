@@ -25,7 +25,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from app.streaming import KafkaExecutor
-from app.streaming._messages import decode_history_records, partition_for
+from app.streaming._messages import decode_history_records, history_types, partition_for
 from app.streaming._wire import SCHEMA_NAMES, codec
 from app.streaming.admin import ensure_topics
 from app.streaming.settings import test_settings
@@ -178,10 +178,9 @@ async def read_history(bootstrap: str, topic: str, workflow_id: str) -> list[dic
         batch = codec("history_batch")
         if batch.wrote(record.value):
             raws = [codec("history_event").decode(m) for m in batch.decode(record.value)["events"]]
-            types = dict(record.headers)["types"].decode().split(",")
         else:
             raws = [codec("history_event").decode(record.value)]
-            types = [dict(record.headers)["type"].decode()]
+        types = [t.decode() for t in history_types(record.headers) or []]
         for raw, (_, run_id, _, event), header in zip(raws, decoded, types, strict=True):
             events.setdefault(
                 (run_id, event.id),
