@@ -4,20 +4,23 @@ A worker writes the events one activation records as one ``HistoryBatch``
 record (headers ``types`` and ``retries``), and one event alone as a
 ``HistoryEvent``; with ``history_batch_bytes=0`` every event is its own
 ``HistoryEvent``, as before batches. The client (its hooks and results) and
-the visibility index read a topic holding both shapes, as during an upgrade.
+the visibility index read a topic holding both shapes, as during an upgrade,
+and skip records they cannot decode.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from app.streaming import KafkaExecutor, StreamingWorker, VisibilityIndex
 from app.streaming._messages import decode_history_records
-from app.streaming._wire import codec
+from app.streaming._wire import WireError, codec
 from app.streaming.admin import ensure_topics
 from app.streaming.settings import StreamingSettings, test_settings
 from app.workflow import Hooks, RetryPolicy, WorkflowContext, WorkflowOptions, WorkflowStatus
@@ -71,6 +74,47 @@ async def read_records(settings: StreamingSettings) -> list[Any]:
     return records
 
 
+def unusable_records() -> list[bytes]:
+    """History records no reader can decode: not Avro, a batch whose types and events
+    disagree, a batch whose event is not a HistoryEvent message."""
+    batch = codec("history_batch")
+    return [
+        b"not avro at all",
+        batch.encode({"types": ["workflow_completed"], "events": []}),
+        batch.encode({"types": ["workflow_completed"], "events": [b"junk"]}),
+    ]
+
+
+UNUSABLE = unusable_records()
+
+
+async def publish_unusable(settings: StreamingSettings) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers)
+    await producer.start()
+    try:
+        for value in UNUSABLE:
+            # a header a client wants: it decodes them, fails, and says so
+            headers = [("types", b"workflow_completed")]
+            await producer.send_and_wait(settings.topology.history, value, b"bad", headers=headers)
+    finally:
+        await producer.stop()
+
+
+class Skipped(logging.Handler):
+    """Counts the client's warnings about history records it could not decode."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.count = 0
+        self.all = asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "undecodable history record" in record.getMessage():
+            self.count += 1
+            if self.count == len(UNUSABLE):
+                self.all.set()
+
+
 async def run_one(settings: StreamingSettings, ex: KafkaExecutor, wid: str) -> list[Any]:
     worker = StreamingWorker(settings, [fan_and_retry], [triple, fails_once])
     await worker.start()
@@ -98,12 +142,19 @@ async def test_batches_and_single_events_read_alike(kafka_bootstrap: str) -> Non
         on_retry=lambda wid, _: calls.append((wid, "retry")),
         on_workflow_complete=done,
     )
-    async with KafkaExecutor(settings=settings, hooks=hooks) as ex:
-        # first a worker from before batches (one record per event), then one with them
-        old = settings.model_copy(update={"history_batch_bytes": 0})
-        assert await run_one(old, ex, "single") == [0, 3, 6, 9, "single"]
-        assert await run_one(settings, ex, "batched") == [0, 3, 6, 9, "batched"]
-        await asyncio.wait_for(both_done.wait(), WAIT)
+    skipped = Skipped()
+    logging.getLogger("app.streaming.client").addHandler(skipped)
+    try:
+        async with KafkaExecutor(settings=settings, hooks=hooks) as ex:
+            await publish_unusable(settings)
+            # first a worker from before batches (one record per event), then one with them
+            old = settings.model_copy(update={"history_batch_bytes": 0})
+            assert await run_one(old, ex, "single") == [0, 3, 6, 9, "single"]
+            assert await run_one(settings, ex, "batched") == [0, 3, 6, 9, "batched"]
+            await asyncio.wait_for(both_done.wait(), WAIT)
+            await asyncio.wait_for(skipped.all.wait(), WAIT)
+    finally:
+        logging.getLogger("app.streaming.client").removeHandler(skipped)
 
     # hooks: the same calls for both shapes, the retry once
     for wid in ("single", "batched"):
@@ -111,7 +162,12 @@ async def test_batches_and_single_events_read_alike(kafka_bootstrap: str) -> Non
         assert mine == ["complete"] * 4 + ["retry", "complete", "done"], (wid, mine)
 
     records = await read_records(settings)
-    batch = codec("history_batch")
+    unusable = [r for r in records if r.key == b"bad"]
+    assert len(unusable) == len(UNUSABLE)
+    for record in unusable:
+        with pytest.raises(WireError):
+            decode_history_records(record.value)
+    records = [r for r in records if r.key != b"bad"]
     shapes: dict[str, list[int]] = {"single": [], "batched": []}
     events: dict[str, list[Any]] = {"single": [], "batched": []}
     for record in records:
@@ -119,7 +175,7 @@ async def test_batches_and_single_events_read_alike(kafka_bootstrap: str) -> Non
         decoded = decode_history_records(record.value)
         headers = dict(record.headers)
         types = [e.type.value for _, _, _, e in decoded]
-        if batch.wrote(record.value):
+        if codec("history_batch").wrote(record.value):
             assert headers["types"].decode().split(",") == types
             retried = headers.get("retries", b"").decode()
             assert {int(i) for i in retried.split(",") if i} == {
