@@ -81,7 +81,7 @@ log = logging.getLogger("app.streaming.client")
 _TERMINAL = {EventType.WORKFLOW_COMPLETED, EventType.WORKFLOW_FAILED, EventType.WORKFLOW_CANCELED}
 
 
-def _wanted_types(hooks: Hooks) -> frozenset[bytes]:
+def _wanted_types(hooks: Hooks) -> frozenset[str]:
     """The history event types this client reads: those it waits on or has a hook for."""
     wanted = {*_TERMINAL, EventType.WORKFLOW_CONTINUED_AS_NEW}
     by_hook = (
@@ -94,7 +94,7 @@ def _wanted_types(hooks: Hooks) -> frozenset[bytes]:
     for hook, types in by_hook:
         if hook is not None:
             wanted.update(types)
-    return frozenset(t.value.encode() for t in wanted)
+    return frozenset(t.value for t in wanted)
 
 
 _SEEN_LIMIT = 100_000
@@ -163,7 +163,6 @@ class KafkaExecutor(ScheduleMethods):
         self.client_id = client_id or f"client-{uuid.uuid4().hex[:12]}"
         self._hooks = hooks or Hooks()
         self._wanted = _wanted_types(self._hooks)
-        self._wanted_names = frozenset(t.decode() for t in self._wanted)
         self._workflows = FunctionTable("workflow", workflows)
         self._workflows.add(scheduler)
         self._producer: AIOKafkaProducer | None = None
@@ -328,7 +327,7 @@ class KafkaExecutor(ScheduleMethods):
         if kinds is not None and not any(k in self._wanted for k in kinds):
             return  # no hook and no waiter for any of its events: not even decoded
         try:
-            events = await self.wire.history_in(message.value, self._wanted_names)
+            events = await self.wire.history_in(message.value, self._wanted)
         except PayloadCodecError as exc:
             # no hooks for it; result() then asks the owner and raises this error
             log.warning("history record at %s cannot be decoded: %s", message.offset, exc)

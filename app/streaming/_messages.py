@@ -300,11 +300,11 @@ def _history_headers(events: Sequence[HistoryEvent], retries: Container[int]) ->
     return headers
 
 
-def history_types(headers: Iterable[tuple[str, bytes]]) -> list[bytes] | None:
+def history_types(headers: Iterable[tuple[str, bytes]]) -> list[str] | None:
     """The event types a history record's headers list; None for a record without them."""
     for key, value in headers:
         if key in ("type", "types"):
-            return value.split(b",")
+            return value.decode().split(",")
     return None
 
 

@@ -754,7 +754,7 @@ def test_history_records_round_trip_in_order_with_their_headers() -> None:
     assert codec("history_batch").wrote(value)
     decoded = decode_history_records(value)
     assert decoded == [("order-7", "run-1", "checkout", e) for e in events]
-    assert history_types(headers) == [e.type.value.encode() for e in events]
+    assert history_types(headers) == [e.type.value for e in events]
     assert retried_ids(headers) == failed != set()
 
 
@@ -765,7 +765,7 @@ def test_one_event_is_a_history_event_record_and_zero_bytes_means_one_per_event(
     assert retried_ids(headers) == set()
     each = encode_history_records("w", "r", "t", EVENTS, 0, {EVENTS[1].id})
     assert [decode_history_records(value)[0][3] for value, _ in each] == EVENTS
-    assert [history_types(h) for _, h in each] == [[e.type.value.encode()] for e in EVENTS]
+    assert [history_types(h) for _, h in each] == [[e.type.value] for e in EVENTS]
     # a single event retried carries `retry: 1`: every event of its record is
     assert [retried_ids(h) for _, h in each][1] is None
     assert history_types([]) is None  # a record written before the header

@@ -180,7 +180,7 @@ async def read_history(bootstrap: str, topic: str, workflow_id: str) -> list[dic
             raws = [codec("history_event").decode(m) for m in batch.decode(record.value)["events"]]
         else:
             raws = [codec("history_event").decode(record.value)]
-        types = [t.decode() for t in history_types(record.headers) or []]
+        types = history_types(record.headers) or []
         for raw, (_, run_id, _, event), header in zip(raws, decoded, types, strict=True):
             events.setdefault(
                 (run_id, event.id),
