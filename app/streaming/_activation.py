@@ -208,13 +208,13 @@ class Activations(Generations):
             fx.tasks = [t for t in fx.tasks if t.task_id not in chosen]
             fx.local.extend(local)
             self.metrics.dispatched.labels("eager").inc(len(local))
-            for task in local:
-                self.eager.start(task, partition)
             if round_ == CHAIN_ROUNDS:
                 # Started here too: their results come in the next activation, not
                 # through the task topic (two broker hops for the chain's next step).
+                for task in local:
+                    self.eager.start(task, partition)
                 break
-            ended = await self.eager.ended_now(run.state.workflow_id)
+            ended = await self.eager.run_now(local, partition, run.state.workflow_id)
             if not ended:
                 break
             run, more = self._handle_all(run, ended)

@@ -4,10 +4,12 @@ A worker that owns executor partitions and also runs the activities of its
 task queue runs the attempts it dispatches itself (up to
 ``eager_activities`` at once) instead of publishing their tasks. A step
 then costs no broker hop: no task on the task topic, no ``activity_result``
-on the commands topic. The results are applied in their executor partition
-under the consumer's gate, in the order they finished, and all the results
-of one workflow that finished together are applied in one activation: one
-header write for the lot.
+on the commands topic. An attempt runs up to its first suspension at once,
+inside the activation (an ``async`` activity that does not wait on anything
+costs no task and no turn of the loop). The results are applied in their
+executor partition under the consumer's gate, in the order they finished,
+and all the results of one workflow that finished together are applied in
+one activation: one header write for the lot.
 
 Durability is that of a dispatched task: the run's header records the
 attempt as started (the write of the command that dispatched it); if this
@@ -29,7 +31,7 @@ from collections.abc import Awaitable, Callable
 
 from aiokafka.errors import KafkaError
 
-from app.workflow._tasks import cancel_and_wait
+from app.workflow._tasks import cancel_and_wait, start_eagerly
 
 from ._activities import ActivityWorker
 from ._consumer import DeliveryError, GroupConsumer
@@ -75,6 +77,8 @@ class EagerAttempts:
         self._running: set[asyncio.Task[None]] = set()
         self._results: list[tuple[int, Command]] = []
         self._applier: asyncio.Task[None] | None = None
+        # while an activation takes its own results: no applier for them
+        self._collecting = False
 
     @property
     def room(self) -> int:
@@ -83,9 +87,36 @@ class EagerAttempts:
 
     def start(self, task: Task, partition: int) -> None:
         """Run ``task`` here; its result is applied in ``partition`` once it is done."""
-        running = asyncio.create_task(self._run(task, partition), name=f"eager {task.task_id}")
+        self._start(task, partition)
+
+    async def run_now(self, tasks: list[Task], partition: int, workflow_id: str) -> list[Command]:
+        """Start ``tasks`` (all ``workflow_id``'s) here, and take the results of those
+        that ended at once (the caller applies them, under the gate).
+
+        An attempt runs up to its first suspension right away; if one suspended,
+        they all get one more turn of the loop.
+        """
+        self._collecting = True
+        try:
+            suspended = [self._start(task, partition) for task in tasks]
+            if any(suspended):
+                await asyncio.sleep(0)
+        finally:
+            self._collecting = False
+        mine = [r for _, r in self._results if r.workflow_id == workflow_id]
+        if mine:
+            self._results = [(p, r) for p, r in self._results if r.workflow_id != workflow_id]
+        self._apply_soon()
+        return mine
+
+    def _start(self, task: Task, partition: int) -> bool:
+        """Run ``task`` up to its first suspension; True if it did suspend."""
+        running = start_eagerly(self._run(task, partition), f"eager {task.task_id}")
+        if running is None:
+            return False
         self._running.add(running)
         running.add_done_callback(self._running.discard)
+        return True
 
     async def _run(self, task: Task, partition: int) -> None:
         try:
@@ -103,17 +134,12 @@ class EagerAttempts:
             self._release(task)
             return
         self._results.append((partition, result))
-        if self._applier is None or self._applier.done():
-            self._applier = asyncio.create_task(self._apply_all(), name="eager results")
+        if not self._collecting:
+            self._apply_soon()
 
-    async def ended_now(self, workflow_id: str) -> list[Command]:
-        """Let the attempts just started run one loop iteration; take the results of
-        ``workflow_id``'s that ended (the caller applies them, under the gate)."""
-        await asyncio.sleep(0)
-        mine = [r for _, r in self._results if r.workflow_id == workflow_id]
-        if mine:
-            self._results = [(p, r) for p, r in self._results if r.workflow_id != workflow_id]
-        return mine
+    def _apply_soon(self) -> None:
+        if self._results and (self._applier is None or self._applier.done()):
+            self._applier = asyncio.create_task(self._apply_all(), name="eager results")
 
     async def _apply_all(self) -> None:
         while self._results:

@@ -74,6 +74,10 @@ class PendingAttempts:
         self.redrive_max = redrive_max
         self._by_run: dict[str, dict[tuple[int, int], Attempt]] = {}
         self._details: dict[str, dict[int, Any]] = {}
+        # local attempts that ended without a result before the activation that
+        # started them recorded them (an attempt runs up to its first suspension
+        # at once): the update that follows must not mark them local
+        self._released: dict[str, set[tuple[int, int]]] = {}
 
     def update(
         self,
@@ -93,6 +97,7 @@ class PendingAttempts:
         in ``local`` (also in ``sent``) run on this worker.
         """
         now = time.time() if now is None else now
+        released = self._released.pop(workflow_id, None)
         if not pending:
             self._by_run.pop(workflow_id, None)
             return
@@ -108,7 +113,7 @@ class PendingAttempts:
             elif key in just_sent:
                 attempt.dispatched, attempt.redrives = now, 0
             if key in just_sent:
-                attempt.local = key in local
+                attempt.local = key in local and (released is None or key not in released)
             fresh[key] = attempt
         self._by_run[workflow_id] = fresh
 
@@ -117,12 +122,15 @@ class PendingAttempts:
         for wid in [w for w, a in self._by_run.items() if _partition(a) in partitions]:
             del self._by_run[wid]
             self._details.pop(wid, None)
+        self._released.clear()  # notes of activations whose effects were not written
 
     def release(self, workflow_id: str, step: int, attempt: int) -> None:
         """A local attempt ended without a result to apply: it is re-driven when due."""
         found = self._by_run.get(workflow_id, {}).get((step, attempt))
-        if found is not None:
+        if found is not None and found.local:
             found.local = False
+        else:  # not recorded yet: its activation is still running
+            self._released.setdefault(workflow_id, set()).add((step, attempt))
 
     def ended(self, workflow_id: str) -> None:
         """The run ended: forget its heartbeat details."""

@@ -11,10 +11,12 @@ import asyncio
 import uuid
 from typing import Any
 
+import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from app.streaming import KafkaExecutor, StreamingSettings, StreamingWorker
 from app.streaming._activation import CHAIN_ROUNDS
+from app.streaming._machine import Command, Task
 from app.streaming.admin import ensure_topics
 from app.streaming.settings import test_settings
 from app.workflow import WorkflowContext, WorkflowOptions
@@ -221,3 +223,39 @@ async def test_a_partition_that_moves_while_its_attempt_runs_here_gets_the_resul
     assert metric(second, "eager") == 0
     for tag in tags:
         assert 1 <= RUNS.count(f"held {tag}") <= 2, RUNS
+
+
+@pytest.mark.parametrize("when", ["at once", "after a turn of the loop"])
+async def test_an_attempt_that_fails_to_run_here_goes_through_the_task_topic(
+    kafka_bootstrap: str, when: str
+) -> None:
+    """A bug in running an attempt here (not the activity's own failure) releases it:
+    the executor re-drives it through the task topic when it is due, even when it
+    failed before the activation that started it had recorded it."""
+    RUNS.clear()
+    settings = settings_for(kafka_bootstrap, partitions=1, redrive_after=0.5, redrive_max=1.0)
+    await ensure_topics(settings)
+    worker = StreamingWorker(settings, [long_chain], [double])
+    runner = worker.activity_worker
+    assert runner is not None
+    real_run = runner.run
+    failed: list[str] = []
+
+    async def run_failing_once(task: Task) -> Command:
+        if task.task_id not in failed:
+            failed.append(task.task_id)
+            if when != "at once":
+                await asyncio.sleep(0)
+            raise RuntimeError("a bug in running the attempt")
+        return await real_run(task)
+
+    runner.run = run_failing_once  # type: ignore[method-assign]
+    await worker.start()
+    try:
+        async with KafkaExecutor(settings=settings) as ex:
+            handle = await ex.execute(long_chain, WorkflowOptions(id="fails-here", input=2))
+            assert await handle.result(timeout=WAIT) == 2 * sum(range(2))
+    finally:
+        await asyncio.wait_for(worker.stop(), STOP_BOUND)
+    assert len(failed) == 2 and RUNS == ["double 0", "double 1"]
+    assert await tasks_on_topic(settings) == 2  # each re-driven once, on the topic

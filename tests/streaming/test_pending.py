@@ -90,3 +90,19 @@ def test_an_attempt_run_here_is_never_re_driven_until_released() -> None:
     assert eager in [a.task for a in p.due({0}, now=20.0)]
     p.update("w", 0, [eager], [eager], now=21.0)  # a resume sent it on the task topic
     assert not p.of("w")[(1, 1)].local
+
+
+def test_an_attempt_released_before_its_activation_recorded_it_is_not_held_here() -> None:
+    """An eager attempt runs up to its first suspension at once: it may end without
+    a result before the activation that started it records it."""
+    p = PendingAttempts(redrive_after=1, redrive_max=1)
+    failed, running = task(1), task(2)
+    p.release("w", 1, 1)
+    p.update("w", 0, [failed, running], [failed, running], now=0.0, local={(1, 1), (2, 1)})
+    assert not p.of("w")[(1, 1)].local and p.of("w")[(2, 1)].local
+    assert [a.task for a in p.due({0}, now=5.0)] == [failed]
+    p.release("x", 3, 1)  # noted for a run whose activation failed: the partition is read again
+    p.forget({0})
+    later = task(3, wid="x")
+    p.update("x", 0, [later], [later], now=6.0, local={(3, 1)})
+    assert p.of("x")[(3, 1)].local
