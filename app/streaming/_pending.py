@@ -127,10 +127,10 @@ class PendingAttempts:
     def release(self, workflow_id: str, step: int, attempt: int) -> None:
         """A local attempt ended without a result to apply: it is re-driven when due."""
         found = self._by_run.get(workflow_id, {}).get((step, attempt))
-        if found is not None and found.local:
-            found.local = False
-        else:  # not recorded yet: its activation is still running
+        if found is None:  # not recorded yet: its activation is still running
             self._released.setdefault(workflow_id, set()).add((step, attempt))
+        else:
+            found.local = False
 
     def ended(self, workflow_id: str) -> None:
         """The run ended: forget its heartbeat details."""
