@@ -11,15 +11,17 @@ import asyncio
 import itertools
 import random
 import uuid
+from datetime import UTC, datetime
+from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 
 from app.streaming import KafkaExecutor, StreamingWorker
-from app.streaming._messages import partition_for, partitioner
+from app.streaming._messages import encode_history_records, partition_for, partitioner
 from app.streaming.admin import ensure_topics
 from app.streaming.settings import test_settings
-from app.workflow import Signal, WorkflowContext, WorkflowOptions
+from app.workflow import EventType, HistoryEvent, Hooks, Signal, WorkflowContext, WorkflowOptions
 
 WAIT = 60.0
 PARTITIONS = 4
@@ -155,3 +157,52 @@ async def _until_published(bootstrap: str, topic: str) -> None:
         await asyncio.wait_for(reader.getone(), WAIT)
     finally:
         await reader.stop()
+
+
+async def test_a_client_starts_past_the_whole_last_batch_of_the_history(
+    kafka_bootstrap: str,
+) -> None:
+    """The test broker reports a partition's end as its last batch's first offset + 1:
+    events written in one batch before a client started must not fire its hooks."""
+    settings = test_settings(kafka_bootstrap, app_id=f"clients-{uuid.uuid4().hex[:8]}")
+    await ensure_topics(settings)
+    topic = settings.topology.history
+
+    def records(wid: str, first_id: int, count: int) -> list[tuple[bytes, list[Any]]]:
+        events = [
+            HistoryEvent(
+                id=first_id + i,
+                type=EventType.ACTIVITY_COMPLETED,
+                timestamp=datetime.now(UTC),
+                activity_name="double",
+                result=i,
+                step=first_id + i,
+                attempt=1,
+            )
+            for i in range(count)
+        ]
+        return encode_history_records(wid, "run-1", "doubler", events, batch_bytes=0)
+
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+    try:
+        batch = producer.create_batch()
+        for value, headers in records("before", 1, 3):
+            assert batch.append(key=b"before", value=value, timestamp=None, headers=headers)
+        await (await producer.send_batch(batch, topic, partition=0))
+
+        heard: list[tuple[str, Any]] = []
+        later = asyncio.Event()
+
+        def completed(workflow_id: str, result: Any) -> None:
+            heard.append((workflow_id, result))
+            if workflow_id == "after":
+                later.set()
+
+        async with KafkaExecutor(settings=settings, hooks=Hooks(on_activity_complete=completed)):
+            (value, headers), *_ = records("after", 1, 1)
+            await producer.send_and_wait(topic, value, key=b"after", partition=0, headers=headers)
+            await asyncio.wait_for(later.wait(), WAIT)
+    finally:
+        await producer.stop()
+    assert heard == [("after", 0)]  # hooks run in order: the batch's would have come first
