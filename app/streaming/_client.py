@@ -263,10 +263,11 @@ class KafkaExecutor(ScheduleMethods):
         """Move past the whole last batch of each partition in ``ends``.
 
         A broker may report a partition's end as its last batch's first offset
-        + 1 (the test broker does: docs/architecture.md, "Known limits"): records of that batch
-        written before this client started would then be taken for new, and
-        fire hooks again. Reading from the reported end - 1 takes the batch
-        whole; on Kafka it is the one last record. Bounded by a few fetch waits.
+        + 1 (the test broker does: docs/architecture.md, "Known limits"):
+        records of that batch written before this client started would then be
+        taken for new, and fire hooks again. Reading from the reported end - 1
+        takes the batch whole; on Kafka it is the one last record. Bounded by a
+        few fetch waits.
         """
         waiting = set(ends)
         for tp in waiting:
