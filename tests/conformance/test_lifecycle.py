@@ -193,10 +193,13 @@ async def test_invalid_arguments_fail_at_the_call(runtime: Runtime) -> None:
         assert "at most one required parameter" in str(info.value.__cause__)
 
 
+# A bound on a hang, not on speed: on Temporal the 1,000 steps take 50 s on a quiet
+# 2-core machine and over 60 s beside the other half of the suite and a CPU burner.
+@pytest.mark.timeout(360)
 async def test_thousand_step_workflow(long_histories: Runtime) -> None:
     async with long_histories.open() as ex:
         handle = await ex.execute(wf.long_chain, WorkflowOptions(id="long", input=1000))
-        assert await handle.result(timeout=60) == sum(2 * i for i in range(1000))
+        assert await handle.result(timeout=300) == sum(2 * i for i in range(1000))
         state = await ex.describe("long")
     assert len(state.history) == 2 + 2 * 1000
     assert [e.id for e in state.history] == list(range(1, 2003))
