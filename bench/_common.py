@@ -147,7 +147,7 @@ class Metric:
     key: str
     label: str
     target: Target | None = None
-    per_rt: bool = False  # a step time in ms: also shown as a multiple of the broker p50
+    per_rt: bool = False  # a step time in ms: also shown as a multiple of a broker hop
 
 
 def percentile(samples: Sequence[float], fraction: float) -> float:

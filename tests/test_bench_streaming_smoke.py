@@ -29,7 +29,7 @@ def test_quick_streaming_benchmark_runs_every_workload() -> None:
     for workload in ("RT", "W1", "W2", "W3", "W4", "W4L", "W5", "W6", "W7"):
         # Each workload prints its own line of results as it finishes.
         assert f"\n{workload} (" in proc.stdout, f"{workload} missing from:\n{proc.stdout}"
-    assert "x broker p50" in proc.stdout, proc.stdout
+    assert "x hop p50" in proc.stdout, proc.stdout
 
 
 @pytest.mark.timeout(240)

@@ -50,7 +50,7 @@ class StreamingSettings(KafkaSecurity):
         100,
         ge=0,
         description="Max fetch long-poll (ms); the test broker needs ~10 "
-        "(it does not wake a fetch on new data)",
+        "(it answers a waiting fetch only at checks, the first after half the wait)",
     )
     commit_interval: float = Field(
         0.5,
