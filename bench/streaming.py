@@ -455,7 +455,7 @@ def render_table(
     """The results as an aligned text table: value, multiple of a broker hop, target."""
     rows = [["workload", "metric", "value", "x hop p50", "target"]]
     # a hop as the runtime's consumers make it: their fetch is waiting when data arrives
-    broker_p50 = results.get("RT", {}).get("wait_p50")
+    hop_p50 = results.get("RT", {}).get("wait_p50")
     for metric in METRICS:
         if metric.workload not in selected:
             continue
@@ -466,7 +466,7 @@ def render_table(
         value = results[metric.workload].get(metric.key)
         if value is None:
             continue  # not measured in this set-up (the client's share, in one process)
-        ratio = f"{value / broker_p50:.1f}x" if metric.per_rt and broker_p50 else ""
+        ratio = f"{value / hop_p50:.1f}x" if metric.per_rt and hop_p50 else ""
         target = ""
         if metric.target is not None:
             target = f"{metric.target}  {'PASS' if metric.target.met(value) else 'FAIL'}"
