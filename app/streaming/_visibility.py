@@ -258,14 +258,28 @@ class VisibilityIndex:
     async def catch_up(self, timeout: float | None = None) -> int:
         """Apply everything on the topic now; returns the count (TimeoutError past ``timeout``).
 
-        It reads until a fetch brings nothing: some brokers under-report end offsets.
+        It reads until every partition is at or past the end offset reported
+        when it began *and* a fetch brings nothing: the first fetches of a
+        fresh consumer may come back empty before it has reached anything, and
+        some brokers under-report end offsets.
         """
         limit = self.settings.request_timeout if timeout is None else timeout
+        wait = max(self.settings.fetch_wait_ms / 1000 * 3, 0.05)
         total = 0
         async with asyncio.timeout(limit):
-            while count := await self.poll(max(self.settings.fetch_wait_ms / 1000 * 3, 0.05)):
+            await self.start()
+            consumer = self._consumer
+            assert consumer is not None
+            tps = sorted(consumer.assignment())
+            ends = await consumer.end_offsets(tps)
+            while True:
+                count = await self.poll(wait)
                 total += count
-        return total
+                if count:
+                    continue
+                positions = [await consumer.position(tp) for tp in tps]
+                if all(pos >= ends[tp] for pos, tp in zip(positions, tps, strict=True)):
+                    return total
 
     async def run(self) -> None:
         """Follow the topic until cancelled."""

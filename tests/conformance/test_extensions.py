@@ -299,7 +299,10 @@ async def test_human_in_the_loop_survives_restart(restartable: Runtime) -> None:
     async with restartable.open(hooks=recorder.hooks(), **kw) as ex:
         await ex.execute(approval_workflow, WorkflowOptions(id="hitl", input={"wait": 60}))
         await ex.execute(approval_workflow, WorkflowOptions(id="hitl-late", input={"wait": 0.2}))
-        await recorder.wait_for("activity_complete", "hitl")
+        # both notified before the stop: an attempt the stop cuts short would run
+        # again only after its heartbeat timeout, which is not what this tests
+        await recorder.wait_for("activity_complete", "hitl", timeout=WAIT)
+        await recorder.wait_for("activity_complete", "hitl-late", timeout=WAIT)
     async with restartable.open(**kw) as ex:  # the reviewer answers after a restart
         await signal(ex, "hitl", "decision", "approved")
         assert await ex.get_handle("hitl").result(timeout=WAIT) == "decided: approved"

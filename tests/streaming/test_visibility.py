@@ -141,6 +141,38 @@ async def test_list_finds_workflows_by_attributes_status_and_type(
         await asyncio.wait_for(worker.stop(), STOP_BOUND)
 
 
+async def test_catch_up_goes_past_an_empty_first_fetch(
+    kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = test_settings(kafka_bootstrap, app_id=f"vis-{uuid.uuid4().hex[:8]}")
+    await ensure_topics(settings)
+    worker = StreamingWorker(settings, [looping], [])
+    await worker.start()
+    try:
+        async with KafkaExecutor(settings=settings) as ex:
+            handle = await ex.execute(looping, WorkflowOptions(id="one", input=0))
+            assert await handle.result(timeout=WAIT) == 0
+        async with VisibilityIndex(settings) as index:
+            polls: list[float] = []
+            real_poll = index.poll
+
+            async def poll(timeout: float = 1.0) -> int:
+                # the first fetch comes back before the consumer has reached anything,
+                # as it can on a loaded machine
+                polls.append(timeout)
+                return await real_poll(timeout if len(polls) > 1 else 0.0)
+
+            monkeypatch.setattr(index, "poll", poll)
+            assert await index.catch_up(WAIT) > 0
+            page = await index.list(WorkflowQuery(workflow_type="looping"))
+            assert [(s.workflow_id, s.status) for s in page.items] == [
+                ("one", WorkflowStatus.COMPLETED)
+            ]
+            assert len(polls) > 1
+    finally:
+        await asyncio.wait_for(worker.stop(), STOP_BOUND)
+
+
 def test_duplicates_and_older_runs_change_nothing() -> None:
     db = sqlite3.connect(":memory:", isolation_level=None)
     db.executescript(_SCHEMA + index_sql.SCHEMA)
