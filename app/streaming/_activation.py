@@ -242,8 +242,8 @@ class Activations(Generations):
             out.append(task)
         return out
 
-    def _release(self, task: Task) -> None:
-        self.attempts.release(task.workflow_id, task.step, task.attempt)
+    def _release(self, task: Task, partition: int) -> None:
+        self.attempts.release(task.workflow_id, partition, task.step, task.attempt)
 
     def _with_details(self, task: Task) -> Task:
         details = self.attempts.details(task.workflow_id, task.step)

@@ -66,7 +66,7 @@ class EagerAttempts:
         limit: int,
         apply: Apply,
         publish: Publish,
-        release: Callable[[Task], None],
+        release: Callable[[Task, int], None],
     ) -> None:
         self.runner = runner
         self.consumer = consumer
@@ -131,7 +131,7 @@ class EagerAttempts:
                 task.step,
                 task.workflow_id,
             )
-            self._release(task)
+            self._release(task, partition)
             return
         self._results.append((partition, result))
         if not self._collecting:

@@ -76,8 +76,9 @@ class PendingAttempts:
         self._details: dict[str, dict[int, Any]] = {}
         # local attempts that ended without a result before the activation that
         # started them recorded them (an attempt runs up to its first suspension
-        # at once): the update that follows must not mark them local
-        self._released: dict[str, set[tuple[int, int]]] = {}
+        # at once): the update that follows must not mark them local; by
+        # workflow, with the partition the note belongs to
+        self._released: dict[str, tuple[int, set[tuple[int, int]]]] = {}
 
     def update(
         self,
@@ -97,7 +98,8 @@ class PendingAttempts:
         in ``local`` (also in ``sent``) run on this worker.
         """
         now = time.time() if now is None else now
-        released = self._released.pop(workflow_id, None)
+        note = self._released.pop(workflow_id, None)
+        released = None if note is None else note[1]
         if not pending:
             self._by_run.pop(workflow_id, None)
             return
@@ -122,13 +124,16 @@ class PendingAttempts:
         for wid in [w for w, a in self._by_run.items() if _partition(a) in partitions]:
             del self._by_run[wid]
             self._details.pop(wid, None)
-        self._released.clear()  # notes of activations whose effects were not written
+        # notes of activations whose effects were not written: the partition is read again
+        for wid in [w for w, (p, _) in self._released.items() if p in partitions]:
+            del self._released[wid]
 
-    def release(self, workflow_id: str, step: int, attempt: int) -> None:
-        """A local attempt ended without a result to apply: it is re-driven when due."""
+    def release(self, workflow_id: str, partition: int, step: int, attempt: int) -> None:
+        """A local attempt of ``partition`` ended without a result to apply: it is
+        re-driven when due."""
         found = self._by_run.get(workflow_id, {}).get((step, attempt))
         if found is None:  # not recorded yet: its activation is still running
-            self._released.setdefault(workflow_id, set()).add((step, attempt))
+            self._released.setdefault(workflow_id, (partition, set()))[1].add((step, attempt))
         else:
             found.local = False
 

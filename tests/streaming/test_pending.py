@@ -86,7 +86,7 @@ def test_an_attempt_run_here_is_never_re_driven_until_released() -> None:
     assert [a.task for a in p.due({0}, now=5.0)] == [sent]
     p.update("w", 0, [eager, sent], [], now=6.0)  # another command: still running here
     assert [a.task for a in p.due({0}, now=10.0)] == [sent]
-    p.release("w", 1, 1)  # it ended without a result to apply
+    p.release("w", 0, 1, 1)  # it ended without a result to apply
     assert eager in [a.task for a in p.due({0}, now=20.0)]
     p.update("w", 0, [eager], [eager], now=21.0)  # a resume sent it on the task topic
     assert not p.of("w")[(1, 1)].local
@@ -97,12 +97,16 @@ def test_an_attempt_released_before_its_activation_recorded_it_is_not_held_here(
     a result before the activation that started it records it."""
     p = PendingAttempts(redrive_after=1, redrive_max=1)
     failed, running = task(1), task(2)
-    p.release("w", 1, 1)
+    p.release("w", 0, 1, 1)
     p.update("w", 0, [failed, running], [failed, running], now=0.0, local={(1, 1), (2, 1)})
     assert not p.of("w")[(1, 1)].local and p.of("w")[(2, 1)].local
     assert [a.task for a in p.due({0}, now=5.0)] == [failed]
-    p.release("x", 3, 1)  # noted for a run whose activation failed: the partition is read again
+    p.release("x", 0, 3, 1)  # noted for a run whose activation failed: the partition is read again
+    p.release("y", 1, 4, 1)  # and one of a partition still owned here
     p.forget({0})
     later = task(3, wid="x")
     p.update("x", 0, [later], [later], now=6.0, local={(3, 1)})
     assert p.of("x")[(3, 1)].local
+    kept = task(4, wid="y")
+    p.update("y", 1, [kept], [kept], now=6.0, local={(4, 1)})
+    assert not p.of("y")[(4, 1)].local
