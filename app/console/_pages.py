@@ -161,10 +161,16 @@ def workflow_page(
     body = (
         f"<h2>{esc(wid)}</h2>{note if message else ''}"
         f"{actions(state, base) if writable else ''}"
-        f'<div id="live" data-stream="{base}/stream" data-fragment="{base}/live">'
+        f'<div id="live" data-stream="{base}/stream?seen={quote(live_version(state))}" '
+        f'data-fragment="{base}/live">'
         f"{live_fragment(details)}</div>"
     )
     return layout(wid, where, body, script=LIVE_SCRIPT)
+
+
+def live_version(state: WorkflowState) -> str:
+    """What a live page shows of the run, as a token: it changes when the page would."""
+    return f"{len(state.history)}.{state.status.value}"
 
 
 def live_fragment(details: Details) -> str:

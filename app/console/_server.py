@@ -178,14 +178,16 @@ async def _stream(request: web.Request) -> web.StreamResponse:
     task = asyncio.current_task()
     assert task is not None
     streams.add(task)  # a shutdown ends it rather than waiting for the browser to go
-    last: tuple[int, str] | None = None
+    # what the page was drawn with: a change between drawing it and this stream's
+    # start is sent at once rather than missed
+    last: str | None = request.query.get("seen")
     try:
         while True:
             try:
                 state = (await backend.details(wid)).state
             except WorkflowError:
                 break
-            seen = (len(state.history), state.status.value)
+            seen = pages.live_version(state)
             if last is not None and seen != last:
                 await response.write(b"event: change\ndata: {}\n\n")
             last = seen

@@ -4,6 +4,9 @@ token: without it the page refuses, with it it works."""
 
 from __future__ import annotations
 
+import asyncio
+import html
+import re
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,7 +17,7 @@ from aiohttp import web
 from playwright.async_api import Browser, Page, expect
 
 from app.console import ExecutorBackend, make_app
-from app.workflow import DefaultExecutor, WorkflowContext, WorkflowOptions
+from app.workflow import DefaultExecutor, Signal, WorkflowContext, WorkflowOptions
 from providers.sqlite import SQLiteStore
 
 TOKEN = "s3cret-console-token"
@@ -131,6 +134,24 @@ async def test_find_open_signal_and_watch_it_complete(
     await expect(page.locator("#history tr[data-event=workflow_completed]")).to_have_count(1)
     await page.screenshot(path=str(artifacts / "workflow-completed.png"), full_page=True)
     await page.close()
+
+
+async def test_a_change_before_the_stream_starts_is_not_missed(
+    console: tuple[str, DefaultExecutor],
+) -> None:
+    """The run may move between drawing the page and the browser opening its stream."""
+    url, ex = console
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    async with aiohttp.ClientSession(headers=bearer) as http:
+        drawn = await (await http.get(f"{url}/workflows/order-1")).text()
+        found = re.search(r'data-stream="([^"]+)"', drawn)
+        assert found is not None
+        await ex.signal("order-1", Signal("approve", {"by": "bob"}))
+        assert (await ex.get_handle("order-1").result(timeout=WAIT_MS / 1000))["packed"]
+        async with http.get(url + html.unescape(found.group(1))) as stream:
+            assert stream.status == 200
+            line = await asyncio.wait_for(stream.content.readline(), WAIT_MS / 1000)
+    assert line == b"event: change\n"
 
 
 async def test_a_bad_signal_payload_is_shown_not_sent(
