@@ -275,10 +275,7 @@ class VisibilityIndex:
             while True:
                 count = await self.poll(wait)
                 total += count
-                if count:
-                    continue
-                positions = [await consumer.position(tp) for tp in tps]
-                if all(pos >= ends[tp] for pos, tp in zip(positions, tps, strict=True)):
+                if not count and all([await consumer.position(tp) >= ends[tp] for tp in tps]):
                     return total
 
     async def run(self) -> None:
