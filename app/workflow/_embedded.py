@@ -193,7 +193,8 @@ class DefaultExecutor(ScheduleMethods):
         self._always_replay = always_replay
         self._pool: ThreadPoolExecutor | None = None
         self._runs: dict[str, _Run] = {}
-        self._starting: set[str] = set()
+        # ids whose run is being saved and registered: set once it is in _runs (or failed)
+        self._starting: dict[str, asyncio.Event] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._start_task: asyncio.Future[None] | None = None
         self._closed = False
@@ -345,7 +346,7 @@ class DefaultExecutor(ScheduleMethods):
         if wid in self._runs or wid in self._starting:
             current = self._runs.get(wid)
             raise WorkflowAlreadyRunningError(wid, current.state.run_id if current else "starting")
-        self._starting.add(wid)
+        registered = self._starting[wid] = asyncio.Event()
         try:
             existing = await self._io.load(wid)
             if existing is not None and existing.status is WorkflowStatus.RUNNING:
@@ -376,7 +377,8 @@ class DefaultExecutor(ScheduleMethods):
             await run.lock.acquire()
             self._runs[wid] = run
         finally:
-            self._starting.discard(wid)
+            del self._starting[wid]
+            registered.set()
         try:
             if template is not None:
                 hook_input = payload  # a child's input, as recorded
@@ -447,7 +449,7 @@ class DefaultExecutor(ScheduleMethods):
             raise InvalidArgumentError(f"signal must be a Signal, got {type(signal).__name__}")
         payload = to_payload(signal.payload, f"payload of signal {signal.name!r}")
         await self.start()
-        run = self._running(workflow_id, "signal")
+        run = await self._running(workflow_id, "signal")
 
         def make(r: _Run) -> HistoryEvent:
             return self._event(
@@ -484,7 +486,7 @@ class DefaultExecutor(ScheduleMethods):
         uid = check_update(workflow_id, name, update_id)
         payload = to_payload(arg, f"argument of update {name!r}")
         await self.start()
-        run = self._runs.get(workflow_id)
+        run = await self._live(workflow_id)
         if run is None or run.ended:
             return await self._ended_update(workflow_id, uid)
         answered: builtins.list[UpdateState] = []
@@ -537,7 +539,7 @@ class DefaultExecutor(ScheduleMethods):
     async def cancel(self, workflow_id: str) -> None:
         """Ask the workflow to stop: ``CancelledError`` is raised at its current await."""
         await self.start()
-        run = self._running(workflow_id, "cancel")
+        run = await self._running(workflow_id, "cancel")
         while not await self._input(
             run, lambda r: self._event(r, EventType.CANCEL_REQUESTED), raise_errors=True
         ):
@@ -552,7 +554,7 @@ class DefaultExecutor(ScheduleMethods):
         """
         failure = terminated_failure(check_reason(reason, "terminate"))
         await self.start()
-        run = self._running(workflow_id, "terminate")
+        run = await self._running(workflow_id, "terminate")
         while not await self._input(
             run,
             lambda r: self._event(r, EventType.CANCEL_REQUESTED, failure=failure),
@@ -577,7 +579,7 @@ class DefaultExecutor(ScheduleMethods):
         action = "pause" if kind is EventType.WORKFLOW_PAUSED else "resume"
         why = check_reason(reason, action)
         await self.start()
-        run = self._running(workflow_id, action)
+        run = await self._running(workflow_id, action)
 
         def make(r: _Run) -> HistoryEvent:
             refuse_pause_change(r.state, kind)
@@ -665,8 +667,16 @@ class DefaultExecutor(ScheduleMethods):
             raise WorkflowNotFoundError(wid, reason)
         return nxt
 
-    def _running(self, workflow_id: str, action: str) -> _Run:
-        run = self._runs.get(workflow_id)
+    async def _live(self, workflow_id: str) -> _Run | None:
+        """The run of ``workflow_id`` in this executor, once a start of it in progress
+        has registered it (a child's is saved, and seen by ``describe``, just before)."""
+        starting = self._starting.get(workflow_id)
+        if starting is not None:
+            await starting.wait()
+        return self._runs.get(workflow_id)
+
+    async def _running(self, workflow_id: str, action: str) -> _Run:
+        run = await self._live(workflow_id)
         if run is None or run.ended:
             raise WorkflowNotFoundError(workflow_id, f"cannot {action}: it is not running")
         return run

@@ -16,6 +16,7 @@ is repaired at the next start (:meth:`EmbeddedChildren.close_orphans`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -148,43 +149,61 @@ class EmbeddedChildren:
                     ),
                     None,
                 )
-            state = await ex._io.load(wid)
-            if state is not None and _ref_of(state) == ref:
-                if state.status not in (WorkflowStatus.RUNNING, WorkflowStatus.CONTINUED_AS_NEW):
-                    last = state.history[-1] if state.history else None
+            # its own task: a parent that ends meanwhile must not cut a child's start short
+            # (the close policy waits for it, then applies)
+            task = self._starts[wid] = ex._spawn(self._look_or_start(child, ref))
+            task.add_done_callback(self._unregister(wid))
+            found = await asyncio.shield(task)
+            if isinstance(found, FailureInfo):
+                return WorkflowStatus.FAILED, None, found, None
+            if found is not None:  # this call's child, stored
+                if found.status not in (WorkflowStatus.RUNNING, WorkflowStatus.CONTINUED_AS_NEW):
+                    last = found.history[-1] if found.history else None
                     failure = last.failure if last is not None else None
-                    return state.status, state.result, failure, state.run_id
+                    return found.status, found.result, failure, found.run_id
                 await asyncio.sleep(_POLL)  # registered by a start or a hand-off in progress
-                continue
-            fn = ex._workflows.get(child.workflow_type)
-            if fn is None:
-                known = ", ".join(ex._workflows.names()) or "none"
-                message = (
-                    f"child workflow type {child.workflow_type!r} is not registered with this "
-                    f"executor (registered: {known})"
-                )
-                return WorkflowStatus.FAILED, None, _refused(message), None
-            try:
-                # its own task: a parent that ends meanwhile must not cut a child's start short
-                start = ex._start_run(
-                    fn,
-                    child.workflow_type,
-                    wid,
-                    child.input,
-                    child.timeout,
-                    None,
-                    HistoryEvent(
-                        id=1,
-                        type=EventType.WORKFLOW_STARTED,
-                        timestamp=ex._clock(),
-                        **Parent(*ref, child.policy).started_fields(),
-                    ),
-                )
-                task = self._starts[wid] = ex._spawn(start)
-                task.add_done_callback(lambda t: self._starts.pop(wid, None))
-                await asyncio.shield(task)
-            except WorkflowAlreadyRunningError:
-                continue  # someone else started it meanwhile: look again
+            # started now, or by someone else meanwhile: look again
+
+    def _unregister(self, wid: str) -> Callable[[asyncio.Task[Any]], None]:
+        def unregister(task: asyncio.Task[Any]) -> None:
+            if self._starts.get(wid) is task:
+                del self._starts[wid]
+
+        return unregister
+
+    async def _look_or_start(
+        self, child: PendingChild, ref: ParentRef
+    ) -> WorkflowState | FailureInfo | None:
+        """The child's stored run if it is this call's; else start it (None once started,
+        or taken by another start meanwhile); a failure if its type is not registered."""
+        ex = self._ex
+        wid = child.workflow_id
+        state = await ex._io.load(wid)
+        if state is not None and _ref_of(state) == ref:
+            return state
+        fn = ex._workflows.get(child.workflow_type)
+        if fn is None:
+            known = ", ".join(ex._workflows.names()) or "none"
+            return _refused(
+                f"child workflow type {child.workflow_type!r} is not registered with this "
+                f"executor (registered: {known})"
+            )
+        with contextlib.suppress(WorkflowAlreadyRunningError):  # taken meanwhile
+            await ex._start_run(
+                fn,
+                child.workflow_type,
+                wid,
+                child.input,
+                child.timeout,
+                None,
+                HistoryEvent(
+                    id=1,
+                    type=EventType.WORKFLOW_STARTED,
+                    timestamp=ex._clock(),
+                    **Parent(*ref, child.policy).started_fields(),
+                ),
+            )
+        return None
 
     # -- signals to children ----------------------------------------------------
     def deliver(self, run: _Run, event: HistoryEvent) -> None:
